@@ -1,0 +1,51 @@
+-- prosody-native: finds and loads the native library once per process.
+--
+-- Modules load this with `module:require("prosody_native")`. The native library is a Lua C module built
+-- by Cargo (`prosody_native.so`); it is installed next to this file by `make install`, or into the
+-- rocks tree's lib/lua/5.4 by `prosodyctl install`, which Prosody does not add to package.cpath.
+-- The loaded library is kept in package.loaded, so every module shares one copy and one job queue.
+
+local expected_version = "0.1.0";
+local library_name = "prosody_native";
+
+local loaded = package.loaded[library_name];
+if loaded then return loaded; end
+
+-- The directory this file was loaded from (Prosody passes "@path" as the chunk name).
+local here = debug.getinfo(1, "S").source:match("^@(.*)[/\\][^/\\]*$") or ".";
+
+local candidates = {
+	here .. "/" .. library_name .. ".so";
+	-- rocks tree: <tree>/share/lua/5.4/this_file -> <tree>/lib/lua/5.4/prosody_native.so
+	here .. "/../../../lib/lua/5.4/" .. library_name .. ".so";
+};
+local from_cpath = package.searchpath(library_name, package.cpath);
+if from_cpath then table.insert(candidates, from_cpath); end
+
+local open, tried = nil, {};
+for _, path in ipairs(candidates) do
+	local f = io.open(path, "rb");
+	if f then
+		f:close();
+		local loader, err = package.loadlib(path, "luaopen_" .. library_name);
+		if not loader then
+			error(("prosody-native: cannot load %s (%s); rebuild it with 'make' and reinstall"):format(path, err), 0);
+		end
+		open = loader;
+		break;
+	end
+	table.insert(tried, path);
+end
+if not open then
+	error(("prosody-native: native library %s.so not found (looked in %s); install it with 'make install'")
+		:format(library_name, table.concat(tried, ", ")), 0);
+end
+
+local native = open();
+if native.version ~= expected_version then
+	error(("prosody-native: native library is version %s but these modules need %s; reinstall both together")
+		:format(tostring(native.version), expected_version), 0);
+end
+
+package.loaded[library_name] = native;
+return native;

@@ -1,0 +1,64 @@
+-- COMPAT: the one place that hides the differences between Prosody 0.12 and 13.
+--
+-- Load with `local compat = module:require("prosody_native_compat")`.
+-- - Prosody 13 renamed its libraries to prosody.util.* (the old names still load, with a warning).
+-- - Prosody 13 has roles and permissions (module:may); 0.12 only knows admins.
+-- - Prosody 13 bounds numeric options itself; 0.12 does not.
+
+local compat = {};
+
+-- Prosody 13 answers to the new names; on 0.12 the first require fails and we use the old ones.
+local has_prefixed_names = pcall(require, "prosody.util.jid");
+
+--- Requires a Prosody library by its 0.12 name ("util.jid", "core.usermanager") on either version.
+function compat.require(name)
+	if has_prefixed_names then
+		return require("prosody." .. name);
+	end
+	return require(name);
+end
+
+--- Reads an integer option bounded to [min, max]; a value outside is clamped with a warning, as Prosody 13 does.
+function compat.get_option_integer(module, name, default, min, max)
+	local value = module:get_option_number(name, default);
+	if math.type(value) ~= "integer" then
+		module:log("warn", "Config option '%s' expected an integer, using %d", name, default);
+		return default;
+	end
+	if value < min or value > max then
+		local clamped = math.max(min, math.min(max, value));
+		module:log("warn", "Config option '%s' out of bounds [%d, %d], using %d", name, min, max, clamped);
+		return clamped;
+	end
+	return value;
+end
+
+--- Declares a permission (":action") granted by default to `role` ("prosody:admin", "prosody:member", ...).
+-- On 0.12 there are no roles: only admins are granted admin permissions, every local user the others.
+function compat.default_permission(module, role, action)
+	if module.default_permission then
+		module:default_permission(role, action);
+	else
+		module:shared("prosody_native_compat_roles")[action] = role;
+	end
+end
+
+--- Whether `actor_jid` may perform `action`, on the module's host.
+function compat.may(module, action, actor_jid)
+	if module.may then
+		return module:may(action, actor_jid);
+	end
+	local usermanager = require "core.usermanager";
+	local role = module:shared("prosody_native_compat_roles")[action];
+	if usermanager.is_admin(actor_jid, module.host) then
+		return true;
+	end
+	if role == "prosody:admin" or role == "prosody:operator" then
+		return false;
+	end
+	-- any other role means "a user of this server" on 0.12
+	local jid = compat.require("util.jid");
+	return jid.host(actor_jid) == module.host;
+end
+
+return compat;

@@ -1,0 +1,30 @@
+//! # prosody-native
+//!
+//! The native half of the prosody-native Prosody modules. Thin Lua modules (in `lua/`) own everything that
+//! touches Prosody: hooks, stanzas, options, permissions, storage and logging. This crate owns pure
+//! computation and slow I/O, and nothing else.
+//!
+//! ## Boundary rules
+//! - Only plain data crosses into Rust: byte strings, numbers, booleans and flat tables. Rust never sees a
+//!   stanza or Prosody's `module` object, and keeps no configuration: Lua passes limits in on every call.
+//! - Errors cross as `nil, code, text` like Prosody's C libraries: `code` is a stable kebab-case string
+//!   ([`error::Error::code`]), `text` is for people. A Rust panic is caught at the seam and becomes
+//!   `nil, "internal-error"`; it never unwinds into Lua.
+//! - Slow work runs on worker threads that never touch Lua; results come back through a wake-up descriptor.
+//!
+//! ## Where to start reading
+//! - [`error`]: the one error type and its codes.
+//! - [`validate`]: URIs, JIDs, nicknames, titles and hues, as checked before anything is stored.
+//! - `lua` (feature `lua54`): the only module that imports mlua; each function converts, calls the core and
+//!   maps the result.
+//!
+//! Without the `lua54` feature the crate is plain Rust, which is how `cargo test` and the benchmarks use it.
+
+pub mod error;
+pub mod validate;
+
+#[cfg(feature = "lua54")]
+mod lua;
+
+/// Version of the library; the Lua side refuses to run against a library whose version differs from its own.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

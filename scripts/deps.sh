@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Installs everything that building, testing and running prosody-native needs on Debian 12, as root.
+# Idempotent and fast when all is there: each step runs only when its result is missing or its input changed.
+#
+#   apt packages      Prosody 0.12 (system), Lua 5.4, busted, luacheck, LuaDBI SQLite3, ...
+#   .deps/prosody13/  Prosody 13 from bookworm-backports, unpacked beside the system's 0.12 (never installed)
+#   .deps/bin/        prosody13 and prosodyctl13 wrappers that run it from there
+#   .venv/            Python venv for the integration tests, from tests/requirements.txt
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DEPS=$ROOT/.deps
+
+APT_PACKAGES=(
+	prosody lua5.4 liblua5.4-dev lua-busted lua-check luarocks lua-dbi-sqlite3
+	# Prosody 13's Depends and Recommends that bookworm has (it needs nothing from backports but itself)
+	lua-expat lua-filesystem lua-bitop lua-sec lua-socket lua-event lua-readline lua-unbound libicu72 libssl3 ssl-cert
+)
+BACKPORTS_SOURCE="deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main"
+PROSODY13=$DEPS/prosody13
+PROSODY13_STAMP=$DEPS/prosody13.stamp
+PIP_STAMP=$DEPS/pip.stamp
+
+log() { printf 'deps: %s\n' "$*"; }
+
+# Debian packages: apt-get update only when something is missing and the lists do not offer it.
+install_apt_packages() {
+	local missing=()
+	for pkg in "${APT_PACKAGES[@]}"; do
+		dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+	done
+	[ ${#missing[@]} -eq 0 ] && return
+	[ "$(id -u)" -eq 0 ] || { log "missing ${missing[*]}; run as root"; exit 1; }
+	log "installing ${missing[*]}"
+	local need_update=
+	for pkg in "${missing[@]}"; do
+		apt-cache policy "$pkg" 2>/dev/null | grep -q 'Candidate: [0-9]' || need_update=1
+	done
+	[ -n "$need_update" ] && apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+# The Debian package starts its service; tests and `make run` start their own Prosody, so it must not hold ports.
+stop_system_prosody() {
+	if [ -d /run/systemd/system ] && systemctl is-active --quiet prosody 2>/dev/null; then
+		log "stopping the system's prosody service"
+		systemctl disable --now prosody.service >/dev/null 2>&1 || true
+	fi
+	local pid
+	pid=$(cat /run/prosody/prosody.pid 2>/dev/null || true)
+	if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+		log "stopping the system's prosody (pid $pid)"
+		/etc/init.d/prosody stop >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
+	fi
+}
+
+# apt-get on a private state (own sources, lists and cache), so the system's apt and its Prosody 0.12 stay untouched.
+private_apt() {
+	local dir=$DEPS/apt
+	apt-get -q \
+		-o Dir::State="$dir/state" -o Dir::State::status="$dir/state/status" \
+		-o Dir::Cache="$dir/cache" \
+		-o Dir::Etc::SourceList="$dir/sources.list" -o Dir::Etc::SourceParts="$dir/empty.d" \
+		-o Dir::Etc::Preferences="$dir/preferences" -o Dir::Etc::PreferencesParts="$dir/empty.d" \
+		-o APT::Sandbox::User=root \
+		"$@"
+}
+
+# Points a script of the unpacked package at its own tree instead of /usr/lib/prosody and /etc/prosody.
+relocate() {
+	sed -i \
+		-e "s|^CFG_SOURCEDIR=.*|CFG_SOURCEDIR='$PROSODY13/usr/lib/prosody';|" \
+		-e "s|^CFG_CONFIGDIR=.*|CFG_CONFIGDIR='$PROSODY13/etc/prosody';|" \
+		-e "s|^CFG_PLUGINDIR=.*|CFG_PLUGINDIR='$PROSODY13/usr/lib/prosody/modules/';|" \
+		-e "s|^CFG_DATADIR=.*|CFG_DATADIR='$PROSODY13/var/lib/prosody';|" \
+		"$1"
+	grep -q "^CFG_SOURCEDIR='$PROSODY13/" "$1" || { log "could not relocate $1"; exit 1; }
+}
+
+write_wrapper() { # name, script
+	printf '#!/bin/sh\n# Runs Prosody 13 unpacked in %s (made by scripts/deps.sh).\nexec lua5.4 %s "$@"\n' \
+		"$PROSODY13" "$PROSODY13/usr/bin/$2" >"$DEPS/bin/$1"
+	chmod 755 "$DEPS/bin/$1"
+}
+
+# Prosody 13 from bookworm-backports, unpacked into .deps/prosody13 and relocated there. The stamp names the
+# version and the folder, so a moved checkout unpacks again.
+install_prosody13() {
+	if [ -f "$PROSODY13_STAMP" ] && [ "$(sed -n 2p "$PROSODY13_STAMP")" = "$PROSODY13" ] \
+		&& [ -x "$DEPS/bin/prosody13" ] && [ -x "$DEPS/bin/prosodyctl13" ]; then
+		return
+	fi
+	log "fetching Prosody 13 from bookworm-backports"
+	local dir=$DEPS/apt
+	rm -rf "$dir"
+	mkdir -p "$dir/state/lists/partial" "$dir/cache/archives/partial" "$dir/empty.d" "$dir/download"
+	: >"$dir/state/status"
+	: >"$dir/preferences"
+	echo "$BACKPORTS_SOURCE" >"$dir/sources.list"
+	private_apt update
+	(cd "$dir/download" && private_apt download prosody)
+	local deb version
+	deb=$(ls "$dir"/download/prosody_*.deb)
+	version=$(dpkg-deb -f "$deb" Version)
+	case $version in 13.*) ;; *) log "bookworm-backports has prosody $version, expected 13.x"; exit 1 ;; esac
+
+	rm -rf "$PROSODY13" "$PROSODY13.tmp"
+	dpkg-deb -x "$deb" "$PROSODY13.tmp"
+	mv "$PROSODY13.tmp" "$PROSODY13"
+	mkdir -p "$PROSODY13/var/lib/prosody" "$DEPS/bin"
+	relocate "$PROSODY13/usr/bin/prosody"
+	relocate "$PROSODY13/usr/bin/prosodyctl"
+	write_wrapper prosody13 prosody
+	write_wrapper prosodyctl13 prosodyctl
+	printf '%s\n%s\n' "$version" "$PROSODY13" >"$PROSODY13_STAMP"
+	rm -rf "$dir"
+	log "Prosody $version in $PROSODY13"
+}
+
+# The test venv, reinstalled when tests/requirements.txt (or the Python) changes.
+install_venv() {
+	local want
+	want="$(sha256sum tests/requirements.txt | cut -d' ' -f1) $(python3 -c 'import sys; print(sys.version)' | head -1)"
+	if [ -x .venv/bin/python ] && [ -f "$PIP_STAMP" ] && [ "$(cat "$PIP_STAMP")" = "$want" ]; then
+		return
+	fi
+	if ! python3 -c 'import ensurepip' 2>/dev/null; then
+		log "python3 has no ensurepip; installing python3-venv"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv
+	fi
+	log "creating .venv from tests/requirements.txt"
+	[ -x .venv/bin/python ] || python3 -m venv .venv
+	.venv/bin/python -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+	mkdir -p "$DEPS"
+	echo "$want" >"$PIP_STAMP"
+}
+
+mkdir -p "$DEPS"
+install_apt_packages
+stop_system_prosody
+install_prosody13
+install_venv
