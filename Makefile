@@ -8,12 +8,18 @@ LUACHECK ?= luacheck
 PYTHON ?= .venv/bin/python
 PROSODY_VERSIONS ?= 0.12 13
 
+# Two ways to install: `make install MODULES_DIR=<a plugin_paths folder>` (modules, library and their READMEs only),
+# or for packagers `make install DESTDIR=<staging> PREFIX=/usr`, which adds the project docs under share/doc.
 PREFIX ?= /usr/local
 DESTDIR ?=
 MODULES_DIR ?= $(DESTDIR)$(PREFIX)/lib/prosody/modules
+DOC_DIR ?= $(if $(filter file undefined,$(origin MODULES_DIR)),$(DESTDIR)$(PREFIX)/share/doc/prosody-native)
 
 MODULES := $(notdir $(wildcard lua/mod_*))
 LIBRARY := build/prosody_native.so
+HELPERS := $(wildcard lua/*.lib.lua)
+MODULE_FILES := $(patsubst lua/%,%,$(shell find $(addprefix lua/,$(MODULES)) -type f -not -name '.*' 2>/dev/null))
+DOCS := README.md LICENSE
 
 .PHONY: all deps install uninstall run test test-rust test-lua test-integration lint bench clean
 
@@ -28,17 +34,19 @@ $(LIBRARY): Cargo.toml $(wildcard rust/*.rs)
 deps:
 	scripts/deps.sh
 
+# Installs exactly: the library, the shared helpers, every file of each lua/mod_*/ (module, README, resources),
+# and the docs when DOC_DIR is set; uninstall removes exactly these and the folders install made for them.
 install: $(LIBRARY)
 	install -d $(MODULES_DIR)
-	install -m 644 $(LIBRARY) $(wildcard lua/*.lib.lua) $(MODULES_DIR)/
-	for m in $(MODULES); do \
-		install -d $(MODULES_DIR)/$$m && \
-		install -m 644 lua/$$m/$$m.lua lua/$$m/README.markdown $(MODULES_DIR)/$$m/ || exit 1; \
-	done
+	install -m 644 $(LIBRARY) $(HELPERS) $(MODULES_DIR)/
+	for f in $(MODULE_FILES); do install -D -m 644 lua/$$f $(MODULES_DIR)/$$f || exit 1; done
+	$(if $(DOC_DIR),install -d $(DOC_DIR) && install -m 644 $(DOCS) $(DOC_DIR)/)
 
 uninstall:
-	rm -f $(MODULES_DIR)/prosody_native.so $(addprefix $(MODULES_DIR)/,$(notdir $(wildcard lua/*.lib.lua)))
-	for m in $(MODULES); do rm -rf $(MODULES_DIR)/$$m; done
+	rm -f $(addprefix $(MODULES_DIR)/,$(notdir $(LIBRARY) $(HELPERS)) $(MODULE_FILES))
+	for d in $(MODULES); do [ ! -d $(MODULES_DIR)/$$d ] || find $(MODULES_DIR)/$$d -depth -type d -empty -delete; done
+	$(if $(DOC_DIR),rm -f $(addprefix $(DOC_DIR)/,$(DOCS)))
+	$(if $(DOC_DIR),[ ! -d $(DOC_DIR) ] || rmdir --ignore-fail-on-non-empty $(DOC_DIR))
 
 run: deps $(LIBRARY)
 	$(PYTHON) scripts/run.py

@@ -12,6 +12,24 @@ pub enum Error {
     TooLarge(String),
     /// A bug: a panic caught at the seam, or an impossible state (`internal-error`).
     Internal(String),
+    /// The bytes are in no format this library recognises (`unsupported-format`).
+    UnsupportedFormat(String),
+    /// Not a token this library could have issued: wrong shape, version, encoding or size (`token-malformed`).
+    TokenMalformed(String),
+    /// A well-formed token whose signature or host does not match: forged, or signed with a rotated secret
+    /// (`token-invalid`).
+    TokenInvalid(String),
+    /// A genuine token past its expiry time (`token-expired`).
+    TokenExpired(String),
+    /// The user already holds as many open invitations as the caller's limit allows (`quota-exceeded`).
+    QuotaExceeded(String),
+    /// A fetch was refused because the URL, a redirect or a resolved address points to a blocked network
+    /// (`blocked`).
+    Blocked(String),
+    /// A fetch failed: connection refused, HTTP error status, too many redirects, bad response (`fetch-failed`).
+    FetchFailed(String),
+    /// A fetch took longer than the caller's connect or total time limit (`timeout`).
+    Timeout(String),
 }
 
 impl Error {
@@ -21,6 +39,14 @@ impl Error {
             Error::BadRequest(_) => "bad-request",
             Error::TooLarge(_) => "too-large",
             Error::Internal(_) => "internal-error",
+            Error::UnsupportedFormat(_) => "unsupported-format",
+            Error::TokenMalformed(_) => "token-malformed",
+            Error::TokenInvalid(_) => "token-invalid",
+            Error::TokenExpired(_) => "token-expired",
+            Error::QuotaExceeded(_) => "quota-exceeded",
+            Error::Blocked(_) => "blocked",
+            Error::FetchFailed(_) => "fetch-failed",
+            Error::Timeout(_) => "timeout",
         }
     }
 
@@ -33,7 +59,17 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::BadRequest(text) | Error::TooLarge(text) | Error::Internal(text) => f.write_str(text),
+            Error::BadRequest(text)
+            | Error::TooLarge(text)
+            | Error::Internal(text)
+            | Error::UnsupportedFormat(text)
+            | Error::TokenMalformed(text)
+            | Error::TokenInvalid(text)
+            | Error::TokenExpired(text)
+            | Error::QuotaExceeded(text)
+            | Error::Blocked(text)
+            | Error::FetchFailed(text)
+            | Error::Timeout(text) => f.write_str(text),
         }
     }
 }
@@ -65,6 +101,10 @@ mod tests {
         assert_eq!("bad-request", Error::bad_request("x").code());
         assert_eq!("too-large", Error::TooLarge("x".into()).code());
         assert_eq!("internal-error", Error::Internal("x".into()).code());
+        assert_eq!("unsupported-format", Error::UnsupportedFormat("x".into()).code());
+        assert_eq!("token-malformed", Error::TokenMalformed("x".into()).code());
+        assert_eq!("token-invalid", Error::TokenInvalid("x".into()).code());
+        assert_eq!("token-expired", Error::TokenExpired("x".into()).code());
     }
 
     #[test]

@@ -20,7 +20,13 @@
 //!
 //! Without the `lua54` feature the crate is plain Rust, which is how `cargo test` and the benchmarks use it.
 
+pub mod blurhash;
 pub mod error;
+pub mod invite;
+pub mod jpeg;
+pub mod kick;
+pub mod probe;
+pub mod token;
 pub mod validate;
 
 #[cfg(feature = "lua54")]

@@ -137,6 +137,54 @@ fn validate_api(lua: &Lua) -> LuaResult<LuaTable> {
     Ok(api)
 }
 
+// --- invite ---
+
+/// Lua: `invite.validity(s, min_seconds, max_seconds)` -> seconds, or nil, "bad-request", text. Reads "3600",
+/// "36 hours", "1w 2d" or "P7D".
+fn invite_validity(lua: &Lua, (s, min_secs, max_secs): (LuaString, u64, u64)) -> LuaResult<LuaMultiValue> {
+    let result = guard(|| crate::invite::validity(&s.as_bytes(), min_secs, max_secs));
+    to_lua(lua, result)
+}
+
+/// Lua: `invite.describe_period(seconds)` -> "1 week", "36 hours", ... for messages and form labels.
+fn invite_describe_period(lua: &Lua, seconds: u64) -> LuaResult<LuaMultiValue> {
+    to_lua(lua, guard(|| Ok(crate::invite::describe_period(seconds))))
+}
+
+/// Lua: `invite.username(s)` -> s, or nil, "bad-request", text. Shape only; the caller nodepreps.
+fn invite_username(lua: &Lua, s: LuaString) -> LuaResult<LuaMultiValue> {
+    let result = guard(|| crate::invite::username(&s.as_bytes()).map(str::to_owned));
+    to_lua(lua, result)
+}
+
+/// Lua: `invite.note(s, max_chars)` -> trimmed s, or nil, "bad-request", text.
+fn invite_note(lua: &Lua, (s, max_chars): (LuaString, usize)) -> LuaResult<LuaMultiValue> {
+    let result = guard(|| crate::invite::note(&s.as_bytes(), max_chars).map(str::to_owned));
+    to_lua(lua, result)
+}
+
+/// Lua: `invite.token(s)` -> s, or nil, "bad-request", text.
+fn invite_token(lua: &Lua, s: LuaString) -> LuaResult<LuaMultiValue> {
+    let result = guard(|| crate::invite::token(&s.as_bytes()).map(str::to_owned));
+    to_lua(lua, result)
+}
+
+/// Lua: `invite.quota(open_count, limit)` -> how many remain after this one, or nil, "quota-exceeded", text.
+fn invite_quota(lua: &Lua, (open, limit): (u64, u64)) -> LuaResult<LuaMultiValue> {
+    to_lua(lua, guard(|| crate::invite::quota(open, limit)))
+}
+
+fn invite_api(lua: &Lua) -> LuaResult<LuaTable> {
+    let api = lua.create_table()?;
+    api.set("validity", lua.create_function(invite_validity)?)?;
+    api.set("describe_period", lua.create_function(invite_describe_period)?)?;
+    api.set("username", lua.create_function(invite_username)?)?;
+    api.set("note", lua.create_function(invite_note)?)?;
+    api.set("token", lua.create_function(invite_token)?)?;
+    api.set("quota", lua.create_function(invite_quota)?)?;
+    Ok(api)
+}
+
 /// Lua: `test_panic()` raises a Rust panic inside the guard; the seam must answer `nil, "internal-error"`.
 /// Exists so the busted spec can prove that a panic never reaches Lua.
 fn test_panic(lua: &Lua, _: ()) -> LuaResult<LuaMultiValue> {
@@ -149,6 +197,7 @@ fn prosody_native(lua: &Lua) -> LuaResult<LuaTable> {
     let exports = lua.create_table()?;
     exports.set("version", crate::VERSION)?;
     exports.set("validate", validate_api(lua)?)?;
+    exports.set("invite", invite_api(lua)?)?;
     exports.set("test_panic", lua.create_function(test_panic)?)?;
     Ok(exports)
 }

@@ -1,0 +1,627 @@
+-- mod_muc_hats_adhoc: manage MUC hats from any XMPP client with ad-hoc commands (XEP-0050).
+--
+-- Two command sets share one store (mod_muc_hats_api, which keeps hats in affiliation data where core reads them):
+-- - Prosody's original service commands, ...hats#add and ...hats#remove, on the MUC host, through mod_adhoc;
+-- - XEP-0317 v0.3.1's hat catalogue commands (create, destroy, list, assign, unassign, list-assigned) on every room
+--   JID. mod_adhoc only answers commands addressed to a host, so this module routes the room's commands itself:
+--   disco of the commands node, <command/> iqs to room JIDs and their sessions.
+-- Every submitted value is checked by the native library; a command that fails ends with an error and changes
+-- nothing.
+
+local compat = module:require("prosody_native_compat");
+local native = module:require("prosody_native");
+local cache = compat.require("util.cache");
+local dataforms = compat.require("util.dataforms");
+local errors = compat.require("util.error");
+local hashes = compat.require("util.hashes");
+local id = compat.require("util.id");
+local jid = compat.require("util.jid");
+local st = compat.require("util.stanza");
+
+module:depends("adhoc");
+local adhoc_new = module:require("adhoc").new;
+local hats_api = module:depends("muc_hats_api");
+local mod_muc = module:depends("muc");
+
+local xmlns_commands = "http://jabber.org/protocol/commands";
+local xmlns_data = "jabber:x:data";
+local xmlns_disco_items = "http://jabber.org/protocol/disco#items";
+local xmlns_hats = "urn:xmpp:hats:0";
+local xmlns_hats_commands = "urn:xmpp:hats:commands";
+local xmlns_muc_user = "http://jabber.org/protocol/muc#user";
+
+-- Room command sessions waiting for their form; abandoned ones are forgotten, oldest first.
+local max_sessions = 256;
+
+-- Conditions in the XEP-0050 namespace (bad-payload, ...) are added to the error as its application condition.
+local hats_errors = errors.init(module.name, xmlns_commands, {
+	["forbidden"] = { "auth", "forbidden", "Only the room's owners and admins, and service admins, may manage its hats" };
+	["forbidden-service"] = { "auth", "forbidden", "Only service admins may manage hats with this command" };
+	["room-not-found"] = { "cancel", "item-not-found", "There is no such room on this service" };
+	["command-not-found"] = { "cancel", "item-not-found", "Rooms have no command with that node" };
+	["not-affiliated"] = { "cancel", "item-not-found", "The user has no affiliation with the room; make them a member first" };
+	["hat-not-found"] = { "cancel", "item-not-found", "The room has no hat with that URI" };
+	["too-many-hats"] = { "wait", "resource-constraint", "The room or the user has as many hats as allowed" };
+	["bad-payload"] = { "modify", "bad-request", "The form is incomplete or malformed", "bad-payload" };
+	["bad-sessionid"] = { "modify", "bad-request", "Unknown or expired session; start the command again", "bad-sessionid" };
+	["bad-action"] = { "modify", "bad-request", "This command only completes; use 'execute' or 'complete'", "bad-action" };
+	["internal-error"] = { "cancel", "internal-server-error", "Could not change the hats" };
+});
+
+-- An error from the registry, with a text that names what to fix.
+local function fail(code, text)
+	local err = hats_errors.new(code);
+	if text then
+		err.text = text;
+	end
+	return err;
+end
+
+-- mod_muc_hats_api answers nil, code, text; these are the answers its codes become.
+local api_error_codes = {
+	["item-not-found"] = "not-affiliated";
+	["bad-request"] = "bad-payload";
+	["resource-constraint"] = "too-many-hats";
+};
+
+local function api_fail(code, text)
+	return fail(api_error_codes[code] or "internal-error", text);
+end
+
+-- Lua's own number precision: a hue comes back as it was given ("327.255249", "200").
+local function format_hue(hue)
+	return hue and ("%.14g"):format(hue);
+end
+
+-- Sorted array of { uri, title, hue } from a hat id -> definition table.
+local function sorted_hats(hats)
+	local list = {};
+	for uri, hat in pairs(hats) do
+		table.insert(list, { uri = uri; title = hat.title; hue = hat.hue });
+	end
+	table.sort(list, function (a, b) return a.uri < b.uri; end);
+	return list;
+end
+
+-- The room on this host for a JID, or nil; a destroyed room's tombstone is no room.
+local function find_room(room_jid)
+	local room_bare = room_jid and jid.prep(jid.bare(room_jid));
+	if not room_bare or jid.host(room_bare) ~= module.host or not jid.node(room_bare) then
+		return nil;
+	end
+	local room = mod_muc.get_room_from_jid(room_bare);
+	if not room or room._data.destroyed then
+		return nil;
+	end
+	return room;
+end
+
+local function is_service_admin(actor)
+	return compat.may(module, ":manage-hats", actor);
+end
+
+-- XEP-0317 commands: the room's owners and admins, and whoever may manage hats on the whole service.
+local function may_manage(room, actor)
+	local affiliation = room:get_affiliation(actor);
+	return affiliation == "owner" or affiliation == "admin" or is_service_admin(actor);
+end
+
+local function room_hats(room)
+	local hats, code, text = hats_api.get_room_hats(room.jid);
+	if not hats then
+		module:log("warn", "Cannot read the hats of %s: %s (%s)", room.jid, text, code);
+		return {};
+	end
+	return hats;
+end
+
+-- Hats somebody in the room holds (hat id -> { title, hue }), whether or not the catalogue defines them.
+local function held_hats(room)
+	local hats = {};
+	for user_bare in room:each_affiliation() do
+		for uri, hat in pairs(room:get_affiliation_data(user_bare, "hats") or {}) do
+			hats[uri] = hats[uri] or { title = hat.title; hue = hat.hue };
+		end
+	end
+	return hats;
+end
+
+-- XEP-0317 leaves the hash to the implementation: SHA-1 over the sorted catalogue, titles and hues included, so
+-- that clients also notice an updated title or colour.
+local function catalogue_hash(hats)
+	local lines = {};
+	for _, hat in ipairs(sorted_hats(hats)) do
+		table.insert(lines, table.concat({ hat.uri, hat.title or "", format_hue(hat.hue) or "" }, "\0"));
+	end
+	return hashes.sha1(table.concat(lines, "\n"), true);
+end
+
+-- Form reading
+
+-- Checks a submitted value: returns the clean value, or nil, code, text. The native library does the checking.
+local checkers = {
+	jid = function (value)
+		local parts, code, text = native.validate.jid(value);
+		if not parts then return nil, code, text; end
+		local prepped = jid.prep(jid.bare(value));
+		if not prepped then return nil, "bad-request", "JID is not valid (stringprep rejects it)"; end
+		return prepped;
+	end;
+	uri = native.validate.uri;
+	hue = native.validate.hue;
+	-- titles are checked by mod_muc_hats_api (in the native library), against its configured length
+	text = function (value) return value; end;
+};
+
+-- Reads the fields a layout declares from a submitted form: var -> checked value, or nil, error. Fields also
+-- answer to their `alias` (XEP-0317 and ejabberd call the hat picker "hat" in some forms).
+local function read_form(form, layout)
+	if form.attr.type ~= "submit" then
+		return nil, fail("bad-payload", "Expected a submitted form (type 'submit')");
+	end
+	local submitted = {};
+	for field in form:childtags("field") do
+		local var, value = field.attr.var, field:get_child_text("value");
+		if var and value and value ~= "" and submitted[var] == nil then
+			submitted[var] = value;
+		end
+	end
+	local fields = {};
+	for _, field in ipairs(layout) do
+		local value = submitted[field.name];
+		if value == nil and field.alias then
+			value = submitted[field.alias];
+		end
+		if field.type == "hidden" then
+			if value ~= nil and value ~= field.value then
+				return nil, fail("bad-payload", ("Expected a form of type %s, not %s"):format(field.value, value));
+			end
+		elseif value == nil then
+			if field.required then
+				return nil, fail("bad-payload", ("Missing required field '%s' (%s)"):format(field.name, field.label));
+			end
+		else
+			local checked, _, text = checkers[field.check](value);
+			if checked == nil then
+				return nil, fail("bad-payload", ("%s: %s"):format(field.label, text));
+			end
+			fields[field.name] = checked;
+		end
+	end
+	return fields;
+end
+
+-- The original service commands (mod_adhoc on the MUC host)
+
+local add_layout = dataforms.new {
+	title = "Add a hat";
+	instructions = "Assign a hat to a room member";
+	{ name = "user"; type = "jid-single"; label = "User JID"; required = true; check = "jid" };
+	{ name = "room"; type = "jid-single"; label = "Room JID"; required = true; check = "jid" };
+	{ name = "title"; type = "text-single"; label = "Hat title"; check = "text" };
+	{ name = "uri"; type = "text-single"; label = "Hat URI"; required = true; check = "uri" };
+};
+
+local remove_layout = dataforms.new {
+	title = "Remove a hat";
+	instructions = "Remove a hat from a room member";
+	{ name = "user"; type = "jid-single"; label = "User JID"; required = true; check = "jid" };
+	{ name = "room"; type = "jid-single"; label = "Room JID"; required = true; check = "jid" };
+	{ name = "uri"; type = "text-single"; label = "Hat URI"; required = true; check = "uri" };
+};
+
+-- The room and the user's affiliation named by a form, or nil, error.
+local function affiliated_room(room_jid, user_bare)
+	local room = find_room(room_jid);
+	if not room then
+		return nil, fail("room-not-found", ("There is no room %s on this service"):format(room_jid));
+	end
+	if not room:get_affiliation(user_bare) then
+		return nil, fail("not-affiliated", ("%s has no affiliation with %s; make them a member first")
+			:format(user_bare, room.jid));
+	end
+	return room;
+end
+
+local function add_hat(fields)
+	local room, err = affiliated_room(fields.room, fields.user);
+	if not room then return nil, err; end
+	-- a hat the room's catalogue defines brings its title (unless one is given) and hue
+	local definition = room_hats(room)[fields.uri] or {};
+	local ok, code, text = hats_api.add_user_hat(fields.user, room.jid, fields.uri, {
+		active = true;
+		required = true;
+		title = fields.title or definition.title;
+		hue = definition.hue;
+	});
+	if not ok then return nil, api_fail(code, text); end
+	return "The hat has been added successfully";
+end
+
+local function remove_hat(fields)
+	local room, err = affiliated_room(fields.room, fields.user);
+	if not room then return nil, err; end
+	local hats, code, text = hats_api.get_user_hats(fields.user, room.jid);
+	if not hats then return nil, api_fail(code, text); end
+	if hats[fields.uri] == nil then
+		return nil, fail("hat-not-found", ("%s does not wear the hat %s in %s"):format(fields.user, fields.uri, room.jid));
+	end
+	local ok, remove_code, remove_text = hats_api.remove_user_hat(fields.user, room.jid, fields.uri);
+	if not ok then return nil, api_fail(remove_code, remove_text); end
+	return "The hat has been removed successfully";
+end
+
+-- A mod_adhoc handler: form, then submission; permission is checked at every step.
+local function service_command(layout, submit)
+	return function (_, data, state)
+		if not is_service_admin(data.from) then
+			return { status = "error"; error = fail("forbidden-service") };
+		end
+		if data.action == "cancel" or (data.form and data.form.attr.type == "cancel") then
+			return { status = "canceled" };
+		end
+		if not data.form then
+			if state then
+				return { status = "error"; error = fail("bad-payload", "Submit the form to complete the command") };
+			end
+			return { status = "executing"; actions = { "complete"; default = "complete" }; form = layout }, "executing";
+		end
+		local fields, err = read_form(data.form, layout);
+		if not fields then return { status = "error"; error = err }; end
+		local info, submit_err = submit(fields);
+		if not info then return { status = "error"; error = submit_err }; end
+		return { status = "completed"; info = info };
+	end;
+end
+
+local service_nodes = {
+	["http://prosody.im/protocol/hats#add"] = "Add hat to a user";
+	["http://prosody.im/protocol/hats#remove"] = "Remove hat from a user";
+};
+
+-- The commands are open to anyone in mod_adhoc's terms; service_command decides with Prosody's permissions
+-- (":manage-hats", granted to admins, delegable to any role on 13).
+compat.default_permission(module, "prosody:admin", ":manage-hats");
+module:provides("adhoc", adhoc_new(service_nodes["http://prosody.im/protocol/hats#add"],
+	"http://prosody.im/protocol/hats#add", service_command(add_layout, add_hat), "any"));
+module:provides("adhoc", adhoc_new(service_nodes["http://prosody.im/protocol/hats#remove"],
+	"http://prosody.im/protocol/hats#remove", service_command(remove_layout, remove_hat), "any"));
+
+-- ...and they are only listed to those who may run them.
+module:hook("host-disco-items-node", function (event)
+	if event.node ~= xmlns_commands or is_service_admin(event.stanza.attr.from) then return; end
+	event.reply:maptags(function (item)
+		if item.name == "item" and service_nodes[item.attr.node] then return nil; end
+		return item;
+	end);
+end, -1);
+
+-- XEP-0317 commands on room JIDs
+
+local form_type = { name = "FORM_TYPE"; type = "hidden"; value = xmlns_hats_commands };
+
+local create_layout = dataforms.new {
+	title = "Creating a Hat";
+	instructions = "Fill out this form to create a hat. A hat URI the room already has updates that hat.";
+	form_type;
+	{ name = "hats#title"; type = "text-single"; label = "Hat Title"; required = true; check = "text" };
+	{ name = "hats#uri"; type = "text-single"; label = "Hat URI"; required = true; check = "uri" };
+	{ name = "hats#hue"; type = "text-single"; label = "Hat Hue"; desc = "Colour angle in degrees, 0 to 360";
+		check = "hue" };
+};
+
+local destroy_layout = dataforms.new {
+	title = "Destroying a Hat";
+	instructions = "Fill out this form to destroy a hat. Everyone wearing it loses it.";
+	form_type;
+	{ name = "hats#uri"; alias = "hat"; type = "list-single"; label = "The hat"; required = true; check = "uri" };
+};
+
+local assign_layout = dataforms.new {
+	title = "Assigning a Hat";
+	instructions = "Fill out this form to assign a hat.";
+	form_type;
+	{ name = "hats#jid"; type = "jid-single"; label = "User Address"; required = true; check = "jid" };
+	{ name = "hats#uri"; alias = "hat"; type = "list-single"; label = "The hat"; required = true; check = "uri" };
+};
+
+local unassign_layout = dataforms.new {
+	title = "Removing a Hat";
+	instructions = "Fill out this form to remove a hat from a user.";
+	form_type;
+	{ name = "hats#jid"; type = "jid-single"; label = "User Address"; required = true; check = "jid" };
+	{ name = "hats#uri"; alias = "hat"; type = "list-single"; label = "The hat"; required = true; check = "uri" };
+};
+
+-- list-single options for a hat picker, labelled with titles.
+local function hat_options(hats)
+	local options = {};
+	for _, hat in ipairs(sorted_hats(hats)) do
+		table.insert(options, { label = hat.title or hat.uri; value = hat.uri });
+	end
+	return options;
+end
+
+-- A multi-item result form (XEP-0004 <reported/> and <item/>).
+local function result_form(title, columns, rows)
+	local form = st.stanza("x", { xmlns = xmlns_data; type = "result" }):text_tag("title", title):tag("reported");
+	for _, column in ipairs(columns) do
+		form:tag("field", { var = column.var; label = column.label; type = column.type or "text-single" }):up();
+	end
+	form:up();
+	for _, row in ipairs(rows) do
+		form:tag("item");
+		for _, column in ipairs(columns) do
+			form:tag("field", { var = column.var });
+			if row[column.var] then
+				form:text_tag("value", row[column.var]);
+			end
+			form:up();
+		end
+		form:up();
+	end
+	return form;
+end
+
+local hat_columns = {
+	{ var = "hats#title"; label = "Hat Title" };
+	{ var = "hats#uri"; label = "Hat URI" };
+	{ var = "hats#hue"; label = "Hat Hue" };
+};
+
+local assigned_columns = {
+	{ var = "hats#jid"; label = "User Address"; type = "jid-single" };
+	{ var = "hats#uri"; label = "Hat URI" };
+	{ var = "hats#title"; label = "Hat Title" };
+	{ var = "hats#hue"; label = "Hat Hue" };
+};
+
+local function list_hats(room)
+	local rows = {};
+	for _, hat in ipairs(sorted_hats(room_hats(room))) do
+		table.insert(rows, { ["hats#title"] = hat.title; ["hats#uri"] = hat.uri; ["hats#hue"] = format_hue(hat.hue) });
+	end
+	return result_form("Hats List", hat_columns, rows);
+end
+
+local function list_assigned(room)
+	local users = {};
+	for user_bare in room:each_affiliation() do
+		table.insert(users, user_bare);
+	end
+	table.sort(users);
+	local rows = {};
+	for _, user_bare in ipairs(users) do
+		for _, hat in ipairs(sorted_hats(room:get_affiliation_data(user_bare, "hats") or {})) do
+			table.insert(rows, {
+				["hats#jid"] = user_bare;
+				["hats#uri"] = hat.uri;
+				["hats#title"] = hat.title;
+				["hats#hue"] = format_hue(hat.hue);
+			});
+		end
+	end
+	return result_form("Assigned Hats List", assigned_columns, rows);
+end
+
+local function describe_hat(uri, hat)
+	return hat and hat.title and ("'%s' (%s)"):format(hat.title, uri) or uri;
+end
+
+local function create_hat(room, fields)
+	local existed = room_hats(room)[fields["hats#uri"]] ~= nil;
+	local ok, code, text = hats_api.define_room_hat(room.jid, fields["hats#uri"], {
+		title = fields["hats#title"];
+		hue = fields["hats#hue"];
+	});
+	if not ok then return nil, api_fail(code, text); end
+	return ("%s the hat %s"):format(existed and "Updated" or "Created", describe_hat(fields["hats#uri"], {
+		title = fields["hats#title"];
+	}));
+end
+
+local function unknown_hat(room, uri)
+	return fail("hat-not-found", ("The room %s has no hat %s; create it first"):format(room.jid, uri));
+end
+
+local function destroy_hat(room, fields)
+	local uri = fields["hats#uri"];
+	local hat = room_hats(room)[uri];
+	if not hat then return nil, unknown_hat(room, uri); end
+	local ok, code, text = hats_api.destroy_room_hat(room.jid, uri);
+	if not ok then return nil, api_fail(code, text); end
+	return ("Destroyed the hat %s"):format(describe_hat(uri, hat));
+end
+
+local function assign_hat(room, fields)
+	local user, uri = fields["hats#jid"], fields["hats#uri"];
+	local hat = room_hats(room)[uri];
+	if not hat then return nil, unknown_hat(room, uri); end
+	local _, err = affiliated_room(room.jid, user);
+	if err then return nil, err; end
+	local ok, code, text = hats_api.add_user_hat(user, room.jid, uri, { active = true; title = hat.title; hue = hat.hue });
+	if not ok then return nil, api_fail(code, text); end
+	return ("Assigned the hat %s to %s"):format(describe_hat(uri, hat), user);
+end
+
+local function unassign_hat(room, fields)
+	local user, uri = fields["hats#jid"], fields["hats#uri"];
+	local _, err = affiliated_room(room.jid, user);
+	if err then return nil, err; end
+	local hats, code, text = hats_api.get_user_hats(user, room.jid);
+	if not hats then return nil, api_fail(code, text); end
+	if hats[uri] == nil then
+		return nil, fail("hat-not-found", ("%s does not wear the hat %s in this room"):format(user, uri));
+	end
+	local ok, remove_code, remove_text = hats_api.remove_user_hat(user, room.jid, uri);
+	if not ok then return nil, api_fail(remove_code, remove_text); end
+	return ("Removed the hat %s from %s"):format(describe_hat(uri, hats[uri]), user);
+end
+
+-- Values for a picker form, or nil and a note when there is nothing to pick.
+local function catalogue_picker(room)
+	local hats = room_hats(room);
+	if next(hats) == nil then
+		return nil, "This room has no hats yet; create one with " .. xmlns_hats_commands .. ":create";
+	end
+	return { ["hats#uri"] = hat_options(hats) };
+end
+
+local function held_picker(room)
+	local hats = held_hats(room);
+	for uri, hat in pairs(room_hats(room)) do
+		hats[uri] = hat;
+	end
+	if next(hats) == nil then
+		return nil, "Nobody in this room wears a hat";
+	end
+	return { ["hats#uri"] = hat_options(hats) };
+end
+
+-- Each command: `layout` and `initial` (values, or nil and a note) for a form, and `submit`; or `result` alone.
+local room_commands = {
+	{ node = "create"; name = "Create or update a hat"; layout = create_layout; submit = create_hat;
+		initial = function () return {}; end };
+	{ node = "destroy"; name = "Destroy a hat"; layout = destroy_layout; submit = destroy_hat; initial = catalogue_picker };
+	{ node = "list"; name = "List hats"; result = list_hats };
+	{ node = "assign"; name = "Assign a hat"; layout = assign_layout; submit = assign_hat; initial = catalogue_picker };
+	{ node = "unassign"; name = "Remove a hat from a user"; layout = unassign_layout; submit = unassign_hat;
+		initial = held_picker };
+	{ node = "list-assigned"; name = "List assigned hats"; result = list_assigned };
+};
+local room_command_by_node = {};
+for _, command in ipairs(room_commands) do
+	command.node = xmlns_hats_commands .. ":" .. command.node;
+	room_command_by_node[command.node] = command;
+end
+
+local sessions = cache.new(max_sessions);
+
+local function command_element(node, sessionid, status)
+	return st.stanza("command", { xmlns = xmlns_commands; node = node; sessionid = sessionid; status = status });
+end
+
+local function completed(node, sessionid, info)
+	local element = command_element(node, sessionid or id.medium(), "completed");
+	if info then
+		element:text_tag("note", info, { type = "info" });
+	end
+	return element;
+end
+
+-- Runs one step of a room command: returns the <command/> to answer with, or nil, error.
+local function run_room_command(command, room, actor, request)
+	local action = request.attr.action or "execute";
+	local sessionid = request.attr.sessionid;
+	if sessionid then
+		local session = sessions:get(sessionid);
+		if not (session and session.node == command.node and session.room == room.jid and session.actor == actor) then
+			return nil, fail("bad-sessionid");
+		end
+		sessions:set(sessionid, nil); -- every answer below ends the session or starts a new one
+	end
+	local form = request:get_child("x", xmlns_data);
+	if action == "cancel" or (form and form.attr.type == "cancel") then
+		return command_element(command.node, sessionid or id.medium(), "canceled");
+	end
+	if action ~= "execute" and action ~= "complete" and action ~= "next" then
+		return nil, fail("bad-action");
+	end
+	if command.result then
+		return completed(command.node, sessionid):add_child(command.result(room));
+	end
+	if form then -- a submission, also allowed straight away without asking for the form first (XEP-0317 §3.3)
+		local fields, err = read_form(form, command.layout);
+		if not fields then return nil, err; end
+		local info, submit_err = command.submit(room, fields);
+		if not info then return nil, submit_err; end
+		module:log("info", "%s: %s in %s", actor, info, room.jid);
+		return completed(command.node, sessionid, info);
+	end
+	if sessionid then
+		return nil, fail("bad-payload", "Submit the form to complete the command");
+	end
+	local values, note = command.initial(room);
+	if not values then
+		return completed(command.node, nil, note);
+	end
+	sessionid = id.medium();
+	sessions:set(sessionid, { node = command.node; room = room.jid; actor = actor });
+	return command_element(command.node, sessionid, "executing")
+		:tag("actions", { execute = "complete" }):tag("complete"):up():up()
+		:add_child(command.layout:form(values));
+end
+
+module:hook("iq-set/bare/" .. xmlns_commands .. ":command", function (event)
+	local origin, stanza = event.origin, event.stanza;
+	local room = find_room(stanza.attr.to);
+	if not room then
+		origin.send(st.error_reply(stanza, fail("room-not-found")));
+		return true;
+	end
+	local request = stanza.tags[1];
+	local command = room_command_by_node[request.attr.node];
+	if not command then
+		origin.send(st.error_reply(stanza, fail("command-not-found")));
+		return true;
+	end
+	local actor = stanza.attr.from;
+	if not may_manage(room, actor) then
+		origin.send(st.error_reply(stanza, fail("forbidden")));
+		return true;
+	end
+	local answer, err = run_room_command(command, room, actor, request);
+	if not answer then
+		module:log("debug", "%s: %s failed in %s: %s", actor, command.node, room.jid, err.text);
+		origin.send(st.error_reply(stanza, err));
+		return true;
+	end
+	origin.send(st.reply(stanza):add_child(answer));
+	return true;
+end);
+
+-- Room disco: the commands node lists the commands to those who may run them (mod_muc answers every other node).
+module:hook("iq-get/bare/http://jabber.org/protocol/disco#items:query", function (event)
+	local origin, stanza = event.origin, event.stanza;
+	if stanza.tags[1].attr.node ~= xmlns_commands then return; end
+	local room = find_room(stanza.attr.to);
+	if not room then return; end -- mod_muc answers for missing and destroyed rooms
+	local reply = st.reply(stanza):tag("query", { xmlns = xmlns_disco_items; node = xmlns_commands });
+	if may_manage(room, stanza.attr.from) then
+		for _, command in ipairs(room_commands) do
+			reply:tag("item", { jid = room.jid; node = command.node; name = command.name }):up();
+		end
+	end
+	origin.send(reply);
+	return true;
+end, 1);
+
+module:hook("muc-disco#info/" .. xmlns_commands, function (event)
+	event.reply:tag("identity", { category = "automation"; type = "command-list"; name = "Ad-Hoc Commands" }):up();
+end);
+
+for _, command in ipairs(room_commands) do
+	module:hook("muc-disco#info/" .. command.node, function (event)
+		if not may_manage(event.room, event.stanza.attr.from) then return; end
+		event.reply:tag("identity", { category = "automation"; type = "command-node"; name = command.name }):up();
+		event.reply:tag("feature", { var = xmlns_commands }):up();
+		event.reply:tag("feature", { var = xmlns_data }):up();
+	end);
+end
+
+module:hook("muc-disco#info", function (event)
+	event.reply:tag("feature", { var = xmlns_hats }):up();
+	event.reply:tag("feature", { var = xmlns_commands }):up();
+	local hats = room_hats(event.room);
+	if next(hats) ~= nil then
+		table.insert(event.form, { name = "hats#hash"; type = "text-single"; label = "Hats hash" });
+		event.formdata["hats#hash"] = catalogue_hash(hats);
+	end
+end);
+
+-- XEP-0317: a changed hat list is a configuration change (status 104) for everyone in the room.
+module:hook("muc-room-hats-changed", function (event)
+	local notice = st.message({ type = "groupchat"; from = event.room.jid })
+		:tag("x", { xmlns = xmlns_muc_user }):tag("status", { code = "104" }):up():up();
+	event.room:broadcast_message(notice);
+end);

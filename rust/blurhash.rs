@@ -1,0 +1,600 @@
+//! BlurHash: checks the buffer size against the dimensions, downsizes to a small working image, then
+//! encodes the standard BlurHash string (<https://blurha.sh>, the algorithm of Wolt's reference encoder).
+//!
+//! Decoders never hold a full bitmap for BlurHash's sake. They feed rows or samples into a [`Shrinker`],
+//! an area-averaging (box filter) accumulator whose memory is a few kilobytes whatever the source size:
+//! every source pixel is added to the bin of the working image that covers it, so rows may arrive in any
+//! order (interlaced PNG and GIF, one JPEG component after another). The working image is at most
+//! [`WORKING_SIZE`] pixels on its long side, which is far more than a 9x9-component BlurHash can tell
+//! apart, and small enough that the encoder's cosine sums cost microseconds.
+//!
+//! Averaging is done on the gamma-encoded (sRGB) values, as every thumbnailer does (and as a JPEG's DC
+//! coefficients already are); the encoder then converts the working pixels to linear light exactly as the
+//! reference encoder does, so for an image no larger than the working size the result is bit-identical to
+//! the reference. Transparent pixels are composited over white, the usual chat background.
+
+use crate::error::Error;
+use std::f32::consts::PI;
+
+/// Long side, in pixels, of the working image that BlurHash components are computed from.
+pub const WORKING_SIZE: u32 = 64;
+
+/// Background that transparent pixels are composited over (white), per channel.
+const BACKGROUND: u64 = 255;
+
+/// The base83 alphabet of BlurHash.
+const BASE83: &[u8; 83] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz#$%*+,-.:;=?@[]^_{|}~";
+
+/// Pixel layout of 8-bit interleaved rows fed to [`Shrinker::add_row`] or [`encode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One grey byte per pixel.
+    Gray,
+    /// Grey and alpha bytes.
+    GrayAlpha,
+    /// Red, green and blue bytes.
+    Rgb,
+    /// Red, green, blue and alpha bytes.
+    Rgba,
+}
+
+impl Layout {
+    /// Bytes per pixel.
+    pub fn channels(self) -> usize {
+        match self {
+            Layout::Gray => 1,
+            Layout::GrayAlpha => 2,
+            Layout::Rgb => 3,
+            Layout::Rgba => 4,
+        }
+    }
+}
+
+/// A small image of sRGB values (0.0..=255.0, three per pixel, row-major) that BlurHash is computed
+/// from: the output of a [`Shrinker`], or a decoder's reduced-size output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Working {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `width * height * 3` sRGB values.
+    pub rgb: Vec<f32>,
+}
+
+impl Working {
+    /// Applies an EXIF orientation (1..=8; anything else is left alone) so that the BlurHash matches the
+    /// image as viewers display it.
+    pub fn oriented(self, orientation: u8) -> Working {
+        if !(2..=8).contains(&orientation) {
+            return self;
+        }
+        let (w, h) = (self.width as usize, self.height as usize);
+        let transposed = orientation >= 5;
+        let (out_w, out_h) = if transposed { (h, w) } else { (w, h) };
+        let mut rgb = vec![0.0; self.rgb.len()];
+        for oy in 0..out_h {
+            for ox in 0..out_w {
+                // Position in the stored image of the displayed pixel (ox, oy).
+                let (sx, sy) = match orientation {
+                    2 => (w - 1 - ox, oy),
+                    3 => (w - 1 - ox, h - 1 - oy),
+                    4 => (ox, h - 1 - oy),
+                    5 => (oy, ox),
+                    6 => (oy, h - 1 - ox),
+                    7 => (w - 1 - oy, h - 1 - ox),
+                    _ => (w - 1 - oy, ox),
+                };
+                let (src, dst) = ((sy * w + sx) * 3, (oy * out_w + ox) * 3);
+                if let (Some(from), Some(to)) = (self.rgb.get(src..src + 3), rgb.get_mut(dst..dst + 3)) {
+                    to.copy_from_slice(from);
+                }
+            }
+        }
+        Working { width: out_w as u32, height: out_h as u32, rgb }
+    }
+
+    /// Encodes the BlurHash of this image with `cx` x `cy` components (each 1..=9).
+    pub fn encode(&self, cx: u32, cy: u32) -> Result<String, Error> {
+        encode_srgb(&self.rgb, self.width, self.height, cx, cy)
+    }
+}
+
+/// Size of the working image for a `width` x `height` source: the source itself when it fits in
+/// [`WORKING_SIZE`], otherwise scaled down (aspect kept, at least one pixel on each side).
+pub fn working_size(width: u32, height: u32) -> (u32, u32) {
+    let long = width.max(height);
+    if long <= WORKING_SIZE {
+        return (width.max(1), height.max(1));
+    }
+    let scale = |side: u32| (((side as u64 * WORKING_SIZE as u64) + long as u64 / 2) / long as u64).max(1);
+    (scale(width) as u32, scale(height) as u32)
+}
+
+/// Area-averaging accumulator from a source of any size to a working image of at most [`WORKING_SIZE`]
+/// pixels on its long side. It holds one sum and one weight per plane and working pixel, so its memory
+/// does not depend on the source size. Planes are whatever the caller feeds (R, G, B for rows; Y, Cb, Cr
+/// or C, M, Y, K for a JPEG), averaged independently.
+#[derive(Debug, Clone)]
+pub struct Shrinker {
+    src_w: u32,
+    src_h: u32,
+    dst_w: u32,
+    dst_h: u32,
+    planes: usize,
+    /// First source column of each working column, plus `src_w` at the end.
+    col_start: Vec<u32>,
+    sums: Vec<i64>,
+    weights: Vec<u64>,
+    /// Working column and row of each source column and row, for [`Shrinker::add_sample`] callers that
+    /// asked for them ([`Shrinker::for_samples`]); empty otherwise.
+    col_bin: Vec<u16>,
+    row_bin: Vec<u16>,
+}
+
+impl Shrinker {
+    /// An accumulator for a `width` x `height` source with `planes` (1..=4) planes.
+    pub fn new(width: u32, height: u32, planes: usize) -> Result<Shrinker, Error> {
+        if width == 0 || height == 0 {
+            return Err(Error::bad_request("image has a zero dimension"));
+        }
+        if !(1..=4).contains(&planes) {
+            return Err(Error::Internal(format!("{planes} planes")));
+        }
+        let (dst_w, dst_h) = working_size(width, height);
+        let col_start = (0..=dst_w).map(|j| div_ceil(j as u64 * width as u64, dst_w as u64) as u32).collect();
+        let bins = dst_w as usize * dst_h as usize * planes;
+        Ok(Shrinker {
+            src_w: width,
+            src_h: height,
+            dst_w,
+            dst_h,
+            planes,
+            col_start,
+            sums: vec![0; bins],
+            weights: vec![0; bins],
+            col_bin: Vec::new(),
+            row_bin: Vec::new(),
+        })
+    }
+
+    /// Like [`Shrinker::new`], with lookup tables that make [`Shrinker::add_sample`] division-free, for
+    /// callers that add samples one by one (a JPEG's blocks). The tables cost two bytes per source column
+    /// and row; sources over 65536 pixels on a side do without them.
+    pub fn for_samples(width: u32, height: u32, planes: usize) -> Result<Shrinker, Error> {
+        let mut s = Shrinker::new(width, height, planes)?;
+        if width <= 1 << 16 && height <= 1 << 16 {
+            s.col_bin = (0..width).map(|x| s.bin_x(x) as u16).collect();
+            s.row_bin = (0..height).map(|y| s.bin_y(y) as u16).collect();
+        }
+        Ok(s)
+    }
+
+    /// Working column of source column `x`.
+    #[inline]
+    fn bin_x(&self, x: u32) -> usize {
+        (x as u64 * self.dst_w as u64 / self.src_w as u64) as usize
+    }
+
+    /// Working row of source row `y`.
+    #[inline]
+    fn bin_y(&self, y: u32) -> usize {
+        (y as u64 * self.dst_h as u64 / self.src_h as u64) as usize
+    }
+
+    /// Adds one sample `value` (a pixel-scale value, normally 0..=255) of `plane` at source pixel
+    /// (`x`, `y`). Samples outside the source or planes out of range are ignored.
+    #[inline]
+    pub fn add_sample(&mut self, plane: usize, x: u32, y: u32, value: i32) {
+        if x >= self.src_w || y >= self.src_h || plane >= self.planes {
+            return;
+        }
+        let (bx, by) = match (self.col_bin.get(x as usize), self.row_bin.get(y as usize)) {
+            (Some(&bx), Some(&by)) => (bx as usize, by as usize),
+            _ => (self.bin_x(x), self.bin_y(y)),
+        };
+        let bin = (by * self.dst_w as usize + bx) * self.planes + plane;
+        if let (Some(sum), Some(weight)) = (self.sums.get_mut(bin), self.weights.get_mut(bin)) {
+            *sum += value as i64;
+            *weight += 1;
+        }
+    }
+
+    /// Adds source row `y` of 8-bit pixels in `layout` (grey is spread over the first three planes;
+    /// alpha is composited over white). The shrinker must have been made with 3 planes; a row of the
+    /// wrong length or an out-of-range `y` is ignored.
+    pub fn add_row(&mut self, y: u32, row: &[u8], layout: Layout) {
+        let ch = layout.channels();
+        if self.planes != 3 || y >= self.src_h || row.len() != self.src_w as usize * ch {
+            return;
+        }
+        let base = self.bin_y(y) * self.dst_w as usize * 3;
+        for j in 0..self.dst_w as usize {
+            let (Some(&x0), Some(&x1)) = (self.col_start.get(j), self.col_start.get(j + 1)) else {
+                return;
+            };
+            let Some(px) = row.get(x0 as usize * ch..x1 as usize * ch) else {
+                return;
+            };
+            let (sum, weight) = sum_pixels(px, layout);
+            let bin = base + j * 3;
+            if let (Some(s), Some(w)) = (self.sums.get_mut(bin..bin + 3), self.weights.get_mut(bin..bin + 3)) {
+                for c in 0..3 {
+                    s[c] += sum[c] as i64;
+                    w[c] += weight;
+                }
+            }
+        }
+    }
+
+    /// Adds the pixels of one interlaced row: `row` holds pixels at source columns `x0`, `x0 + dx`, ...
+    /// of row `y` (Adam7 passes). Same rules as [`Shrinker::add_row`].
+    pub fn add_strided_row(&mut self, y: u32, x0: u32, dx: u32, row: &[u8], layout: Layout) {
+        let ch = layout.channels();
+        if self.planes != 3 || y >= self.src_h || dx == 0 {
+            return;
+        }
+        let base = self.bin_y(y) * self.dst_w as usize;
+        for (i, px) in row.chunks_exact(ch).enumerate() {
+            let x = x0 as u64 + i as u64 * dx as u64;
+            if x >= self.src_w as u64 {
+                return;
+            }
+            let (sum, weight) = sum_pixels(px, layout);
+            let bin = (base + self.bin_x(x as u32)) * 3;
+            if let (Some(s), Some(w)) = (self.sums.get_mut(bin..bin + 3), self.weights.get_mut(bin..bin + 3)) {
+                for c in 0..3 {
+                    s[c] += sum[c] as i64;
+                    w[c] += weight;
+                }
+            }
+        }
+    }
+
+    /// Working-image width and height.
+    pub fn dims(&self) -> (u32, u32) {
+        (self.dst_w, self.dst_h)
+    }
+
+    /// Mean of each plane in each working pixel (`dst_w * dst_h * planes` values, row-major, planes
+    /// interleaved), or `None` when some working pixel received no sample of some plane (the caller fed
+    /// too little: a truncated image).
+    pub fn means(&self) -> Option<Vec<f32>> {
+        self.sums
+            .iter()
+            .zip(&self.weights)
+            .map(|(&sum, &weight)| (weight > 0).then(|| (sum as f64 / weight as f64) as f32))
+            .collect()
+    }
+
+    /// The working image, for a shrinker fed RGB rows (3 planes).
+    pub fn into_working(self) -> Option<Working> {
+        if self.planes != 3 {
+            return None;
+        }
+        Some(Working { width: self.dst_w, height: self.dst_h, rgb: self.means()? })
+    }
+}
+
+/// Sum of each of R, G, B over `px` (whole pixels in `layout`) and the weight of that sum: pixels count
+/// 1 each, or 255 each when alpha is composited (then the sums are scaled by 255 too).
+#[inline]
+fn sum_pixels(px: &[u8], layout: Layout) -> ([u64; 3], u64) {
+    let n = (px.len() / layout.channels()) as u64;
+    match layout {
+        Layout::Gray => {
+            let s = px.iter().map(|&v| v as u64).sum();
+            ([s; 3], n)
+        }
+        Layout::Rgb => {
+            let (mut r, mut g, mut b) = (0u32, 0u32, 0u32);
+            let mut s = [0u64; 3];
+            // u32 partial sums (at most 2^24 / 255 pixels per chunk) vectorise well.
+            for chunk in px.chunks(3 * 4096) {
+                for p in chunk.chunks_exact(3) {
+                    r += p[0] as u32;
+                    g += p[1] as u32;
+                    b += p[2] as u32;
+                }
+                s[0] += r as u64;
+                s[1] += g as u64;
+                s[2] += b as u64;
+                (r, g, b) = (0, 0, 0);
+            }
+            (s, n)
+        }
+        Layout::GrayAlpha => {
+            let mut s = 0u64;
+            for p in px.chunks_exact(2) {
+                let a = p[1] as u64;
+                s += p[0] as u64 * a + BACKGROUND * (255 - a);
+            }
+            ([s; 3], n * 255)
+        }
+        Layout::Rgba => {
+            let mut s = [0u64; 3];
+            for p in px.chunks_exact(4) {
+                let a = p[3] as u64;
+                let bg = BACKGROUND * (255 - a);
+                s[0] += p[0] as u64 * a + bg;
+                s[1] += p[1] as u64 * a + bg;
+                s[2] += p[2] as u64 * a + bg;
+            }
+            (s, n * 255)
+        }
+    }
+}
+
+fn div_ceil(a: u64, b: u64) -> u64 {
+    a.div_ceil(b.max(1))
+}
+
+/// BlurHash of a `width` x `height` image of 8-bit pixels in `layout` (row-major, no padding), with
+/// `cx` x `cy` components (each 1..=9). Images larger than [`WORKING_SIZE`] are area-averaged down first.
+pub fn encode(pixels: &[u8], width: u32, height: u32, layout: Layout, cx: u32, cy: u32) -> Result<String, Error> {
+    check_components(cx, cy)?;
+    let expected = (width as u64)
+        .checked_mul(height as u64)
+        .and_then(|n| n.checked_mul(layout.channels() as u64))
+        .ok_or_else(|| Error::bad_request("image dimensions overflow"))?;
+    if expected != pixels.len() as u64 {
+        return Err(Error::bad_request(format!(
+            "pixel buffer has {} bytes, {width}x{height} needs {expected}",
+            pixels.len()
+        )));
+    }
+    let mut shrinker = Shrinker::new(width, height, 3)?;
+    let row_len = width as usize * layout.channels();
+    for (y, row) in pixels.chunks_exact(row_len).enumerate() {
+        shrinker.add_row(y as u32, row, layout);
+    }
+    let working = shrinker.into_working().ok_or_else(|| Error::Internal("empty working image".into()))?;
+    working.encode(cx, cy)
+}
+
+/// Checks that the component counts are in BlurHash's range, 1..=9.
+pub fn check_components(cx: u32, cy: u32) -> Result<(), Error> {
+    if (1..=9).contains(&cx) && (1..=9).contains(&cy) {
+        Ok(())
+    } else {
+        Err(Error::bad_request(format!("BlurHash components must be 1..=9, not {cx}x{cy}")))
+    }
+}
+
+/// sRGB (0..=255 scale) to linear light, the reference encoder's formula.
+fn srgb_to_linear(value: f32) -> f32 {
+    let v = value / 255.0;
+    if v <= 0.04045 {
+        v / 12.92
+    } else {
+        ((v + 0.055) / 1.055).powf(2.4)
+    }
+}
+
+/// Linear light to an sRGB byte, the reference encoder's formula.
+fn linear_to_srgb(value: f32) -> u32 {
+    let v = value.clamp(0.0, 1.0);
+    if v <= 0.003_130_8 {
+        (v * 12.92 * 255.0 + 0.5).round() as u32
+    } else {
+        ((1.055 * 255.0) * v.powf(1.0 / 2.4) - (0.055 * 255.0 - 0.5)).round() as u32
+    }
+    .min(255)
+}
+
+fn sign_pow(value: f32, exp: f32) -> f32 {
+    value.abs().powf(exp).copysign(value)
+}
+
+fn push_base83(value: u32, length: u32, out: &mut String) {
+    for i in 1..=length {
+        let digit = (value / 83u32.pow(length - i)) % 83;
+        out.push(BASE83[digit as usize] as char);
+    }
+}
+
+/// BlurHash of a small image of sRGB values (0.0..=255.0, three per pixel). The sums run in the same
+/// order and precision as the reference encoder's, with the cosines tabulated once per component.
+pub fn encode_srgb(rgb: &[f32], width: u32, height: u32, cx: u32, cy: u32) -> Result<String, Error> {
+    check_components(cx, cy)?;
+    let (w, h) = (width as usize, height as usize);
+    if w == 0 || h == 0 || w.checked_mul(h).and_then(|n| n.checked_mul(3)) != Some(rgb.len()) {
+        return Err(Error::bad_request("pixel buffer does not match its dimensions"));
+    }
+    let linear: Vec<f32> = rgb.iter().map(|&v| srgb_to_linear(v)).collect();
+    let mut factors: Vec<[f32; 3]> = Vec::with_capacity((cx * cy) as usize);
+    let mut cos_x = vec![0.0f32; w];
+    let mut cos_y = vec![0.0f32; h];
+    for j in 0..cy {
+        let step_y = PI * j as f32 / height as f32;
+        for (y, c) in cos_y.iter_mut().enumerate() {
+            *c = (step_y * y as f32).cos();
+        }
+        for i in 0..cx {
+            let step_x = PI * i as f32 / width as f32;
+            for (x, c) in cos_x.iter_mut().enumerate() {
+                *c = (step_x * x as f32).cos();
+            }
+            let (mut r, mut g, mut b) = (0.0f32, 0.0f32, 0.0f32);
+            for (row, &cy_val) in linear.chunks_exact(w * 3).zip(&cos_y) {
+                for (p, &cx_val) in row.chunks_exact(3).zip(&cos_x) {
+                    let basis = cx_val * cy_val;
+                    r += basis * p[0];
+                    g += basis * p[1];
+                    b += basis * p[2];
+                }
+            }
+            let normalisation = if i == 0 && j == 0 { 1.0 } else { 2.0 };
+            let scale = normalisation / (width * height) as f32;
+            factors.push([r * scale, g * scale, b * scale]);
+        }
+    }
+
+    let mut hash = String::with_capacity(4 + 2 * factors.len());
+    push_base83((cx - 1) + (cy - 1) * 9, 1, &mut hash);
+    let (dc, ac) = factors.split_first().ok_or_else(|| Error::Internal("no factors".into()))?;
+    let maximum = if ac.is_empty() {
+        push_base83(0, 1, &mut hash);
+        1.0
+    } else {
+        let actual = ac.iter().flatten().fold(0.0f32, |m, v| m.max(v.abs()));
+        let quantised = (actual * 166.0 - 0.5).floor().clamp(0.0, 82.0) as u32;
+        push_base83(quantised, 1, &mut hash);
+        (quantised + 1) as f32 / 166.0
+    };
+    push_base83((linear_to_srgb(dc[0]) << 16) + (linear_to_srgb(dc[1]) << 8) + linear_to_srgb(dc[2]), 4, &mut hash);
+    for factor in ac {
+        let quant = |v: f32| ((sign_pow(v / maximum, 0.5) * 9.0 + 9.5).floor().clamp(0.0, 18.0)) as u32;
+        push_base83(quant(factor[0]) * 19 * 19 + quant(factor[1]) * 19 + quant(factor[2]), 2, &mut hash);
+    }
+    Ok(hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Decodes a binary PPM (P6, maxval 255) test fixture.
+    fn read_ppm(name: &str) -> (u32, u32, Vec<u8>) {
+        let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(64)]).to_string();
+        let fields: Vec<&str> = text.split_ascii_whitespace().take(4).collect();
+        assert_eq!("P6", fields[0]);
+        let (w, h): (u32, u32) = (fields[1].parse().unwrap(), fields[2].parse().unwrap());
+        let pixels = bytes[bytes.len() - (w * h * 3) as usize..].to_vec();
+        (w, h, pixels)
+    }
+
+    /// Golden values: `tests/data/blurhash_golden.txt` lines `file cx cy hash`, made by blurhash-python
+    /// (the C reference encoder) on the same pixels.
+    fn golden() -> Vec<(String, u32, u32, String)> {
+        let path = format!("{}/tests/data/blurhash_golden.txt", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f[0].to_string(), f[1].parse().unwrap(), f[2].parse().unwrap(), f[3].to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_the_reference_encoder_on_golden_images() {
+        let cases = golden();
+        assert!(cases.len() >= 4);
+        for (file, cx, cy, expected) in cases {
+            let (w, h, pixels) = read_ppm(&file);
+            assert!(w <= WORKING_SIZE && h <= WORKING_SIZE, "golden images are not downsized");
+            assert_eq!(expected, encode(&pixels, w, h, Layout::Rgb, cx, cy).unwrap(), "{file} {cx}x{cy}");
+        }
+    }
+
+    #[test]
+    fn matches_the_blurhash_crate_on_the_same_pixels() {
+        for (file, cx, cy, _) in golden() {
+            let (w, h, pixels) = read_ppm(&file);
+            let rgba: Vec<u8> = pixels.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect();
+            let theirs = blurhash_crate::encode(cx, cy, w, h, &rgba).unwrap();
+            assert_eq!(theirs, encode(&pixels, w, h, Layout::Rgb, cx, cy).unwrap(), "{file} {cx}x{cy}");
+        }
+    }
+
+    #[test]
+    fn known_hash_of_a_flat_colour() {
+        // One component: size flag 0, maximum 0, DC of pure red.
+        let red = [255u8, 0, 0].repeat(4);
+        assert_eq!("00TI:j", encode(&red, 2, 2, Layout::Rgb, 1, 1).unwrap());
+    }
+
+    #[test]
+    fn rejects_bad_components_and_sizes() {
+        let px = [0u8; 12];
+        assert_eq!("bad-request", encode(&px, 2, 2, Layout::Rgb, 0, 3).unwrap_err().code());
+        assert_eq!("bad-request", encode(&px, 2, 2, Layout::Rgb, 4, 10).unwrap_err().code());
+        assert_eq!("bad-request", encode(&px, 3, 2, Layout::Rgb, 4, 3).unwrap_err().code());
+        assert_eq!("bad-request", encode(&px, 0, 2, Layout::Rgb, 4, 3).unwrap_err().code());
+        assert_eq!("bad-request", encode(&px, u32::MAX, u32::MAX, Layout::Rgba, 4, 3).unwrap_err().code());
+    }
+
+    #[test]
+    fn working_size_keeps_the_aspect_and_caps_the_long_side() {
+        assert_eq!((64, 36), working_size(5640, 3172));
+        assert_eq!((48, 64), working_size(3000, 4000));
+        assert_eq!((64, 1), working_size(100_000, 1));
+        assert_eq!((10, 7), working_size(10, 7));
+    }
+
+    #[test]
+    fn shrinking_averages_areas() {
+        // 128x2 image: left half black, right half white -> 64x1 working image, exact halves.
+        let mut px = vec![0u8; 128 * 2 * 3];
+        for y in 0..2 {
+            for x in 64..128 {
+                let i = (y * 128 + x) * 3;
+                px[i..i + 3].copy_from_slice(&[255, 255, 255]);
+            }
+        }
+        let mut s = Shrinker::new(128, 2, 3).unwrap();
+        for (y, row) in px.chunks_exact(128 * 3).enumerate() {
+            s.add_row(y as u32, row, Layout::Rgb);
+        }
+        let w = s.into_working().unwrap();
+        assert_eq!((64, 2), (w.width, w.height));
+        assert_eq!(0.0, w.rgb[0]);
+        assert_eq!(255.0, w.rgb[63 * 3]);
+    }
+
+    #[test]
+    fn alpha_is_composited_over_white() {
+        let px = [0u8, 0, 0, 0, 0, 0, 0, 255];
+        let mut s = Shrinker::new(2, 1, 3).unwrap();
+        s.add_row(0, &px, Layout::Rgba);
+        assert_eq!(vec![255.0, 255.0, 255.0, 0.0, 0.0, 0.0], s.into_working().unwrap().rgb);
+    }
+
+    #[test]
+    fn interlaced_rows_land_where_plain_rows_do() {
+        let row: Vec<u8> = (0..200u32 * 3).map(|v| (v * 7 % 256) as u8).collect();
+        let mut plain = Shrinker::new(200, 1, 3).unwrap();
+        plain.add_row(0, &row, Layout::Rgb);
+        let mut strided = Shrinker::new(200, 1, 3).unwrap();
+        let even: Vec<u8> = row.chunks_exact(6).flat_map(|p| p[..3].to_vec()).collect();
+        let odd: Vec<u8> = row.chunks_exact(6).flat_map(|p| p[3..].to_vec()).collect();
+        strided.add_strided_row(0, 0, 2, &even, Layout::Rgb);
+        strided.add_strided_row(0, 1, 2, &odd, Layout::Rgb);
+        assert_eq!(plain.means(), strided.means());
+    }
+
+    #[test]
+    fn missing_rows_give_no_working_image() {
+        let mut s = Shrinker::new(4, 4, 3).unwrap();
+        s.add_row(0, &[0; 12], Layout::Rgb);
+        assert!(s.into_working().is_none());
+    }
+
+    #[test]
+    fn orientation_rotates_the_working_image() {
+        // 2x1: red, blue. Orientation 6 (rotate 90 clockwise to display) -> 1x2: red on top.
+        let w = Working { width: 2, height: 1, rgb: vec![255.0, 0.0, 0.0, 0.0, 0.0, 255.0] };
+        let r = w.clone().oriented(6);
+        assert_eq!((1, 2), (r.width, r.height));
+        assert_eq!(vec![255.0, 0.0, 0.0, 0.0, 0.0, 255.0], r.rgb);
+        let r = w.clone().oriented(8);
+        assert_eq!(vec![0.0, 0.0, 255.0, 255.0, 0.0, 0.0], r.rgb);
+        assert_eq!(w.clone(), w.clone().oriented(1));
+        assert_eq!(vec![0.0, 0.0, 255.0, 255.0, 0.0, 0.0], w.oriented(2).rgb);
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_pixels(w in 0u32..80, h in 0u32..80, cx in 0u32..11, cy in 0u32..11,
+                                            bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let _ = encode(&bytes, w, h, Layout::Rgba, cx, cy);
+            let _ = encode(&bytes, w, h, Layout::Gray, cx, cy);
+        }
+    }
+}

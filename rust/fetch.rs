@@ -1,0 +1,572 @@
+//! Safe fetching of shared media over HTTP(S), modelled on Synapse's URL previews and Mastodon's request layer.
+//!
+//! - Only `http` and `https` URLs, without credentials, at most [`MAX_URL_BYTES`] long.
+//! - Every address a host name resolves to goes through [`Policy::check`] inside reqwest's resolver, and the
+//!   connection is made only to the addresses that passed, so a DNS answer that changes between check and
+//!   connect (rebinding) cannot reach a blocked network. IP literals, which reqwest does not resolve, are
+//!   checked before each request. A name that resolves only to blocked addresses is `blocked`.
+//! - Redirects are followed here, not by reqwest: at most [`MAX_REDIRECTS`] hops (or fewer, per the caller),
+//!   each one parsed and checked like the first URL.
+//! - No proxy (environment variables included), no cookies, no compression, no referrer.
+//! - The body is streamed and kept only up to the caller's byte limit: a larger `Content-Length` is not
+//!   downloaded at all, and a body that grows past the limit is dropped as soon as it does. The buffer never
+//!   grows beyond the limit.
+//! - A connect time limit and a total time limit (all hops and the body) end stalled servers.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH, LOCATION};
+use reqwest::{Client, StatusCode, Url};
+
+use crate::error::Error;
+use crate::netguard::Policy;
+
+/// Most redirect hops any fetch follows.
+pub const MAX_REDIRECTS: u32 = 3;
+
+/// Longest URL accepted, in bytes.
+pub const MAX_URL_BYTES: usize = 4096;
+
+/// Longest `ETag` kept for revalidation, in bytes.
+const MAX_ETAG_BYTES: usize = 256;
+
+/// Largest buffer reserved up front from a `Content-Length` that the body may not live up to.
+const INITIAL_BUFFER: u64 = 1 << 20;
+
+const USER_AGENT: &str = concat!("prosody-native/", env!("CARGO_PKG_VERSION"), " (media metadata)");
+
+/// The limits of one fetch, passed in by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchLimits {
+    /// Largest body kept, in bytes.
+    pub max_bytes: u64,
+    /// Longest wait for a TCP (and TLS) connection to one address.
+    pub connect_timeout: Duration,
+    /// Longest time for the whole fetch: every hop and the body.
+    pub timeout: Duration,
+    /// Redirect hops followed, at most [`MAX_REDIRECTS`].
+    pub max_redirects: u32,
+}
+
+impl Default for FetchLimits {
+    /// 16 MiB, 3 s to connect, 10 s in all, 3 redirects.
+    fn default() -> Self {
+        FetchLimits {
+            max_bytes: 16 << 20,
+            connect_timeout: Duration::from_secs(3),
+            timeout: Duration::from_secs(10),
+            max_redirects: MAX_REDIRECTS,
+        }
+    }
+}
+
+/// What a fetch brought back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The URL that answered, after redirects.
+    pub url: String,
+    /// `true` for a `304 Not Modified` answer to `If-None-Match` (no body, no headers worth reading).
+    pub not_modified: bool,
+    /// The media type of `Content-Type` (`type/subtype`, lower case, parameters dropped), when well-formed.
+    pub content_type: Option<String>,
+    /// The `Content-Length` header.
+    pub content_length: Option<u64>,
+    /// The whole body, or `None` when it is larger than the byte limit (or for `304`).
+    pub body: Option<Vec<u8>>,
+    /// The `ETag` header, for revalidation.
+    pub etag: Option<String>,
+}
+
+/// Checks that `s` is a URL this module may fetch: `http` or `https`, with a host and no credentials.
+pub fn parse_url(s: &str) -> Result<Url, Error> {
+    if s.len() > MAX_URL_BYTES {
+        return Err(Error::bad_request(format!("URL is longer than {MAX_URL_BYTES} bytes")));
+    }
+    let url = Url::parse(s).map_err(|e| Error::bad_request(format!("Not a URL: {e}")))?;
+    check_url(&url)?;
+    Ok(url)
+}
+
+fn check_url(url: &Url) -> Result<(), Error> {
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Error::bad_request(format!("Only http and https URLs are fetched, not {}:", url.scheme())));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(Error::bad_request("URL has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Error::bad_request("URL carries credentials"));
+    }
+    Ok(())
+}
+
+/// The IP address a URL names literally (`http://10.0.0.1/`, `http://[::1]/`), which reqwest connects to
+/// without resolving. The URL parser has already turned other IPv4 spellings (`0x7f.1`) into dotted form.
+fn literal_ip(url: &Url) -> Option<IpAddr> {
+    let host = url.host_str()?;
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    bare.parse().ok()
+}
+
+/// The resolver reqwest uses: the system's (getaddrinfo, on a blocking thread), keeping only addresses that
+/// the policy allows.
+struct GuardedResolver {
+    policy: Policy,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let mut allowed = Vec::new();
+            let mut refusal = None;
+            for addr in found {
+                match policy.check(addr.ip()) {
+                    Ok(()) => allowed.push(addr),
+                    Err(e) => refusal = Some(e),
+                }
+            }
+            if allowed.is_empty() {
+                let e = refusal.unwrap_or_else(|| Error::FetchFailed(format!("{host} has no address")));
+                let e = match e {
+                    Error::Blocked(text) => Error::Blocked(format!("{host}: {text}")),
+                    other => other,
+                };
+                return Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// An HTTP client bound to one address policy and connect time limit; cheap to share between fetches.
+pub struct Fetcher {
+    client: Client,
+    policy: Policy,
+}
+
+impl Fetcher {
+    /// Builds the client. Loads the system's trusted certificates, so build it on a worker thread, once.
+    pub fn new(policy: Policy, connect_timeout: Duration) -> Result<Fetcher, Error> {
+        // reqwest is built without a default crypto provider; ring is ours. Err means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = Client::builder()
+            .dns_resolver(Arc::new(GuardedResolver { policy: policy.clone() }))
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .retry(reqwest::retry::never())
+            .referer(false)
+            .user_agent(USER_AGENT)
+            .connect_timeout(connect_timeout)
+            .pool_max_idle_per_host(2)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Fetcher { client, policy })
+    }
+
+    /// Fetches `url` under `limits`, revalidating with `If-None-Match: etag` when one is given.
+    pub async fn fetch(&self, url: &str, limits: &FetchLimits, etag: Option<&str>) -> Result<Fetched, Error> {
+        let url = parse_url(url)?;
+        match tokio::time::timeout(limits.timeout, self.fetch_hops(url, limits, etag)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout(format!("No complete answer within {} s", limits.timeout.as_secs_f64()))),
+        }
+    }
+
+    async fn fetch_hops(&self, mut url: Url, limits: &FetchLimits, etag: Option<&str>) -> Result<Fetched, Error> {
+        let max_redirects = limits.max_redirects.min(MAX_REDIRECTS);
+        let mut hops = 0;
+        loop {
+            if let Some(ip) = literal_ip(&url) {
+                self.policy.check(ip)?;
+            }
+            let mut request = self.client.get(url.clone());
+            if let Some(etag) = etag.and_then(|e| HeaderValue::from_str(e).ok()) {
+                request = request.header(IF_NONE_MATCH, etag);
+            }
+            let response = request.send().await.map_err(map_error)?;
+            let status = response.status();
+            if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+                let Some(location) = response.headers().get(LOCATION).and_then(|l| l.to_str().ok()) else {
+                    return Err(Error::FetchFailed(format!("HTTP {status} without a Location")));
+                };
+                if hops >= max_redirects {
+                    return Err(Error::FetchFailed(format!("More than {max_redirects} redirects")));
+                }
+                let next = url.join(location).map_err(|e| Error::FetchFailed(format!("Bad redirect target: {e}")))?;
+                check_url(&next).map_err(|e| Error::FetchFailed(format!("Bad redirect target: {e}")))?;
+                url = next;
+                hops += 1;
+                continue;
+            }
+            return read_response(url, response, limits).await;
+        }
+    }
+}
+
+async fn read_response(url: Url, mut response: reqwest::Response, limits: &FetchLimits) -> Result<Fetched, Error> {
+    let status = response.status();
+    let headers = response.headers();
+    let mut fetched = Fetched {
+        url: url.to_string(),
+        not_modified: status == StatusCode::NOT_MODIFIED,
+        content_type: media_type(headers),
+        content_length: headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()),
+        body: None,
+        etag: etag(headers),
+    };
+    if fetched.not_modified {
+        return Ok(fetched);
+    }
+    if !status.is_success() {
+        return Err(Error::FetchFailed(format!("HTTP {status}")));
+    }
+    if fetched.content_length.is_some_and(|n| n > limits.max_bytes) {
+        return Ok(fetched); // not downloaded; dropping the response closes the connection
+    }
+    let cap = usize::try_from(limits.max_bytes).unwrap_or(usize::MAX);
+    let initial = fetched.content_length.unwrap_or(0).min(INITIAL_BUFFER).min(limits.max_bytes);
+    let mut body = Vec::with_capacity(usize::try_from(initial).unwrap_or(0));
+    while let Some(chunk) = response.chunk().await.map_err(map_error)? {
+        let needed = body.len().saturating_add(chunk.len());
+        if needed > cap {
+            return Ok(fetched);
+        }
+        if needed > body.capacity() {
+            // Grow geometrically, but never past the limit.
+            let target = body.capacity().saturating_mul(2).max(needed).min(cap);
+            body.reserve_exact(target - body.len());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    fetched.body = Some(body);
+    Ok(fetched)
+}
+
+/// `type/subtype` of `Content-Type`, lower case, when it is well-formed.
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
+    let essence = value.split(';').next()?.trim().to_ascii_lowercase();
+    let (kind, sub) = essence.split_once('/')?;
+    let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b));
+    (essence.len() <= 127 && token(kind) && token(sub)).then_some(essence)
+}
+
+fn etag(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(ETAG)?.to_str().ok()?;
+    (!value.is_empty() && value.len() <= MAX_ETAG_BYTES && value.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| value.to_owned())
+}
+
+/// Turns a reqwest error into ours, finding a refusal of the resolver in its sources.
+fn map_error(e: reqwest::Error) -> Error {
+    let mut causes = Vec::new();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(s) = source {
+        if let Some(ours) = s.downcast_ref::<Error>() {
+            return ours.clone();
+        }
+        if !std::ptr::addr_eq(s, &e as &(dyn std::error::Error + 'static)) {
+            causes.push(s.to_string());
+        }
+        source = s.source();
+    }
+    let is_timeout = e.is_timeout();
+    let mut text = e.without_url().to_string();
+    for cause in causes {
+        text.push_str(": ");
+        text.push_str(&cause);
+    }
+    if is_timeout {
+        Error::Timeout(format!("Timed out: {text}"))
+    } else {
+        Error::FetchFailed(text)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::thread;
+
+    /// A canned HTTP answer for the test server: status line, extra headers, body.
+    #[derive(Clone)]
+    pub struct Answer {
+        pub status: &'static str,
+        pub headers: Vec<(String, String)>,
+        pub body: Vec<u8>,
+        pub content_length: bool,
+        pub stall: bool,
+    }
+
+    impl Answer {
+        pub fn ok(content_type: &str, body: &[u8]) -> Answer {
+            Answer {
+                status: "200 OK",
+                headers: vec![("Content-Type".into(), content_type.into())],
+                body: body.to_vec(),
+                content_length: true,
+                stall: false,
+            }
+        }
+
+        pub fn status(status: &'static str) -> Answer {
+            Answer { status, headers: Vec::new(), body: Vec::new(), content_length: true, stall: false }
+        }
+
+        pub fn redirect(to: &str) -> Answer {
+            let mut a = Answer::status("302 Found");
+            a.headers.push(("Location".into(), to.into()));
+            a
+        }
+
+        pub fn header(mut self, name: &str, value: &str) -> Answer {
+            self.headers.push((name.into(), value.into()));
+            self
+        }
+    }
+
+    /// A one-thread HTTP/1.0-style server on `ip`: answers by path from `route`, counts connections.
+    pub struct TestServer {
+        pub addr: SocketAddr,
+        pub connections: Arc<AtomicUsize>,
+    }
+
+    impl TestServer {
+        pub fn start(ip: &str, route: impl Fn(&str, &str) -> Answer + Send + 'static) -> TestServer {
+            let listener = TcpListener::bind((ip, 0)).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let connections = Arc::new(AtomicUsize::new(0));
+            let counter = connections.clone();
+            thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { continue };
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let answer_for = |path: &str, inm: &str| route(path, inm);
+                    serve(stream, &answer_for);
+                }
+            });
+            TestServer { addr, connections }
+        }
+
+        pub fn url(&self, path: &str) -> String {
+            format!("http://{}{}", self.addr, path)
+        }
+    }
+
+    fn serve(mut stream: TcpStream, route: &dyn Fn(&str, &str) -> Answer) {
+        let mut request = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&request).to_string();
+        let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let inm = text
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("if-none-match:").map(|_| l[14..].trim().to_string()))
+            .unwrap_or_default();
+        let answer = route(&path, &inm);
+        let mut head = format!("HTTP/1.1 {}\r\nConnection: close\r\n", answer.status);
+        for (k, v) in &answer.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if answer.content_length {
+            head.push_str(&format!("Content-Length: {}\r\n", answer.body.len()));
+        }
+        head.push_str("\r\n");
+        let _ = stream.write_all(head.as_bytes());
+        if answer.stall {
+            thread::sleep(Duration::from_secs(30));
+            return;
+        }
+        let _ = stream.write_all(&answer.body);
+    }
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    }
+
+    fn loopback_fetcher() -> Fetcher {
+        Fetcher::new(Policy::parse(&["127.0.0.1/32"]).unwrap(), Duration::from_secs(5)).unwrap()
+    }
+
+    #[test]
+    fn parse_url_accepts_http_and_https_only() {
+        assert!(parse_url("https://example.com/a.png").is_ok());
+        assert!(parse_url("http://example.com/a.png").is_ok());
+        for bad in ["ftp://example.com/a", "file:///etc/passwd", "gopher://x/", "data:image/png,xx", "nonsense", "http:///x", "http://user:pw@example.com/"] {
+            assert_eq!("bad-request", parse_url(bad).unwrap_err().code(), "{bad}");
+        }
+        assert!(parse_url(&format!("http://example.com/{}", "a".repeat(MAX_URL_BYTES))).is_err());
+    }
+
+    #[test]
+    fn literal_ips_are_found_in_every_spelling() {
+        for (url, ip) in [
+            ("http://127.0.0.1/", "127.0.0.1"),
+            ("http://0x7f.1/", "127.0.0.1"),
+            ("http://2130706433/", "127.0.0.1"),
+            ("http://[::1]:8080/", "::1"),
+            ("http://[::ffff:a9fe:a9fe]/", "::ffff:169.254.169.254"),
+        ] {
+            assert_eq!(Some(ip.parse().unwrap()), literal_ip(&parse_url(url).unwrap()), "{url}");
+        }
+        assert_eq!(None, literal_ip(&parse_url("http://example.com/").unwrap()));
+    }
+
+    #[test]
+    fn fetches_a_body_with_its_headers() {
+        let server =
+            TestServer::start("127.0.0.1", |_, _| Answer::ok("text/plain; charset=utf-8", b"hello").header("ETag", "\"v1\""));
+        let fetched = run(loopback_fetcher().fetch(&server.url("/a.txt"), &FetchLimits::default(), None)).unwrap();
+        assert_eq!(Some(b"hello".to_vec()), fetched.body);
+        assert_eq!(Some("text/plain".into()), fetched.content_type);
+        assert_eq!(Some(5), fetched.content_length);
+        assert_eq!(Some("\"v1\"".into()), fetched.etag);
+        assert!(!fetched.not_modified);
+    }
+
+    #[test]
+    fn an_error_status_fails() {
+        let server = TestServer::start("127.0.0.1", |_, _| Answer::status("404 Not Found"));
+        let err = run(loopback_fetcher().fetch(&server.url("/missing"), &FetchLimits::default(), None)).unwrap_err();
+        assert_eq!(Error::FetchFailed("HTTP 404 Not Found".into()), err);
+    }
+
+    #[test]
+    fn a_blocked_literal_address_is_never_contacted() {
+        let blocked = TestServer::start("127.0.0.2", |_, _| Answer::ok("text/plain", b"secret"));
+        let err = run(loopback_fetcher().fetch(&blocked.url("/"), &FetchLimits::default(), None)).unwrap_err();
+        assert_eq!("blocked", err.code(), "{err}");
+        assert_eq!(0, blocked.connections.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_name_resolving_to_blocked_addresses_is_refused_by_the_resolver() {
+        let server = TestServer::start("127.0.0.1", |_, _| Answer::ok("text/plain", b"secret"));
+        let url = format!("http://localhost:{}/", server.addr.port());
+        let strict = Fetcher::new(Policy::default(), Duration::from_secs(5)).unwrap();
+        let err = run(strict.fetch(&url, &FetchLimits::default(), None)).unwrap_err();
+        assert_eq!("blocked", err.code(), "{err}");
+        assert!(err.to_string().starts_with("localhost: Address "), "{err}");
+        assert_eq!(0, server.connections.load(Ordering::SeqCst));
+        // The same name through a policy that allows the address it resolves to.
+        let fetched = run(loopback_fetcher().fetch(&url, &FetchLimits::default(), None)).unwrap();
+        assert_eq!(Some(b"secret".to_vec()), fetched.body);
+    }
+
+    #[test]
+    fn redirects_are_followed_and_checked_at_every_hop() {
+        let blocked = TestServer::start("127.0.0.2", |_, _| Answer::ok("text/plain", b"secret"));
+        let blocked_url = blocked.url("/x");
+        let server = TestServer::start("127.0.0.1", move |path, _| match path {
+            "/one" => Answer::redirect("/two"),
+            "/two" => Answer::redirect("/final"),
+            "/final" => Answer::ok("text/plain", b"here"),
+            "/loop" => Answer::redirect("/loop"),
+            "/to-blocked" => Answer::redirect(&blocked_url),
+            "/to-file" => Answer::redirect("file:///etc/passwd"),
+            _ => Answer::status("404 Not Found"),
+        });
+        let fetcher = loopback_fetcher();
+        let fetched = run(fetcher.fetch(&server.url("/one"), &FetchLimits::default(), None)).unwrap();
+        assert_eq!(Some(b"here".to_vec()), fetched.body);
+        assert_eq!(server.url("/final"), fetched.url);
+
+        let err = run(fetcher.fetch(&server.url("/loop"), &FetchLimits::default(), None)).unwrap_err();
+        assert_eq!(Error::FetchFailed("More than 3 redirects".into()), err);
+        let one_hop = FetchLimits { max_redirects: 1, ..FetchLimits::default() };
+        assert_eq!("fetch-failed", run(fetcher.fetch(&server.url("/one"), &one_hop, None)).unwrap_err().code());
+
+        let err = run(fetcher.fetch(&server.url("/to-blocked"), &FetchLimits::default(), None)).unwrap_err();
+        assert_eq!("blocked", err.code());
+        assert_eq!(0, blocked.connections.load(Ordering::SeqCst));
+
+        let err = run(fetcher.fetch(&server.url("/to-file"), &FetchLimits::default(), None)).unwrap_err();
+        assert_eq!("fetch-failed", err.code());
+    }
+
+    #[test]
+    fn a_body_over_the_limit_is_not_kept() {
+        let server = TestServer::start("127.0.0.1", |path, _| {
+            let mut a = Answer::ok("application/octet-stream", &[7u8; 5000]);
+            a.content_length = path == "/declared";
+            a
+        });
+        let limits = FetchLimits { max_bytes: 4096, ..FetchLimits::default() };
+        let fetcher = loopback_fetcher();
+        let declared = run(fetcher.fetch(&server.url("/declared"), &limits, None)).unwrap();
+        assert_eq!((None, Some(5000)), (declared.body, declared.content_length));
+        assert_eq!(Some("application/octet-stream".into()), declared.content_type);
+        let streamed = run(fetcher.fetch(&server.url("/streamed"), &limits, None)).unwrap();
+        assert_eq!((None, None), (streamed.body, streamed.content_length));
+        let exact = FetchLimits { max_bytes: 5000, ..FetchLimits::default() };
+        let body = run(fetcher.fetch(&server.url("/streamed"), &exact, None)).unwrap().body.unwrap();
+        assert_eq!(5000, body.len());
+        assert!(body.capacity() <= 5000, "the buffer never grows past the limit");
+    }
+
+    #[test]
+    fn a_stalled_response_times_out() {
+        let server = TestServer::start("127.0.0.1", |_, _| {
+            let mut a = Answer::ok("image/png", b"never sent");
+            a.stall = true;
+            a
+        });
+        let limits = FetchLimits { timeout: Duration::from_millis(300), ..FetchLimits::default() };
+        let err = run(loopback_fetcher().fetch(&server.url("/stall"), &limits, None)).unwrap_err();
+        assert_eq!("timeout", err.code(), "{err}");
+    }
+
+    #[test]
+    fn a_refused_connection_fails() {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let err = run(loopback_fetcher().fetch(&format!("http://127.0.0.1:{port}/"), &FetchLimits::default(), None))
+            .unwrap_err();
+        assert_eq!("fetch-failed", err.code(), "{err}");
+    }
+
+    #[test]
+    fn revalidation_sends_the_etag() {
+        let server = TestServer::start("127.0.0.1", |_, inm| {
+            if inm == "\"v1\"" {
+                Answer::status("304 Not Modified")
+            } else {
+                Answer::ok("text/plain", b"x")
+            }
+        });
+        let fetcher = loopback_fetcher();
+        let fresh = run(fetcher.fetch(&server.url("/"), &FetchLimits::default(), Some("\"v1\""))).unwrap();
+        assert!(fresh.not_modified);
+        assert_eq!(None, fresh.body);
+        let changed = run(fetcher.fetch(&server.url("/"), &FetchLimits::default(), Some("\"v0\""))).unwrap();
+        assert!(!changed.not_modified);
+    }
+
+    #[test]
+    fn malformed_headers_are_ignored() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("image/png"));
+        assert_eq!(Some("image/png".into()), media_type(&headers));
+        for bad in ["", "image", "image/", "/png", "image/png/x", "im age/png", "<script>/x"] {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_str(bad).unwrap());
+            assert_eq!(None, media_type(&headers), "{bad:?}");
+        }
+        headers.insert(ETAG, HeaderValue::from_static("W/\"abc\""));
+        assert_eq!(Some("W/\"abc\"".into()), etag(&headers));
+        headers.insert(ETAG, HeaderValue::from_str(&"x".repeat(300)).unwrap());
+        assert_eq!(None, etag(&headers));
+    }
+}

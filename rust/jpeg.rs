@@ -1,0 +1,904 @@
+//! JPEG header parser and DC-only decoder: dimensions from the frame header, and a 1/8-scale image (one
+//! pixel per 8x8 block) from the DC coefficients alone, which is all a BlurHash needs.
+//!
+//! The DC coefficient of a block is eight times the mean of its 64 samples, so the DC coefficients are an
+//! exact box-filtered 1/8-scale image, with no inverse DCT. Only what that image needs is read:
+//! - sequential (baseline and extended Huffman) scans: every block's DC is Huffman-decoded and its AC
+//!   symbols are skipped (their lengths are read from the lookup table, their values never built);
+//! - progressive scans: only the first DC scan of each component is decoded (successive approximation
+//!   `Al > 0` is undone by shifting; the refinement bits are below what a BlurHash can show), and reading
+//!   stops as soon as every component has its DC, normally after the first scan, a few percent of the
+//!   file. AC scans are never parsed.
+//!
+//! Samples go straight into a [`Shrinker`], one plane per component, so memory is a few kilobytes
+//! whatever the image size. Chroma is upsampled at block level (a chroma block counts for every luma
+//! block it covers) and colour conversion (YCbCr, RGB, grey, Adobe CMYK/YCCK) is done on the averaged
+//! working image. Restart intervals (DRI/RSTn), 4:4:4, 4:2:2, 4:2:0 and any integer sampling ratios are
+//! handled. Arithmetic coding, lossless, hierarchical and 12-bit JPEGs give dimensions but no pixels.
+//!
+//! Truncated or corrupt entropy data is an error (no BlurHash), never a panic: the bit reader pads with
+//! zeros past the data and the decoder reports any block that used padding.
+
+use crate::blurhash::{Shrinker, Working};
+use crate::error::Error;
+
+/// What the markers before the first scan say about a JPEG.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Width in pixels as stored (before EXIF orientation).
+    pub width: u32,
+    /// Height in pixels as stored; 0 when it is only given later by a DNL marker.
+    pub height: u32,
+    /// Number of colour components (1 grey, 3 YCbCr/RGB, 4 CMYK/YCCK).
+    pub components: u8,
+    /// Sample precision in bits (8 for nearly every JPEG).
+    pub precision: u8,
+    /// The SOFn marker's `n`: 0/1 sequential, 2 progressive, 3 lossless, 5..=7 hierarchical, 9.. arithmetic.
+    pub process: u8,
+    /// EXIF orientation (1..=8), 1 when absent.
+    pub orientation: u8,
+}
+
+impl Header {
+    /// Whether [`decode_dc`] can decode this process: 8-bit Huffman sequential or progressive.
+    pub fn is_decodable(&self) -> bool {
+        self.precision == 8 && matches!(self.process, 0..=2) && self.width > 0 && self.height > 0
+    }
+}
+
+const SOI: u8 = 0xD8;
+const EOI: u8 = 0xD9;
+const SOS: u8 = 0xDA;
+const DQT: u8 = 0xDB;
+const DHT: u8 = 0xC4;
+const DRI: u8 = 0xDD;
+const APP1: u8 = 0xE1;
+const APP14: u8 = 0xEE;
+
+fn corrupt(what: &str) -> Error {
+    Error::bad_request(format!("corrupt JPEG: {what}"))
+}
+
+/// Big-endian u16 at `at`, if present.
+fn be16(bytes: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]))
+}
+
+/// Walks the marker segments: yields (marker, payload, offset just past the payload). The entropy-coded
+/// data after SOS is not skipped here; [`next_marker`] does that.
+fn segment(bytes: &[u8], pos: usize) -> Result<(u8, &[u8], usize), Error> {
+    let mut p = pos;
+    // Markers may be preceded by any number of 0xFF fill bytes.
+    while bytes.get(p) == Some(&0xFF) && bytes.get(p + 1) == Some(&0xFF) {
+        p += 1;
+    }
+    if bytes.get(p) != Some(&0xFF) {
+        return Err(corrupt("expected a marker"));
+    }
+    let marker = *bytes.get(p + 1).ok_or_else(|| corrupt("truncated marker"))?;
+    p += 2;
+    if matches!(marker, SOI | EOI | 0xD0..=0xD7 | 0x01) {
+        return Ok((marker, &[], p));
+    }
+    let len = be16(bytes, p).ok_or_else(|| corrupt("truncated segment length"))? as usize;
+    if len < 2 {
+        return Err(corrupt("segment length below 2"));
+    }
+    let payload = bytes.get(p + 2..p + len).ok_or_else(|| corrupt("truncated segment"))?;
+    Ok((marker, payload, p + len))
+}
+
+/// Offset of the next marker (other than RSTn and stuffed zeros) at or after `pos`: the end of an
+/// entropy-coded segment.
+fn next_marker(bytes: &[u8], mut pos: usize) -> Option<usize> {
+    loop {
+        let rel = bytes.get(pos..)?.iter().position(|&b| b == 0xFF)?;
+        let at = pos + rel;
+        match bytes.get(at + 1) {
+            Some(0x00) | Some(0xD0..=0xD7) => pos = at + 2,
+            Some(0xFF) => pos = at + 1,
+            Some(_) => return Some(at),
+            None => return None,
+        }
+    }
+}
+
+/// Orientation tag (0x0112) of an EXIF APP1 payload, if present and valid.
+fn exif_orientation(payload: &[u8]) -> Option<u8> {
+    let tiff = payload.strip_prefix(b"Exif\0\0")?;
+    let le = match tiff.get(0..2)? {
+        b"II" => true,
+        b"MM" => false,
+        _ => return None,
+    };
+    let u16_at = |at: usize| -> Option<u16> {
+        let b = [*tiff.get(at)?, *tiff.get(at + 1)?];
+        Some(if le { u16::from_le_bytes(b) } else { u16::from_be_bytes(b) })
+    };
+    let u32_at = |at: usize| -> Option<u32> {
+        let b = [*tiff.get(at)?, *tiff.get(at + 1)?, *tiff.get(at + 2)?, *tiff.get(at + 3)?];
+        Some(if le { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) })
+    };
+    let ifd = u32_at(4)? as usize;
+    let count = u16_at(ifd)? as usize;
+    for i in 0..count.min(512) {
+        let entry = ifd.checked_add(2 + i * 12)?;
+        if u16_at(entry)? == 0x0112 {
+            let value = u16_at(entry + 8)?;
+            return (1..=8).contains(&value).then_some(value as u8);
+        }
+    }
+    None
+}
+
+/// Reads the markers up to the frame header (SOFn): dimensions, process and EXIF orientation.
+pub fn read_header(bytes: &[u8]) -> Result<Header, Error> {
+    if bytes.get(0..2) != Some(&[0xFF, SOI]) {
+        return Err(Error::UnsupportedFormat("not a JPEG".into()));
+    }
+    let mut pos = 2;
+    let mut orientation = 1;
+    loop {
+        let (marker, payload, next) = segment(bytes, pos)?;
+        match marker {
+            APP1 => orientation = exif_orientation(payload).unwrap_or(orientation),
+            0xC0..=0xCF if !matches!(marker, DHT | 0xC8 | 0xCC) => {
+                let frame = Frame::parse(marker, payload)?;
+                return Ok(Header {
+                    width: frame.width,
+                    height: frame.height,
+                    components: frame.components.len() as u8,
+                    precision: frame.precision,
+                    process: marker - 0xC0,
+                    orientation,
+                });
+            }
+            SOS | EOI => return Err(corrupt("no frame header before the scan")),
+            _ => {}
+        }
+        pos = next;
+    }
+}
+
+/// One component of the frame header.
+#[derive(Debug, Clone, Copy)]
+struct Component {
+    id: u8,
+    h: u32,
+    v: u32,
+    tq: usize,
+}
+
+/// The frame header (SOFn).
+#[derive(Debug, Clone)]
+struct Frame {
+    precision: u8,
+    width: u32,
+    height: u32,
+    components: Vec<Component>,
+}
+
+impl Frame {
+    fn parse(_marker: u8, p: &[u8]) -> Result<Frame, Error> {
+        let precision = *p.first().ok_or_else(|| corrupt("short frame header"))?;
+        let height = be16(p, 1).ok_or_else(|| corrupt("short frame header"))? as u32;
+        let width = be16(p, 3).ok_or_else(|| corrupt("short frame header"))? as u32;
+        let n = *p.get(5).ok_or_else(|| corrupt("short frame header"))? as usize;
+        if n == 0 || n > 4 {
+            return Err(corrupt("component count"));
+        }
+        let mut components = Vec::with_capacity(n);
+        for i in 0..n {
+            let c = p.get(6 + i * 3..9 + i * 3).ok_or_else(|| corrupt("short frame header"))?;
+            let (h, v) = ((c[1] >> 4) as u32, (c[1] & 15) as u32);
+            if !(1..=4).contains(&h) || !(1..=4).contains(&v) || c[2] > 3 {
+                return Err(corrupt("sampling factors"));
+            }
+            components.push(Component { id: c[0], h, v, tq: c[2] as usize });
+        }
+        Ok(Frame { precision, width, height, components })
+    }
+}
+
+/// Bits of code looked up at once; longer codes take the slow path.
+const LOOKUP_BITS: u32 = 9;
+
+/// A Huffman table: a direct lookup for codes up to [`LOOKUP_BITS`] long, canonical-code limits for the
+/// rest.
+#[derive(Clone)]
+struct Huffman {
+    /// Indexed by the next `LOOKUP_BITS` bits: `len << 8 | symbol`, or 0 for a longer code.
+    lookup: Vec<u16>,
+    /// For each length 1..=16: largest code of that length + 1 (0 when none), and the offset in `values`.
+    max_code: [u32; 17],
+    val_offset: [i32; 17],
+    values: Vec<u8>,
+}
+
+impl Huffman {
+    fn new(counts: &[u8], values: &[u8]) -> Result<Huffman, Error> {
+        let mut lookup = vec![0u16; 1 << LOOKUP_BITS];
+        let mut max_code = [0u32; 17];
+        let mut val_offset = [0i32; 17];
+        let mut code = 0u32;
+        let mut k = 0usize;
+        for len in 1..=16u32 {
+            let count = *counts.get(len as usize - 1).ok_or_else(|| corrupt("Huffman counts"))? as u32;
+            val_offset[len as usize] = k as i32 - code as i32;
+            for _ in 0..count {
+                if code >= 1 << len {
+                    return Err(corrupt("Huffman code overflow"));
+                }
+                let symbol = *values.get(k).ok_or_else(|| corrupt("Huffman values"))?;
+                if len <= LOOKUP_BITS {
+                    let shift = LOOKUP_BITS - len;
+                    let first = (code << shift) as usize;
+                    let entry = (len as u16) << 8 | symbol as u16;
+                    for slot in lookup.iter_mut().skip(first).take(1 << shift) {
+                        *slot = entry;
+                    }
+                }
+                code += 1;
+                k += 1;
+            }
+            max_code[len as usize] = code;
+            code <<= 1;
+        }
+        Ok(Huffman { lookup, max_code, val_offset, values: values.to_vec() })
+    }
+}
+
+/// Reads entropy-coded bits MSB first, undoing 0xFF00 stuffing, and stops at a marker; past the data it
+/// supplies zeros and counts them so the decoder can tell truncation.
+struct Bits<'a> {
+    data: &'a [u8],
+    pos: usize,
+    buf: u64,
+    count: u32,
+    /// Zero bits supplied past the end of the data or a marker (the last `padded` bits of `buf`).
+    padded: u32,
+    at_marker: bool,
+}
+
+impl<'a> Bits<'a> {
+    fn new(data: &'a [u8], pos: usize) -> Bits<'a> {
+        Bits { data, pos, buf: 0, count: 0, padded: 0, at_marker: false }
+    }
+
+    /// Fills the buffer to at least 57 bits.
+    #[inline]
+    fn refill(&mut self) {
+        // Fast path: four bytes with no 0xFF among them.
+        if self.count <= 32 && !self.at_marker {
+            if let Some(four) = self.data.get(self.pos..self.pos + 4) {
+                let word = u32::from_be_bytes([four[0], four[1], four[2], four[3]]);
+                if !has_ff(word) {
+                    self.buf |= (word as u64) << (32 - self.count);
+                    self.count += 32;
+                    self.pos += 4;
+                }
+            }
+        }
+        while self.count <= 56 {
+            let mut byte = 0u8;
+            if self.at_marker {
+                self.padded += 8;
+            } else {
+                match self.data.get(self.pos) {
+                    Some(0xFF) => match self.data.get(self.pos + 1) {
+                        Some(0x00) => {
+                            byte = 0xFF;
+                            self.pos += 2;
+                        }
+                        _ => {
+                            self.at_marker = true;
+                            self.padded += 8;
+                        }
+                    },
+                    Some(&b) => {
+                        byte = b;
+                        self.pos += 1;
+                    }
+                    None => {
+                        self.at_marker = true;
+                        self.padded += 8;
+                    }
+                }
+            }
+            self.buf |= (byte as u64) << (56 - self.count);
+            self.count += 8;
+        }
+    }
+
+    /// True when a bit past the real data has been consumed.
+    #[inline]
+    fn overrun(&self) -> bool {
+        self.padded > self.count
+    }
+
+    #[inline]
+    fn consume(&mut self, n: u32) {
+        self.buf <<= n;
+        self.count -= n;
+    }
+
+    /// The next `n` (0..=16) bits as an unsigned value.
+    #[inline]
+    fn take(&mut self, n: u32) -> u32 {
+        if n == 0 {
+            return 0;
+        }
+        if self.count < n {
+            self.refill();
+        }
+        let v = (self.buf >> (64 - n)) as u32;
+        self.consume(n);
+        v
+    }
+
+    /// Decodes one Huffman symbol; the caller has made sure at least 32 bits are buffered.
+    #[inline]
+    fn symbol(&mut self, table: &Huffman) -> Result<u8, Error> {
+        let entry = table.lookup[(self.buf >> (64 - LOOKUP_BITS)) as usize];
+        if entry != 0 {
+            self.consume((entry >> 8) as u32);
+            return Ok(entry as u8);
+        }
+        for len in LOOKUP_BITS + 1..=16 {
+            let code = (self.buf >> (64 - len)) as u32;
+            if code < table.max_code[len as usize] {
+                let index = table.val_offset[len as usize] + code as i32;
+                let symbol = *table.values.get(index as usize).ok_or_else(|| corrupt("Huffman code"))?;
+                self.consume(len);
+                return Ok(symbol);
+            }
+        }
+        Err(corrupt("bad Huffman code"))
+    }
+
+    /// Moves to the byte after the restart marker that must follow the current interval.
+    fn restart(&mut self) -> Result<(), Error> {
+        if self.overrun() {
+            return Err(corrupt("truncated before a restart marker"));
+        }
+        // Everything up to the marker has been read into the buffer; find the marker itself.
+        let at = next_marker_or_rst(self.data, self.pos).ok_or_else(|| corrupt("missing restart marker"))?;
+        match self.data.get(at + 1) {
+            Some(0xD0..=0xD7) => {
+                *self = Bits::new(self.data, at + 2);
+                Ok(())
+            }
+            _ => Err(corrupt("missing restart marker")),
+        }
+    }
+}
+
+/// True when any byte of `word` is 0xFF.
+#[inline]
+fn has_ff(word: u32) -> bool {
+    let inv = !word;
+    inv.wrapping_sub(0x0101_0101) & !inv & 0x8080_8080 != 0
+}
+
+/// Offset of the next marker, RSTn included, at or after `pos`.
+fn next_marker_or_rst(bytes: &[u8], mut pos: usize) -> Option<usize> {
+    loop {
+        let rel = bytes.get(pos..)?.iter().position(|&b| b == 0xFF)?;
+        let at = pos + rel;
+        match bytes.get(at + 1)? {
+            0x00 => pos = at + 2,
+            0xFF => pos = at + 1,
+            _ => return Some(at),
+        }
+    }
+}
+
+/// Extends a `size`-bit magnitude to a signed DC difference (JPEG's EXTEND).
+#[inline]
+fn extend(value: u32, size: u32) -> i32 {
+    if size == 0 {
+        0
+    } else if value < 1 << (size - 1) {
+        value as i32 - (1 << size) + 1
+    } else {
+        value as i32
+    }
+}
+
+/// State of the decoder across the segments of one image.
+struct Decoder {
+    frame: Frame,
+    hmax: u32,
+    vmax: u32,
+    progressive: bool,
+    qdc: [u32; 4],
+    dc_tables: [Option<Huffman>; 4],
+    ac_tables: [Option<Huffman>; 4],
+    restart_interval: u32,
+    adobe_transform: Option<u8>,
+    /// Components whose DC has been fully decoded.
+    done: Vec<bool>,
+    shrinker: Shrinker,
+}
+
+/// One component of a scan with its tables.
+struct ScanComponent {
+    index: usize,
+    dc: usize,
+    ac: usize,
+}
+
+impl Decoder {
+    /// Block-grid size of component `c`: its sample size rounded up to whole blocks.
+    fn blocks_of(&self, c: &Component) -> (u32, u32) {
+        let w = (self.frame.width * c.h).div_ceil(self.hmax);
+        let h = (self.frame.height * c.v).div_ceil(self.vmax);
+        (w.div_ceil(8), h.div_ceil(8))
+    }
+
+    /// Decodes one scan starting at `pos` (just past the SOS header).
+    fn scan(&mut self, bytes: &[u8], pos: usize, sos: &[u8]) -> Result<(), Error> {
+        let ns = *sos.first().ok_or_else(|| corrupt("short scan header"))? as usize;
+        if ns == 0 || ns > 4 {
+            return Err(corrupt("scan component count"));
+        }
+        let mut comps = Vec::with_capacity(ns);
+        for i in 0..ns {
+            let s = sos.get(1 + i * 2..3 + i * 2).ok_or_else(|| corrupt("short scan header"))?;
+            let index = self
+                .frame
+                .components
+                .iter()
+                .position(|c| c.id == s[0])
+                .ok_or_else(|| corrupt("scan names an unknown component"))?;
+            comps.push(ScanComponent { index, dc: (s[1] >> 4) as usize & 3, ac: (s[1] & 15) as usize & 3 });
+        }
+        let tail = sos.get(1 + ns * 2..4 + ns * 2).ok_or_else(|| corrupt("short scan header"))?;
+        let (ss, ah, al) = (tail[0], tail[2] >> 4, (tail[2] & 15) as u32);
+        if self.progressive && (ss != 0 || ah != 0) {
+            // AC scans and DC refinement: nothing a 1/8-scale image needs.
+            return Ok(());
+        }
+        if comps.iter().all(|c| self.done.get(c.index) == Some(&true)) {
+            return Ok(());
+        }
+        let skip_ac = !self.progressive;
+        for c in &comps {
+            if self.dc_tables[c.dc].is_none() || (skip_ac && self.ac_tables[c.ac].is_none()) {
+                return Err(corrupt("scan uses an undefined Huffman table"));
+            }
+        }
+
+        // MCU geometry: interleaved scans cover the padded MCU grid, single-component scans the
+        // component's own blocks.
+        let (mcus_x, mcus_y) = if ns == 1 {
+            let c = &self.frame.components[comps[0].index];
+            self.blocks_of(c)
+        } else {
+            (self.frame.width.div_ceil(8 * self.hmax), self.frame.height.div_ceil(8 * self.vmax))
+        };
+        let mut preds = [0i32; 4];
+        let mut bits = Bits::new(bytes, pos);
+        let total = mcus_x as u64 * mcus_y as u64;
+        let mut todo_restart = self.restart_interval;
+        let shift = if self.progressive { al.min(15) } else { 0 };
+
+        let plan: Vec<(usize, u32, u32, u32, u32, u32, u32, u32)> = comps
+            .iter()
+            .map(|sc| {
+                let c = &self.frame.components[sc.index];
+                let (bw, bh) = self.blocks_of(c);
+                let (mh, mv) = if ns == 1 { (1, 1) } else { (c.h, c.v) };
+                (sc.index, mh, mv, bw, bh, self.hmax / c.h, self.vmax / c.v, self.qdc[c.tq])
+            })
+            .collect();
+
+        let mut mcu = 0u64;
+        while mcu < total {
+            let (mx, my) = ((mcu % mcus_x as u64) as u32, (mcu / mcus_x as u64) as u32);
+            for (k, sc) in comps.iter().enumerate() {
+                let (index, mh, mv, bw, bh, rx, ry, q) = plan[k];
+                let (Some(dc_table), ac_table) = (&self.dc_tables[sc.dc], &self.ac_tables[sc.ac]) else {
+                    return Err(corrupt("scan uses an undefined Huffman table"));
+                };
+                for v in 0..mv {
+                    for h in 0..mh {
+                        if bits.count < 32 {
+                            bits.refill();
+                        }
+                        let size = bits.symbol(dc_table)? as u32;
+                        if size > 15 {
+                            return Err(corrupt("DC magnitude"));
+                        }
+                        let diff = extend(bits.take(size), size);
+                        preds[k] = preds[k].wrapping_add(diff);
+                        if skip_ac {
+                            if let Some(ac_table) = ac_table {
+                                skip_ac_symbols(&mut bits, ac_table)?;
+                            }
+                        }
+                        let (bx, by) = (mx * mh + h, my * mv + v);
+                        if bx < bw && by < bh {
+                            // Mean sample of the block: DC * q / 8, level-shifted.
+                            let dc = (preds[k] as i64) << shift;
+                            let value = (dc * q as i64 / 8 + 128).clamp(-4096, 4096) as i32;
+                            for dy in 0..ry {
+                                for dx in 0..rx {
+                                    self.shrinker.add_sample(index, bx * rx + dx, by * ry + dy, value);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            if bits.overrun() {
+                return Err(corrupt("truncated entropy data"));
+            }
+            mcu += 1;
+            if self.restart_interval > 0 && mcu < total {
+                todo_restart -= 1;
+                if todo_restart == 0 {
+                    bits.restart()?;
+                    preds = [0; 4];
+                    todo_restart = self.restart_interval;
+                }
+            }
+        }
+        for c in &comps {
+            if let Some(d) = self.done.get_mut(c.index) {
+                *d = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// The working image: averaged planes converted to RGB.
+    fn finish(self) -> Result<Working, Error> {
+        let (w, h) = self.shrinker.dims();
+        let means = self.shrinker.means().ok_or_else(|| corrupt("image data missing"))?;
+        let n = self.frame.components.len();
+        let ids: Vec<u8> = self.frame.components.iter().map(|c| c.id).collect();
+        let mut rgb = Vec::with_capacity(w as usize * h as usize * 3);
+        for px in means.chunks_exact(n) {
+            let out = match (n, self.adobe_transform) {
+                (1, _) => [px[0]; 3],
+                (3, Some(0)) => [px[0], px[1], px[2]],
+                (3, None) if ids == b"RGB" => [px[0], px[1], px[2]],
+                (3, _) => ycc_to_rgb(px[0], px[1], px[2]),
+                (4, Some(2)) => {
+                    let [r, g, b] = ycc_to_rgb(px[0], px[1], px[2]);
+                    let k = px[3] / 255.0;
+                    [(255.0 - r) * k, (255.0 - g) * k, (255.0 - b) * k]
+                }
+                (4, _) => {
+                    // Adobe CMYK is stored inverted.
+                    let k = px[3] / 255.0;
+                    [px[0] * k, px[1] * k, px[2] * k]
+                }
+                _ => return Err(corrupt("component count")),
+            };
+            rgb.extend(out.iter().map(|v| v.clamp(0.0, 255.0)));
+        }
+        Ok(Working { width: w, height: h, rgb })
+    }
+}
+
+/// JFIF YCbCr to RGB.
+fn ycc_to_rgb(y: f32, cb: f32, cr: f32) -> [f32; 3] {
+    let (cb, cr) = (cb - 128.0, cr - 128.0);
+    [y + 1.402 * cr, y - 0.344_136 * cb - 0.714_136 * cr, y + 1.772 * cb]
+}
+
+/// Skips the AC coefficients of one block of a sequential scan: reads each symbol and steps over its
+/// magnitude bits without building the value.
+#[inline]
+fn skip_ac_symbols(bits: &mut Bits, table: &Huffman) -> Result<(), Error> {
+    let mut k = 1u32;
+    while k < 64 {
+        if bits.count < 32 {
+            bits.refill();
+        }
+        let entry = table.lookup[(bits.buf >> (64 - LOOKUP_BITS)) as usize];
+        let symbol = if entry != 0 {
+            let symbol = entry as u8;
+            // Code and magnitude bits together: at most 9 + 15 bits, buffered.
+            bits.consume((entry >> 8) as u32 + (symbol & 15) as u32);
+            symbol
+        } else {
+            let symbol = bits.symbol(table)?;
+            bits.consume((symbol & 15) as u32);
+            symbol
+        };
+        let (run, size) = ((symbol >> 4) as u32, symbol & 15);
+        if size == 0 {
+            if run != 15 {
+                return Ok(()); // end of block
+            }
+            k += 16;
+        } else {
+            k += run + 1;
+        }
+    }
+    Ok(())
+}
+
+/// Decodes the DC coefficients of a JPEG into the working image of a [`Shrinker`] (at most
+/// [`crate::blurhash::WORKING_SIZE`] on the long side, in stored orientation), refusing images of more
+/// than `max_pixels` pixels before reading any entropy-coded data.
+pub fn decode_dc(bytes: &[u8], max_pixels: u64) -> Result<Working, Error> {
+    if bytes.get(0..2) != Some(&[0xFF, SOI]) {
+        return Err(Error::UnsupportedFormat("not a JPEG".into()));
+    }
+    let mut pos = 2;
+    let mut qdc = [0u32; 4];
+    let mut dc_tables: [Option<Huffman>; 4] = [None, None, None, None];
+    let mut ac_tables: [Option<Huffman>; 4] = [None, None, None, None];
+    let mut restart_interval = 0u32;
+    let mut adobe_transform = None;
+    let mut decoder: Option<Decoder> = None;
+    loop {
+        let (marker, payload, next) = segment(bytes, pos)?;
+        match marker {
+            DQT => {
+                let mut p = payload;
+                while let Some(&pq_tq) = p.first() {
+                    let (sixteen, tq) = (pq_tq >> 4 != 0, (pq_tq & 15) as usize);
+                    let size = if sixteen { 128 } else { 64 };
+                    let table = p.get(1..1 + size).ok_or_else(|| corrupt("short DQT"))?;
+                    let dc = if sixteen { u16::from_be_bytes([table[0], table[1]]) } else { table[0] as u16 };
+                    *qdc.get_mut(tq).ok_or_else(|| corrupt("DQT table index"))? = dc as u32;
+                    if let Some(d) = decoder.as_mut() {
+                        d.qdc = qdc;
+                    }
+                    p = &p[1 + size..];
+                }
+            }
+            DHT => {
+                let mut p = payload;
+                while let Some(&tc_th) = p.first() {
+                    let counts = p.get(1..17).ok_or_else(|| corrupt("short DHT"))?;
+                    let n: usize = counts.iter().map(|&c| c as usize).sum();
+                    let values = p.get(17..17 + n).ok_or_else(|| corrupt("short DHT"))?;
+                    let table = Huffman::new(counts, values)?;
+                    let (class, th) = (tc_th >> 4, (tc_th & 15) as usize);
+                    if th > 3 || class > 1 {
+                        return Err(corrupt("DHT table index"));
+                    }
+                    let slot = match (decoder.as_mut(), class) {
+                        (Some(d), 0) => &mut d.dc_tables[th],
+                        (Some(d), _) => &mut d.ac_tables[th],
+                        (None, 0) => &mut dc_tables[th],
+                        (None, _) => &mut ac_tables[th],
+                    };
+                    *slot = Some(table);
+                    p = &p[17 + n..];
+                }
+            }
+            DRI => {
+                let ri = be16(payload, 0).ok_or_else(|| corrupt("short DRI"))? as u32;
+                restart_interval = ri;
+                if let Some(d) = decoder.as_mut() {
+                    d.restart_interval = ri;
+                }
+            }
+            APP14 if payload.starts_with(b"Adobe") => adobe_transform = payload.get(11).copied(),
+            0xC0..=0xC2 => {
+                if decoder.is_some() {
+                    return Err(corrupt("second frame header"));
+                }
+                let frame = Frame::parse(marker, payload)?;
+                if frame.precision != 8 {
+                    return Err(Error::UnsupportedFormat(format!("{}-bit JPEG", frame.precision)));
+                }
+                if frame.width == 0 || frame.height == 0 {
+                    return Err(corrupt("zero dimension"));
+                }
+                if frame.width as u64 * frame.height as u64 > max_pixels {
+                    return Err(Error::TooLarge(format!(
+                        "{}x{} JPEG has more than {max_pixels} pixels",
+                        frame.width, frame.height
+                    )));
+                }
+                let hmax = frame.components.iter().map(|c| c.h).max().unwrap_or(1);
+                let vmax = frame.components.iter().map(|c| c.v).max().unwrap_or(1);
+                if frame.components.iter().any(|c| hmax % c.h != 0 || vmax % c.v != 0) {
+                    return Err(Error::UnsupportedFormat("non-integer JPEG sampling ratios".into()));
+                }
+                let (grid_w, grid_h) = (frame.width.div_ceil(8), frame.height.div_ceil(8));
+                let shrinker = Shrinker::for_samples(grid_w, grid_h, frame.components.len())?;
+                decoder = Some(Decoder {
+                    done: vec![false; frame.components.len()],
+                    frame,
+                    hmax,
+                    vmax,
+                    progressive: marker == 0xC2,
+                    qdc,
+                    dc_tables: std::mem::take(&mut dc_tables),
+                    ac_tables: std::mem::take(&mut ac_tables),
+                    restart_interval,
+                    adobe_transform,
+                    shrinker,
+                });
+            }
+            0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
+                return Err(Error::UnsupportedFormat("lossless, hierarchical or arithmetic JPEG".into()));
+            }
+            SOS => {
+                let d = decoder.as_mut().ok_or_else(|| corrupt("scan before frame header"))?;
+                d.adobe_transform = adobe_transform;
+                d.scan(bytes, next, payload)?;
+                if d.done.iter().all(|&x| x) {
+                    return decoder.ok_or_else(|| Error::Internal("decoder vanished".into()))?.finish();
+                }
+                pos = next_marker(bytes, next).ok_or_else(|| corrupt("truncated after a scan"))?;
+                continue;
+            }
+            EOI => return Err(corrupt("image ends before every component is decoded")),
+            _ => {}
+        }
+        pos = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn data(name: &str) -> Vec<u8> {
+        let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// Mean absolute difference between two working images of the same size, in sRGB units.
+    fn mean_diff(a: &Working, b: &Working) -> f32 {
+        assert_eq!((a.width, a.height), (b.width, b.height));
+        a.rgb.iter().zip(&b.rgb).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.rgb.len() as f32
+    }
+
+    /// Reference: the 8x8 block means of the photo the fixtures were made from (before compression),
+    /// which is what a DC-only decode should reproduce.
+    fn reference() -> Working {
+        let bytes = data("photo_blocks.ppm");
+        let text = String::from_utf8_lossy(&bytes[..16]).to_string();
+        let f: Vec<u32> = text.split_ascii_whitespace().skip(1).take(2).map(|v| v.parse().unwrap()).collect();
+        let px = &bytes[bytes.len() - (f[0] * f[1] * 3) as usize..];
+        Working { width: f[0], height: f[1], rgb: px.iter().map(|&v| v as f32).collect() }
+    }
+
+    #[test]
+    fn reads_header_dimensions_and_orientation() {
+        let h = read_header(&data("photo_420.jpg")).unwrap();
+        assert_eq!((76, 52, 3, 8, 0, 1), (h.width, h.height, h.components, h.precision, h.process, h.orientation));
+        let h = read_header(&data("photo_progressive.jpg")).unwrap();
+        assert_eq!((2, 1), (h.process, h.orientation));
+        let h = read_header(&data("photo_exif6.jpg")).unwrap();
+        assert_eq!(6, h.orientation);
+    }
+
+    #[test]
+    fn dc_image_matches_a_full_decode() {
+        // Every sampling and coding variant against Pillow's full decode of the same file.
+        let expected = reference();
+        for name in [
+            "photo_420.jpg",
+            "photo_422.jpg",
+            "photo_444.jpg",
+            "photo_progressive.jpg",
+            "photo_progressive_444.jpg",
+            "photo_progressive_scans.jpg",
+            "photo_restart.jpg",
+            "photo_optimized.jpg",
+            "photo_exif6.jpg",
+        ] {
+            let got = decode_dc(&data(name), 1 << 30).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let diff = mean_diff(&expected, &got);
+            assert!(diff < 3.0, "{name}: mean difference {diff}");
+        }
+    }
+
+    #[test]
+    fn grey_and_cmyk_decode() {
+        let grey = decode_dc(&data("photo_gray.jpg"), 1 << 30).unwrap();
+        assert!(grey.rgb.chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2]));
+        let expected = reference();
+        let cmyk = decode_dc(&data("photo_cmyk.jpg"), 1 << 30).unwrap();
+        let diff = mean_diff(&expected, &cmyk);
+        assert!(diff < 8.0, "CMYK mean difference {diff}");
+    }
+
+    #[test]
+    fn refuses_too_many_pixels_before_decoding() {
+        let e = decode_dc(&data("photo_420.jpg"), 76 * 52 - 1).unwrap_err();
+        assert_eq!("too-large", e.code());
+    }
+
+    #[test]
+    fn truncated_files_are_errors_not_panics() {
+        let bytes = data("photo_420.jpg");
+        for len in [0, 1, 2, 3, 20, 200, bytes.len() / 2, bytes.len() - 40] {
+            assert!(decode_dc(&bytes[..len], 1 << 30).is_err(), "length {len}");
+        }
+        let bytes = data("photo_progressive.jpg");
+        for len in (0..bytes.len()).step_by(97) {
+            let _ = decode_dc(&bytes[..len], 1 << 30);
+        }
+    }
+
+    #[test]
+    fn progressive_decoding_stops_after_the_dc_scan() {
+        // Cutting the file after the first scan's data still gives the image.
+        let bytes = data("photo_progressive.jpg");
+        let sos = bytes.windows(2).position(|w| w == [0xFF, SOS]).unwrap();
+        let second = next_marker(&bytes, sos + 2 + 12).unwrap();
+        let full = decode_dc(&bytes, 1 << 30).unwrap();
+        let mut cut = bytes[..second].to_vec();
+        cut.extend_from_slice(&[0xFF, 0xDA]); // the cut never gets this far
+        assert_eq!(full, decode_dc(&cut, 1 << 30).unwrap());
+    }
+
+    #[test]
+    fn arithmetic_and_12_bit_give_header_but_no_pixels() {
+        // A minimal SOF9 (arithmetic) frame header.
+        let mut sof9 = vec![0xFF, 0xD8, 0xFF, 0xC9, 0, 11, 8, 0, 16, 0, 32, 1, 1, 0x11, 0];
+        sof9.extend_from_slice(&[0xFF, 0xD9]);
+        let h = read_header(&sof9).unwrap();
+        assert_eq!((32, 16, 9), (h.width, h.height, h.process));
+        assert!(!h.is_decodable());
+        assert_eq!("unsupported-format", decode_dc(&sof9, 1 << 30).unwrap_err().code());
+        let arith = data("photo_arith.jpg");
+        let h = read_header(&arith).unwrap();
+        assert_eq!((76, 52, 9), (h.width, h.height, h.process));
+        assert_eq!("unsupported-format", decode_dc(&arith, 1 << 30).unwrap_err().code());
+    }
+
+    #[test]
+    fn hostile_headers() {
+        // Zero height, huge sizes, bad sampling, garbage after SOI.
+        for frame in [
+            vec![8, 0, 0, 0, 16, 1, 1, 0x11, 0],
+            vec![8, 0xFF, 0xFF, 0xFF, 0xFF, 3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1],
+            vec![8, 0, 16, 0, 16, 1, 1, 0x55, 0],
+            vec![8, 0, 16, 0, 16, 5, 1, 0x11, 0],
+            vec![8, 0, 16, 0, 16, 2, 1, 0x32, 0, 2, 0x21, 0],
+        ] {
+            let mut b = vec![0xFF, 0xD8, 0xFF, 0xC0, 0, frame.len() as u8 + 2];
+            b.extend_from_slice(&frame);
+            b.extend_from_slice(&[0xFF, 0xDA, 0, 8, 1, 1, 0, 0, 63, 0, 1, 2, 3]);
+            assert!(decode_dc(&b, 1 << 24).is_err());
+        }
+        assert!(read_header(b"\xFF\xD8garbage").is_err());
+        assert!(read_header(b"\xFF\xD8\xFF\xE1\x00\x01").is_err());
+    }
+
+    #[test]
+    fn exif_orientation_parsing_is_bounded() {
+        assert_eq!(None, exif_orientation(b"Exif\0\0MM\0\x2a\xff\xff\xff\xff"));
+        assert_eq!(None, exif_orientation(b"Exif\0\0II\x2a\0\x08\0\0\0\xff\xff"));
+        let mut le = b"Exif\0\0II\x2a\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0\x03\0\0\0".to_vec();
+        assert_eq!(Some(3), exif_orientation(&le));
+        le[22] = 9;
+        assert_eq!(None, exif_orientation(&le));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(tail in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let mut b = vec![0xFF, 0xD8];
+            b.extend_from_slice(&tail);
+            let _ = read_header(&b);
+            let _ = decode_dc(&b, 1 << 20);
+        }
+
+        #[test]
+        fn mutated_real_files_never_panic(at in 0usize..2000, value in any::<u8>(), cut in 0usize..4000) {
+            for name in ["photo_420.jpg", "photo_progressive.jpg", "photo_restart.jpg"] {
+                let mut b = data(name);
+                let i = at % b.len();
+                b[i] = value;
+                b.truncate(cut.max(2).min(b.len()));
+                let _ = decode_dc(&b, 1 << 24);
+            }
+        }
+    }
+}

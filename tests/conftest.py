@@ -1,0 +1,73 @@
+"""Fixtures of the integration suite: modules installed once per session, Prosody servers per test and version."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+import rig
+
+
+@pytest.fixture(params=rig.VERSIONS, ids=lambda v: f"p{v}")
+def prosody_version(request) -> str:
+    """Every test that needs a server runs once per version in PROSODY_VERSIONS."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def modules_dir(tmp_path_factory):
+    """Installs the modules as a user would (`make install MODULES_DIR=...`), once per session."""
+    target = tmp_path_factory.mktemp("modules")
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "install", f"MODULES_DIR={target}"],
+        cwd=rig.ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"make install failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}", pytrace=False)
+    return target
+
+
+@pytest.fixture
+def start_prosody(request, prosody_version, modules_dir, tmp_path):
+    """Factory: start_prosody(host_modules=..., muc_options=..., ...) -> a started rig.Prosody, stopped at teardown."""
+    servers: list[rig.Prosody] = []
+    request.node.prosody_servers = servers  # for the log tail on failure
+
+    def start(*, daemonize: bool = False, check_modules: bool = True, **options) -> rig.Prosody:
+        server = rig.Prosody(prosody_version, tmp_path / f"prosody{len(servers)}", modules_dir, **options)
+        servers.append(server)
+        server.start(daemonize=daemonize, check_modules=check_modules)
+        return server
+
+    yield start
+    errors = []
+    for server in servers:
+        try:
+            server.stop()
+        except Exception as e:  # stop every server, then report
+            errors.append(e)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def prosody(start_prosody) -> rig.Prosody:
+    """A started server with the rig's defaults and no extra modules."""
+    return start_prosody()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Adds the tail of each Prosody log of a failed test to its report."""
+    report = yield
+    if report.failed:
+        for i, server in enumerate(getattr(item, "prosody_servers", [])):
+            name = f"prosody p{server.version}" + (f" #{i}" if i else "")
+            report.sections.append((f"{name} log ({server.log_path})", server.log_tail(60) or "(empty)"))
+            console = server.console_text().strip()
+            if console:
+                report.sections.append((f"{name} console", console[-3000:]))
+    return report

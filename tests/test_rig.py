@@ -1,0 +1,63 @@
+"""The rig itself, on Prosody core features only: accounts, a persistent room, groupchat, restart."""
+
+import pytest
+
+from rig import all_of, connect, create_room, has_status, join_room, match, room_exists
+
+ROOM = "lounge@conference.localhost"
+
+
+@pytest.mark.parametrize("storage", ["internal", "sql"])
+async def test_persistent_room_carries_groupchat_and_survives_restart(start_prosody, storage):
+    prosody = start_prosody(storage=storage)
+    alice = prosody.register("alice", "alice-pw")
+    bob = prosody.register("bob", "bob-pw")
+
+    async with connect(prosody, alice, "alice-pw") as a, connect(prosody, bob, "bob-pw") as b:
+        await create_room(a, ROOM, "Alice", persistent=True)
+        await join_room(b, ROOM, "Bob")
+        await a.wait_for(all_of(match("presence", from_=f"{ROOM}/Bob"), lambda p: p["type"] != "unavailable"))
+
+        a.send_message(mto=ROOM, mbody="hello from alice", mtype="groupchat")
+        message = await b.wait_for(match("message", type="groupchat", body="hello from alice"))
+        assert message["from"] == f"{ROOM}/Alice"
+
+    prosody.restart()
+
+    async with connect(prosody, bob, "bob-pw") as b:
+        assert await room_exists(b, ROOM)
+        presence = await join_room(b, ROOM, "Bob")
+        assert 201 not in presence["muc"]["status_codes"]  # joined the old room, not a new one
+
+
+async def test_transient_room_is_gone_after_restart(prosody):
+    alice = prosody.register("alice", "alice-pw")
+    async with connect(prosody, alice, "alice-pw") as a:
+        await create_room(a, ROOM, "Alice", persistent=False)
+        assert await room_exists(a, ROOM)
+
+    prosody.restart()
+
+    async with connect(prosody, alice, "alice-pw") as a:
+        assert not await room_exists(a, ROOM)
+
+
+async def test_wrong_password_is_refused(prosody):
+    from rig import AuthError
+
+    prosody.register("alice", "alice-pw")
+    with pytest.raises(AuthError):
+        async with connect(prosody, "alice@localhost", "wrong"):
+            pass
+
+
+async def test_daemonized_server_serves_and_stops(start_prosody):
+    prosody = start_prosody(daemonize=True)
+    assert prosody.pid and int(prosody.pid_file.read_text()) == prosody.pid
+    alice = prosody.register("alice", "alice-pw")
+    async with connect(prosody, alice, "alice-pw") as a:
+        presence = await join_room(a, ROOM, "Alice")
+        assert 201 in presence["muc"]["status_codes"]
+        assert has_status(110, 201)(presence)
+    prosody.stop()
+    assert not prosody.is_running()
