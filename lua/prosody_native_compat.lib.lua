@@ -33,6 +33,30 @@ function compat.get_option_integer(module, name, default, min, max)
 	return value;
 end
 
+--- Reads a number option (fractions allowed) bounded to [min, max]; a value outside is clamped with a warning.
+function compat.get_option_number(module, name, default, min, max)
+	local value = module:get_option_number(name, default);
+	if value ~= value or value < min or value > max then
+		local clamped = value == value and math.max(min, math.min(max, value)) or default;
+		module:log("warn", "Config option '%s' out of bounds [%g, %g], using %g", name, min, max, clamped);
+		return clamped;
+	end
+	return value;
+end
+
+--- Reads a period option in whole seconds, bounded to [min, max]. Prosody 13 also reads "2 days" (and "never", which
+-- becomes max); 0.12 only reads numbers, so there a period must be given in seconds.
+function compat.get_option_period(module, name, default, min, max)
+	if not module.get_option_period then
+		return compat.get_option_integer(module, name, default, min, max);
+	end
+	local value = module:get_option_period(name, default, min, max);
+	if value == nil then
+		return default; -- 13 has logged why
+	end
+	return math.floor(math.max(min, math.min(max, value)));
+end
+
 --- Declares a permission (":action") granted by default to `role` ("prosody:admin", "prosody:member", ...).
 -- On 0.12 there are no roles: only admins are granted admin permissions, every local user the others.
 function compat.default_permission(module, role, action)
@@ -60,5 +84,19 @@ function compat.may(module, action, actor_jid)
 	local jid = compat.require("util.jid");
 	return jid.host(actor_jid) == module.host;
 end
+
+--- COMPAT 0.12: the set of roles a user holds ({ ["prosody:admin"] = true, ... }), or nil. 0.12 keeps role sets per
+-- user; 13 gives each user one primary role with permissions (ask compat.may there), so on 13 this is always nil.
+function compat.legacy_roles(module, actor_jid)
+	if module.may then
+		return nil;
+	end
+	local usermanager = require "core.usermanager";
+	return usermanager.get_roles and usermanager.get_roles(actor_jid, module.host) or nil;
+end
+
+-- COMPAT 0.12: mod_invites' get(token, username) raises on a contact-only invite (it reads the account record such
+-- an invite does not have), so 0.12's mod_invites_register cannot pre-approve a subscription with one. 13 fixed it.
+compat.invites_get_fails_on_contact_tokens = not has_prefixed_names;
 
 return compat;

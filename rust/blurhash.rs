@@ -51,7 +51,12 @@ impl Layout {
 }
 
 /// A small image of sRGB values (0.0..=255.0, three per pixel, row-major) that BlurHash is computed
-/// from: the output of a [`Shrinker`], or a decoder's reduced-size output.
+/// from: the output of a [`Shrinker`], or any small image.
+///
+/// Each working column and row remembers where its centre lies in the source image, so the BlurHash
+/// cosines are evaluated where the reference encoder would evaluate them on the full-size image (it samples
+/// source pixel `x` at `x / width`). For an image used as is, the positions are `0, 1, 2, ...` and the
+/// result is bit-identical to the reference encoder's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Working {
     /// Width in pixels.
@@ -60,9 +65,30 @@ pub struct Working {
     pub height: u32,
     /// `width * height * 3` sRGB values.
     pub rgb: Vec<f32>,
+    /// For each column, its centre in source pixels (the mean of the source columns it covers).
+    pub columns: Vec<f32>,
+    /// For each row, its centre in source pixels.
+    pub rows: Vec<f32>,
+    /// Width of the source image in pixels.
+    pub source_width: u32,
+    /// Height of the source image in pixels.
+    pub source_height: u32,
 }
 
 impl Working {
+    /// A working image that is its own source (positions `0, 1, 2, ...`).
+    pub fn new(width: u32, height: u32, rgb: Vec<f32>) -> Working {
+        Working {
+            width,
+            height,
+            rgb,
+            columns: (0..width).map(|x| x as f32).collect(),
+            rows: (0..height).map(|y| y as f32).collect(),
+            source_width: width,
+            source_height: height,
+        }
+    }
+
     /// Applies an EXIF orientation (1..=8; anything else is left alone) so that the BlurHash matches the
     /// image as viewers display it.
     pub fn oriented(self, orientation: u8) -> Working {
@@ -91,12 +117,48 @@ impl Working {
                 }
             }
         }
-        Working { width: out_w as u32, height: out_h as u32, rgb }
+        // Displayed columns come from stored columns (or rows, when transposed), possibly reversed.
+        let flip = |positions: &[f32], span: u32, reversed: bool| -> Vec<f32> {
+            if reversed {
+                positions.iter().rev().map(|p| (span as f32 - 1.0) - p).collect()
+            } else {
+                positions.to_vec()
+            }
+        };
+        let (columns, rows, source_width, source_height) = match orientation {
+            2 => (flip(&self.columns, self.source_width, true), self.rows, self.source_width, self.source_height),
+            3 => (
+                flip(&self.columns, self.source_width, true),
+                flip(&self.rows, self.source_height, true),
+                self.source_width,
+                self.source_height,
+            ),
+            4 => (self.columns, flip(&self.rows, self.source_height, true), self.source_width, self.source_height),
+            5 => (self.rows, self.columns, self.source_height, self.source_width),
+            6 => (flip(&self.rows, self.source_height, true), self.columns, self.source_height, self.source_width),
+            7 => (
+                flip(&self.rows, self.source_height, true),
+                flip(&self.columns, self.source_width, true),
+                self.source_height,
+                self.source_width,
+            ),
+            _ => (self.rows, flip(&self.columns, self.source_width, true), self.source_height, self.source_width),
+        };
+        Working { width: out_w as u32, height: out_h as u32, rgb, columns, rows, source_width, source_height }
     }
 
     /// Encodes the BlurHash of this image with `cx` x `cy` components (each 1..=9).
     pub fn encode(&self, cx: u32, cy: u32) -> Result<String, Error> {
-        encode_srgb(&self.rgb, self.width, self.height, cx, cy)
+        check_components(cx, cy)?;
+        let (w, h) = (self.width as usize, self.height as usize);
+        let pixels = w.checked_mul(h).and_then(|n| n.checked_mul(3));
+        if w == 0 || h == 0 || pixels != Some(self.rgb.len()) || self.columns.len() != w || self.rows.len() != h {
+            return Err(Error::bad_request("pixel buffer does not match its dimensions"));
+        }
+        if self.source_width == 0 || self.source_height == 0 {
+            return Err(Error::bad_request("zero source dimension"));
+        }
+        encode_linear(self, cx, cy)
     }
 }
 
@@ -119,6 +181,11 @@ pub fn working_size(width: u32, height: u32) -> (u32, u32) {
 pub struct Shrinker {
     src_w: u32,
     src_h: u32,
+    /// Source pixels per sample along each axis (8 for a JPEG's blocks, else 1), and the true size in
+    /// pixels, for the working pixels' positions.
+    unit: u32,
+    true_w: u32,
+    true_h: u32,
     dst_w: u32,
     dst_h: u32,
     planes: usize,
@@ -147,6 +214,9 @@ impl Shrinker {
         Ok(Shrinker {
             src_w: width,
             src_h: height,
+            unit: 1,
+            true_w: width,
+            true_h: height,
             dst_w,
             dst_h,
             planes,
@@ -158,14 +228,18 @@ impl Shrinker {
         })
     }
 
-    /// Like [`Shrinker::new`], with lookup tables that make [`Shrinker::add_sample`] division-free, for
-    /// callers that add samples one by one (a JPEG's blocks). The tables cost two bytes per source column
-    /// and row; sources over 65536 pixels on a side do without them.
-    pub fn for_samples(width: u32, height: u32, planes: usize) -> Result<Shrinker, Error> {
-        let mut s = Shrinker::new(width, height, planes)?;
-        if width <= 1 << 16 && height <= 1 << 16 {
-            s.col_bin = (0..width).map(|x| s.bin_x(x) as u16).collect();
-            s.row_bin = (0..height).map(|y| s.bin_y(y) as u16).collect();
+    /// An accumulator fed one sample per `block` x `block` pixels of a `width` x `height` image (a JPEG's
+    /// DC coefficients: `block` 8), with lookup tables that make [`Shrinker::add_sample`] division-free.
+    /// The tables cost two bytes per sample column and row (at most 8192 each for a JPEG).
+    pub fn for_blocks(width: u32, height: u32, block: u32, planes: usize) -> Result<Shrinker, Error> {
+        if block == 0 {
+            return Err(Error::Internal("zero block size".into()));
+        }
+        let mut s = Shrinker::new(width.div_ceil(block), height.div_ceil(block), planes)?;
+        (s.unit, s.true_w, s.true_h) = (block, width, height);
+        if s.src_w <= 1 << 16 && s.src_h <= 1 << 16 {
+            s.col_bin = (0..s.src_w).map(|x| s.bin_x(x) as u16).collect();
+            s.row_bin = (0..s.src_h).map(|y| s.bin_y(y) as u16).collect();
         }
         Ok(s)
     }
@@ -272,7 +346,32 @@ impl Shrinker {
         if self.planes != 3 {
             return None;
         }
-        Some(Working { width: self.dst_w, height: self.dst_h, rgb: self.means()? })
+        let rgb = self.means()?;
+        Some(self.working_with(rgb))
+    }
+
+    /// A working image of this shrinker's size and positions with the given pixels (after the caller's
+    /// colour conversion of [`Shrinker::means`]).
+    pub fn working_with(&self, rgb: Vec<f32>) -> Working {
+        // Centre of working cell j along an axis: the mean of the source pixels its samples cover.
+        let centres = |src: u32, dst: u32, true_len: u32| -> Vec<f32> {
+            (0..dst as u64)
+                .map(|j| {
+                    let first = div_ceil(j * src as u64, dst as u64) * self.unit as u64;
+                    let end = (div_ceil((j + 1) * src as u64, dst as u64) * self.unit as u64).min(true_len as u64);
+                    (first + end.max(first + 1) - 1) as f32 / 2.0
+                })
+                .collect()
+        };
+        Working {
+            width: self.dst_w,
+            height: self.dst_h,
+            rgb,
+            columns: centres(self.src_w, self.dst_w, self.true_w),
+            rows: centres(self.src_h, self.dst_h, self.true_h),
+            source_width: self.true_w,
+            source_height: self.true_h,
+        }
     }
 }
 
@@ -371,13 +470,14 @@ fn srgb_to_linear(value: f32) -> f32 {
     }
 }
 
-/// Linear light to an sRGB byte, the reference encoder's formula.
+/// Linear light to an sRGB byte, the reference encoders' formula (C, TypeScript, Swift, Kotlin): half up,
+/// `trunc(x + 0.5)`. (The `blurhash` crate rounds `x + 0.5` once more, so its DC can be one higher.)
 fn linear_to_srgb(value: f32) -> u32 {
     let v = value.clamp(0.0, 1.0);
     if v <= 0.003_130_8 {
-        (v * 12.92 * 255.0 + 0.5).round() as u32
+        (v * 12.92 * 255.0 + 0.5) as u32
     } else {
-        ((1.055 * 255.0) * v.powf(1.0 / 2.4) - (0.055 * 255.0 - 0.5)).round() as u32
+        ((1.055 * v.powf(1.0 / 2.4) - 0.055) * 255.0 + 0.5) as u32
     }
     .min(255)
 }
@@ -393,27 +493,23 @@ fn push_base83(value: u32, length: u32, out: &mut String) {
     }
 }
 
-/// BlurHash of a small image of sRGB values (0.0..=255.0, three per pixel). The sums run in the same
-/// order and precision as the reference encoder's, with the cosines tabulated once per component.
-pub fn encode_srgb(rgb: &[f32], width: u32, height: u32, cx: u32, cy: u32) -> Result<String, Error> {
-    check_components(cx, cy)?;
-    let (w, h) = (width as usize, height as usize);
-    if w == 0 || h == 0 || w.checked_mul(h).and_then(|n| n.checked_mul(3)) != Some(rgb.len()) {
-        return Err(Error::bad_request("pixel buffer does not match its dimensions"));
-    }
-    let linear: Vec<f32> = rgb.iter().map(|&v| srgb_to_linear(v)).collect();
+/// BlurHash of a checked working image. The sums run in the same order and precision as the reference
+/// encoder's, with the cosines tabulated once per component.
+fn encode_linear(image: &Working, cx: u32, cy: u32) -> Result<String, Error> {
+    let w = image.width as usize;
+    let linear: Vec<f32> = image.rgb.iter().map(|&v| srgb_to_linear(v)).collect();
     let mut factors: Vec<[f32; 3]> = Vec::with_capacity((cx * cy) as usize);
     let mut cos_x = vec![0.0f32; w];
-    let mut cos_y = vec![0.0f32; h];
+    let mut cos_y = vec![0.0f32; image.height as usize];
     for j in 0..cy {
-        let step_y = PI * j as f32 / height as f32;
-        for (y, c) in cos_y.iter_mut().enumerate() {
-            *c = (step_y * y as f32).cos();
+        let step_y = PI * j as f32 / image.source_height as f32;
+        for (c, &y) in cos_y.iter_mut().zip(&image.rows) {
+            *c = (step_y * y).cos();
         }
         for i in 0..cx {
-            let step_x = PI * i as f32 / width as f32;
-            for (x, c) in cos_x.iter_mut().enumerate() {
-                *c = (step_x * x as f32).cos();
+            let step_x = PI * i as f32 / image.source_width as f32;
+            for (c, &x) in cos_x.iter_mut().zip(&image.columns) {
+                *c = (step_x * x).cos();
             }
             let (mut r, mut g, mut b) = (0.0f32, 0.0f32, 0.0f32);
             for (row, &cy_val) in linear.chunks_exact(w * 3).zip(&cos_y) {
@@ -425,7 +521,7 @@ pub fn encode_srgb(rgb: &[f32], width: u32, height: u32, cx: u32, cy: u32) -> Re
                 }
             }
             let normalisation = if i == 0 && j == 0 { 1.0 } else { 2.0 };
-            let scale = normalisation / (width * height) as f32;
+            let scale = normalisation / (image.width * image.height) as f32;
             factors.push([r * scale, g * scale, b * scale]);
         }
     }
@@ -494,12 +590,22 @@ mod tests {
     }
 
     #[test]
-    fn matches_the_blurhash_crate_on_the_same_pixels() {
+    fn matches_the_blurhash_crate_on_the_same_pixels_up_to_its_dc_rounding() {
         for (file, cx, cy, _) in golden() {
             let (w, h, pixels) = read_ppm(&file);
             let rgba: Vec<u8> = pixels.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect();
             let theirs = blurhash_crate::encode(cx, cy, w, h, &rgba).unwrap();
-            assert_eq!(theirs, encode(&pixels, w, h, Layout::Rgb, cx, cy).unwrap(), "{file} {cx}x{cy}");
+            let ours = encode(&pixels, w, h, Layout::Rgb, cx, cy).unwrap();
+            // Size flag, maximum and every AC component agree exactly.
+            assert_eq!(theirs[..2], ours[..2], "{file} {cx}x{cy}");
+            assert_eq!(theirs[6..], ours[6..], "{file} {cx}x{cy}");
+            // The crate's DC channels are ours or one higher.
+            let decode = |s: &str| s.bytes().fold(0u32, |v, c| v * 83 + BASE83.iter().position(|&x| x == c).unwrap() as u32);
+            let (t, o) = (decode(&theirs[2..6]), decode(&ours[2..6]));
+            for shift in [16, 8, 0] {
+                let d = ((t >> shift) & 255) as i32 - ((o >> shift) & 255) as i32;
+                assert!((0..=1).contains(&d), "{file} {cx}x{cy}: {theirs} vs {ours}");
+            }
         }
     }
 
@@ -543,7 +649,7 @@ mod tests {
             s.add_row(y as u32, row, Layout::Rgb);
         }
         let w = s.into_working().unwrap();
-        assert_eq!((64, 2), (w.width, w.height));
+        assert_eq!((64, 1), (w.width, w.height));
         assert_eq!(0.0, w.rgb[0]);
         assert_eq!(255.0, w.rgb[63 * 3]);
     }
@@ -579,14 +685,23 @@ mod tests {
     #[test]
     fn orientation_rotates_the_working_image() {
         // 2x1: red, blue. Orientation 6 (rotate 90 clockwise to display) -> 1x2: red on top.
-        let w = Working { width: 2, height: 1, rgb: vec![255.0, 0.0, 0.0, 0.0, 0.0, 255.0] };
+        let w = Working::new(2, 1, vec![255.0, 0.0, 0.0, 0.0, 0.0, 255.0]);
         let r = w.clone().oriented(6);
         assert_eq!((1, 2), (r.width, r.height));
         assert_eq!(vec![255.0, 0.0, 0.0, 0.0, 0.0, 255.0], r.rgb);
         let r = w.clone().oriented(8);
         assert_eq!(vec![0.0, 0.0, 255.0, 255.0, 0.0, 0.0], r.rgb);
         assert_eq!(w.clone(), w.clone().oriented(1));
-        assert_eq!(vec![0.0, 0.0, 255.0, 255.0, 0.0, 0.0], w.oriented(2).rgb);
+        assert_eq!(vec![0.0, 0.0, 255.0, 255.0, 0.0, 0.0], w.clone().oriented(2).rgb);
+        // Positions follow the pixels: the displayed first column of a mirrored image is the last stored.
+        let mut wide = Working::new(3, 1, vec![0.0; 9]);
+        wide.columns = vec![1.0, 4.0, 7.0];
+        wide.source_width = 9;
+        assert_eq!(vec![1.0, 4.0, 7.0], wide.clone().oriented(2).columns);
+        assert_eq!((vec![0.0], vec![1.0, 4.0, 7.0], 1, 9), {
+            let t = wide.oriented(6);
+            (t.columns, t.rows, t.source_width, t.source_height)
+        });
     }
 
     proptest! {

@@ -39,7 +39,10 @@ pub struct Cache<V> {
 
 impl<V> Default for Cache<V> {
     fn default() -> Self {
-        Cache { entries: HashMap::new(), clock: 0 }
+        Cache {
+            entries: HashMap::new(),
+            clock: 0,
+        }
     }
 }
 
@@ -90,12 +93,25 @@ impl<V: Clone> Cache<V> {
         }
         self.entries.remove(&key);
         while self.entries.len() >= capacity {
-            let Some(oldest) = self.entries.iter().min_by_key(|(_, e)| e.used).map(|(k, _)| k.clone()) else {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(k, _)| k.clone())
+            else {
                 break;
             };
             self.entries.remove(&oldest);
         }
-        self.entries.insert(key, Entry { value, stored: now, etag, used: self.clock });
+        self.entries.insert(
+            key,
+            Entry {
+                value,
+                stored: now,
+                etag,
+                used: self.clock,
+            },
+        );
     }
 
     /// After a `304 Not Modified`: makes the entry fresh again as of `now` and returns its value, or `None`
@@ -120,7 +136,10 @@ mod tests {
         let now = Instant::now();
         let mut cache = Cache::new();
         cache.insert("u".into(), 1, None, 10, now);
-        assert_eq!(Lookup::Fresh(1), cache.lookup("u", TTL, now + Duration::from_secs(59)));
+        assert_eq!(
+            Lookup::Fresh(1),
+            cache.lookup("u", TTL, now + Duration::from_secs(59))
+        );
         assert_eq!(Lookup::Miss, cache.lookup("other", TTL, now));
     }
 
@@ -139,9 +158,17 @@ mod tests {
         let later = now + TTL * 2;
         let mut cache = Cache::new();
         cache.insert("u".into(), 1, Some("\"v1\"".into()), 10, now);
-        assert_eq!(Lookup::Stale { etag: "\"v1\"".into() }, cache.lookup("u", TTL, later));
+        assert_eq!(
+            Lookup::Stale {
+                etag: "\"v1\"".into()
+            },
+            cache.lookup("u", TTL, later)
+        );
         assert_eq!(Some(1), cache.refresh("u", later));
-        assert_eq!(Lookup::Fresh(1), cache.lookup("u", TTL, later + Duration::from_secs(1)));
+        assert_eq!(
+            Lookup::Fresh(1),
+            cache.lookup("u", TTL, later + Duration::from_secs(1))
+        );
         assert_eq!(None, cache.refresh("gone", later));
     }
 

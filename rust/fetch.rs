@@ -82,7 +82,9 @@ pub struct Fetched {
 /// Checks that `s` is a URL this module may fetch: `http` or `https`, with a host and no credentials.
 pub fn parse_url(s: &str) -> Result<Url, Error> {
     if s.len() > MAX_URL_BYTES {
-        return Err(Error::bad_request(format!("URL is longer than {MAX_URL_BYTES} bytes")));
+        return Err(Error::bad_request(format!(
+            "URL is longer than {MAX_URL_BYTES} bytes"
+        )));
     }
     let url = Url::parse(s).map_err(|e| Error::bad_request(format!("Not a URL: {e}")))?;
     check_url(&url)?;
@@ -91,7 +93,10 @@ pub fn parse_url(s: &str) -> Result<Url, Error> {
 
 fn check_url(url: &Url) -> Result<(), Error> {
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(Error::bad_request(format!("Only http and https URLs are fetched, not {}:", url.scheme())));
+        return Err(Error::bad_request(format!(
+            "Only http and https URLs are fetched, not {}:",
+            url.scheme()
+        )));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(Error::bad_request("URL has no host"));
@@ -106,7 +111,10 @@ fn check_url(url: &Url) -> Result<(), Error> {
 /// without resolving. The URL parser has already turned other IPv4 spellings (`0x7f.1`) into dotted form.
 fn literal_ip(url: &Url) -> Option<IpAddr> {
     let host = url.host_str()?;
-    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     bare.parse().ok()
 }
 
@@ -155,7 +163,9 @@ impl Fetcher {
         // reqwest is built without a default crypto provider; ring is ours. Err means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = Client::builder()
-            .dns_resolver(Arc::new(GuardedResolver { policy: policy.clone() }))
+            .dns_resolver(Arc::new(GuardedResolver {
+                policy: policy.clone(),
+            }))
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .retry(reqwest::retry::never())
@@ -174,11 +184,19 @@ impl Fetcher {
         let url = parse_url(url)?;
         match tokio::time::timeout(limits.timeout, self.fetch_hops(url, limits, etag)).await {
             Ok(result) => result,
-            Err(_) => Err(Error::Timeout(format!("No complete answer within {} s", limits.timeout.as_secs_f64()))),
+            Err(_) => Err(Error::Timeout(format!(
+                "No complete answer within {} s",
+                limits.timeout.as_secs_f64()
+            ))),
         }
     }
 
-    async fn fetch_hops(&self, mut url: Url, limits: &FetchLimits, etag: Option<&str>) -> Result<Fetched, Error> {
+    async fn fetch_hops(
+        &self,
+        mut url: Url,
+        limits: &FetchLimits,
+        etag: Option<&str>,
+    ) -> Result<Fetched, Error> {
         let max_redirects = limits.max_redirects.min(MAX_REDIRECTS);
         let mut hops = 0;
         loop {
@@ -198,7 +216,9 @@ impl Fetcher {
                 if hops >= max_redirects {
                     return Err(Error::FetchFailed(format!("More than {max_redirects} redirects")));
                 }
-                let next = url.join(location).map_err(|e| Error::FetchFailed(format!("Bad redirect target: {e}")))?;
+                let next = url
+                    .join(location)
+                    .map_err(|e| Error::FetchFailed(format!("Bad redirect target: {e}")))?;
                 check_url(&next).map_err(|e| Error::FetchFailed(format!("Bad redirect target: {e}")))?;
                 url = next;
                 hops += 1;
@@ -209,14 +229,21 @@ impl Fetcher {
     }
 }
 
-async fn read_response(url: Url, mut response: reqwest::Response, limits: &FetchLimits) -> Result<Fetched, Error> {
+async fn read_response(
+    url: Url,
+    mut response: reqwest::Response,
+    limits: &FetchLimits,
+) -> Result<Fetched, Error> {
     let status = response.status();
     let headers = response.headers();
     let mut fetched = Fetched {
         url: url.to_string(),
         not_modified: status == StatusCode::NOT_MODIFIED,
         content_type: media_type(headers),
-        content_length: headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()),
+        content_length: headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok()),
         body: None,
         etag: etag(headers),
     };
@@ -230,7 +257,11 @@ async fn read_response(url: Url, mut response: reqwest::Response, limits: &Fetch
         return Ok(fetched); // not downloaded; dropping the response closes the connection
     }
     let cap = usize::try_from(limits.max_bytes).unwrap_or(usize::MAX);
-    let initial = fetched.content_length.unwrap_or(0).min(INITIAL_BUFFER).min(limits.max_bytes);
+    let initial = fetched
+        .content_length
+        .unwrap_or(0)
+        .min(INITIAL_BUFFER)
+        .min(limits.max_bytes);
     let mut body = Vec::with_capacity(usize::try_from(initial).unwrap_or(0));
     while let Some(chunk) = response.chunk().await.map_err(map_error)? {
         let needed = body.len().saturating_add(chunk.len());
@@ -253,7 +284,11 @@ fn media_type(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
     let essence = value.split(';').next()?.trim().to_ascii_lowercase();
     let (kind, sub) = essence.split_once('/')?;
-    let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b));
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
+    };
     (essence.len() <= 127 && token(kind) && token(sub)).then_some(essence)
 }
 
@@ -319,7 +354,13 @@ pub(crate) mod tests {
         }
 
         pub fn status(status: &'static str) -> Answer {
-            Answer { status, headers: Vec::new(), body: Vec::new(), content_length: true, stall: false }
+            Answer {
+                status,
+                headers: Vec::new(),
+                body: Vec::new(),
+                content_length: true,
+                stall: false,
+            }
         }
 
         pub fn redirect(to: &str) -> Answer {
@@ -375,7 +416,11 @@ pub(crate) mod tests {
         let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
         let inm = text
             .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("if-none-match:").map(|_| l[14..].trim().to_string()))
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("if-none-match:")
+                    .map(|_| l[14..].trim().to_string())
+            })
             .unwrap_or_default();
         let answer = route(&path, &inm);
         let mut head = format!("HTTP/1.1 {}\r\nConnection: close\r\n", answer.status);
@@ -395,7 +440,11 @@ pub(crate) mod tests {
     }
 
     fn run<T>(f: impl std::future::Future<Output = T>) -> T {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     fn loopback_fetcher() -> Fetcher {
@@ -406,7 +455,15 @@ pub(crate) mod tests {
     fn parse_url_accepts_http_and_https_only() {
         assert!(parse_url("https://example.com/a.png").is_ok());
         assert!(parse_url("http://example.com/a.png").is_ok());
-        for bad in ["ftp://example.com/a", "file:///etc/passwd", "gopher://x/", "data:image/png,xx", "nonsense", "http:///x", "http://user:pw@example.com/"] {
+        for bad in [
+            "ftp://example.com/a",
+            "file:///etc/passwd",
+            "gopher://x/",
+            "data:image/png,xx",
+            "nonsense",
+            "http://",
+            "http://user:pw@example.com/",
+        ] {
             assert_eq!("bad-request", parse_url(bad).unwrap_err().code(), "{bad}");
         }
         assert!(parse_url(&format!("http://example.com/{}", "a".repeat(MAX_URL_BYTES))).is_err());
@@ -421,16 +478,22 @@ pub(crate) mod tests {
             ("http://[::1]:8080/", "::1"),
             ("http://[::ffff:a9fe:a9fe]/", "::ffff:169.254.169.254"),
         ] {
-            assert_eq!(Some(ip.parse().unwrap()), literal_ip(&parse_url(url).unwrap()), "{url}");
+            assert_eq!(
+                Some(ip.parse().unwrap()),
+                literal_ip(&parse_url(url).unwrap()),
+                "{url}"
+            );
         }
         assert_eq!(None, literal_ip(&parse_url("http://example.com/").unwrap()));
     }
 
     #[test]
     fn fetches_a_body_with_its_headers() {
-        let server =
-            TestServer::start("127.0.0.1", |_, _| Answer::ok("text/plain; charset=utf-8", b"hello").header("ETag", "\"v1\""));
-        let fetched = run(loopback_fetcher().fetch(&server.url("/a.txt"), &FetchLimits::default(), None)).unwrap();
+        let server = TestServer::start("127.0.0.1", |_, _| {
+            Answer::ok("text/plain; charset=utf-8", b"hello").header("ETag", "\"v1\"")
+        });
+        let fetched =
+            run(loopback_fetcher().fetch(&server.url("/a.txt"), &FetchLimits::default(), None)).unwrap();
         assert_eq!(Some(b"hello".to_vec()), fetched.body);
         assert_eq!(Some("text/plain".into()), fetched.content_type);
         assert_eq!(Some(5), fetched.content_length);
@@ -441,14 +504,16 @@ pub(crate) mod tests {
     #[test]
     fn an_error_status_fails() {
         let server = TestServer::start("127.0.0.1", |_, _| Answer::status("404 Not Found"));
-        let err = run(loopback_fetcher().fetch(&server.url("/missing"), &FetchLimits::default(), None)).unwrap_err();
+        let err = run(loopback_fetcher().fetch(&server.url("/missing"), &FetchLimits::default(), None))
+            .unwrap_err();
         assert_eq!(Error::FetchFailed("HTTP 404 Not Found".into()), err);
     }
 
     #[test]
     fn a_blocked_literal_address_is_never_contacted() {
         let blocked = TestServer::start("127.0.0.2", |_, _| Answer::ok("text/plain", b"secret"));
-        let err = run(loopback_fetcher().fetch(&blocked.url("/"), &FetchLimits::default(), None)).unwrap_err();
+        let err =
+            run(loopback_fetcher().fetch(&blocked.url("/"), &FetchLimits::default(), None)).unwrap_err();
         assert_eq!("blocked", err.code(), "{err}");
         assert_eq!(0, blocked.connections.load(Ordering::SeqCst));
     }
@@ -487,8 +552,16 @@ pub(crate) mod tests {
 
         let err = run(fetcher.fetch(&server.url("/loop"), &FetchLimits::default(), None)).unwrap_err();
         assert_eq!(Error::FetchFailed("More than 3 redirects".into()), err);
-        let one_hop = FetchLimits { max_redirects: 1, ..FetchLimits::default() };
-        assert_eq!("fetch-failed", run(fetcher.fetch(&server.url("/one"), &one_hop, None)).unwrap_err().code());
+        let one_hop = FetchLimits {
+            max_redirects: 1,
+            ..FetchLimits::default()
+        };
+        assert_eq!(
+            "fetch-failed",
+            run(fetcher.fetch(&server.url("/one"), &one_hop, None))
+                .unwrap_err()
+                .code()
+        );
 
         let err = run(fetcher.fetch(&server.url("/to-blocked"), &FetchLimits::default(), None)).unwrap_err();
         assert_eq!("blocked", err.code());
@@ -505,15 +578,24 @@ pub(crate) mod tests {
             a.content_length = path == "/declared";
             a
         });
-        let limits = FetchLimits { max_bytes: 4096, ..FetchLimits::default() };
+        let limits = FetchLimits {
+            max_bytes: 4096,
+            ..FetchLimits::default()
+        };
         let fetcher = loopback_fetcher();
         let declared = run(fetcher.fetch(&server.url("/declared"), &limits, None)).unwrap();
         assert_eq!((None, Some(5000)), (declared.body, declared.content_length));
         assert_eq!(Some("application/octet-stream".into()), declared.content_type);
         let streamed = run(fetcher.fetch(&server.url("/streamed"), &limits, None)).unwrap();
         assert_eq!((None, None), (streamed.body, streamed.content_length));
-        let exact = FetchLimits { max_bytes: 5000, ..FetchLimits::default() };
-        let body = run(fetcher.fetch(&server.url("/streamed"), &exact, None)).unwrap().body.unwrap();
+        let exact = FetchLimits {
+            max_bytes: 5000,
+            ..FetchLimits::default()
+        };
+        let body = run(fetcher.fetch(&server.url("/streamed"), &exact, None))
+            .unwrap()
+            .body
+            .unwrap();
         assert_eq!(5000, body.len());
         assert!(body.capacity() <= 5000, "the buffer never grows past the limit");
     }
@@ -525,16 +607,27 @@ pub(crate) mod tests {
             a.stall = true;
             a
         });
-        let limits = FetchLimits { timeout: Duration::from_millis(300), ..FetchLimits::default() };
+        let limits = FetchLimits {
+            timeout: Duration::from_millis(300),
+            ..FetchLimits::default()
+        };
         let err = run(loopback_fetcher().fetch(&server.url("/stall"), &limits, None)).unwrap_err();
         assert_eq!("timeout", err.code(), "{err}");
     }
 
     #[test]
     fn a_refused_connection_fails() {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let err = run(loopback_fetcher().fetch(&format!("http://127.0.0.1:{port}/"), &FetchLimits::default(), None))
-            .unwrap_err();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = run(loopback_fetcher().fetch(
+            &format!("http://127.0.0.1:{port}/"),
+            &FetchLimits::default(),
+            None,
+        ))
+        .unwrap_err();
         assert_eq!("fetch-failed", err.code(), "{err}");
     }
 
@@ -560,7 +653,15 @@ pub(crate) mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("image/png"));
         assert_eq!(Some("image/png".into()), media_type(&headers));
-        for bad in ["", "image", "image/", "/png", "image/png/x", "im age/png", "<script>/x"] {
+        for bad in [
+            "",
+            "image",
+            "image/",
+            "/png",
+            "image/png/x",
+            "im age/png",
+            "<script>/x",
+        ] {
             headers.insert(CONTENT_TYPE, HeaderValue::from_str(bad).unwrap());
             assert_eq!(None, media_type(&headers), "{bad:?}");
         }

@@ -122,7 +122,10 @@ where
     pool.runtime.spawn(async move {
         let result = match task.await {
             Ok(result) => Some(result),
-            Err(e) if e.is_panic() => Some(Err(Error::Internal(format!("internal error: {}", panic_text(e.into_panic()))))),
+            Err(e) if e.is_panic() => Some(Err(Error::Internal(format!(
+                "internal error: {}",
+                panic_text(e.into_panic())
+            )))),
             Err(_) => None, // cancelled: whoever cancelled it has already settled it
         };
         lock(&shared.running).remove(&id);
@@ -144,7 +147,11 @@ where
     let Ok(shared) = CURRENT.try_with(Arc::clone) else {
         return guard(work);
     };
-    let _slot = shared.cpu_slots.acquire().await.map_err(|_| Error::Internal("worker pool closed".into()))?;
+    let _slot = shared
+        .cpu_slots
+        .acquire()
+        .await
+        .map_err(|_| Error::Internal("worker pool closed".into()))?;
     match tokio::task::spawn_blocking(move || guard(work)).await {
         Ok(result) => result,
         Err(e) => Err(Error::Internal(format!("internal error: {e}"))),
@@ -189,7 +196,8 @@ pub fn cancel(id: JobId) -> bool {
 /// How many jobs are running (submitted, not finished, not cancelled).
 pub fn running() -> usize {
     let pool = lock(&POOL).clone();
-    pool.filter(|p| p.pid == std::process::id()).map_or(0, |p| lock(&p.shared.running).len())
+    pool.filter(|p| p.pid == std::process::id())
+        .map_or(0, |p| lock(&p.shared.running).len())
 }
 
 fn pool() -> Result<Arc<Pool>, Error> {
@@ -205,7 +213,9 @@ fn pool() -> Result<Arc<Pool>, Error> {
             std::mem::forget(old);
         }
     }
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    let cpus = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(IO_THREADS)
         .max_blocking_threads(MAX_BLOCKING_THREADS)
@@ -230,7 +240,13 @@ fn worker_thread_setup() {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut set);
-        for synchronous in [libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGILL, libc::SIGTRAP] {
+        for synchronous in [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGFPE,
+            libc::SIGILL,
+            libc::SIGTRAP,
+        ] {
             libc::sigdelset(&mut set, synchronous);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
@@ -269,9 +285,15 @@ impl Wakeup {
         // SAFETY: eventfd takes no pointers; a negative result is checked.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
-            return Err(Error::Internal(format!("eventfd: {}", std::io::Error::last_os_error())));
+            return Err(Error::Internal(format!(
+                "eventfd: {}",
+                std::io::Error::last_os_error()
+            )));
         }
-        Ok(Wakeup { read_fd: fd, write_fd: fd })
+        Ok(Wakeup {
+            read_fd: fd,
+            write_fd: fd,
+        })
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -280,14 +302,24 @@ impl Wakeup {
         // SAFETY: pipe writes two descriptors into the array it is given; fcntl only takes integers.
         unsafe {
             if libc::pipe(fds.as_mut_ptr()) != 0 {
-                return Err(Error::Internal(format!("pipe: {}", std::io::Error::last_os_error())));
+                return Err(Error::Internal(format!(
+                    "pipe: {}",
+                    std::io::Error::last_os_error()
+                )));
             }
             for fd in fds {
-                libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK);
+                libc::fcntl(
+                    fd,
+                    libc::F_SETFL,
+                    libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
+                );
                 libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
             }
         }
-        Ok(Wakeup { read_fd: fds[0], write_fd: fds[1] })
+        Ok(Wakeup {
+            read_fd: fds[0],
+            write_fd: fds[1],
+        })
     }
 
     /// Makes the descriptor readable. A full pipe or counter means a wake-up is already pending.
@@ -295,7 +327,11 @@ impl Wakeup {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a local u64 (eventfd wants exactly that; a pipe takes any bytes).
         unsafe {
-            libc::write(self.write_fd, (&one as *const u64).cast(), std::mem::size_of::<u64>());
+            libc::write(
+                self.write_fd,
+                (&one as *const u64).cast(),
+                std::mem::size_of::<u64>(),
+            );
         }
     }
 
@@ -308,18 +344,22 @@ impl Wakeup {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
     /// Collects the completions of `ids` (other tests' jobs run in the same pool and are put back).
-    fn wait_for(ids: &[JobId]) -> Vec<Completion> {
+    pub(crate) fn wait_for(ids: &[JobId]) -> Vec<Completion> {
         let fd = wakeup_fd().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut mine = Vec::new();
         while mine.len() < ids.len() {
             assert!(Instant::now() < deadline, "jobs {ids:?} did not finish");
-            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
             // SAFETY: one valid pollfd.
             unsafe { libc::poll(&mut pfd, 1, 1000) };
             let all = take_results();
@@ -339,7 +379,13 @@ mod tests {
     fn a_finished_job_wakes_the_descriptor_and_is_taken_once() {
         let id = submit(async { Ok(vec![("answer", Field::Int(42))]) }).unwrap();
         let done = wait_for(&[id]);
-        assert_eq!(vec![Completion { id, result: Ok(vec![("answer", Field::Int(42))]) }], done);
+        assert_eq!(
+            vec![Completion {
+                id,
+                result: Ok(vec![("answer", Field::Int(42))])
+            }],
+            done
+        );
         assert!(take_results().iter().all(|c| c.id != id));
     }
 
@@ -356,7 +402,9 @@ mod tests {
     #[test]
     fn a_panicking_job_becomes_internal_error_and_the_pool_lives_on() {
         let bad = submit(async { panic!("worker boom") }).unwrap();
-        let blocking_bad = submit(async { blocking(|| -> Result<Fields, Error> { panic!("blocking boom") }).await }).unwrap();
+        let blocking_bad =
+            submit(async { blocking(|| -> Result<Fields, Error> { panic!("blocking boom") }).await })
+                .unwrap();
         let done = wait_for(&[bad, blocking_bad]);
         for c in &done {
             let err = c.result.clone().unwrap_err();
@@ -393,19 +441,27 @@ mod tests {
                 let blocked = unsafe {
                     let mut set: libc::sigset_t = std::mem::zeroed();
                     libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
-                    [libc::SIGHUP, libc::SIGTERM, libc::SIGINT, libc::SIGUSR1].iter().all(|&s| libc::sigismember(&set, s) == 1)
+                    [libc::SIGHUP, libc::SIGTERM, libc::SIGINT, libc::SIGUSR1]
+                        .iter()
+                        .all(|&s| libc::sigismember(&set, s) == 1)
                 };
                 Ok(vec![("blocked", Field::Bool(blocked))])
             })
             .await
         })
         .unwrap();
-        assert_eq!(Ok(vec![("blocked", Field::Bool(true))]), wait_for(&[id])[0].result);
+        assert_eq!(
+            Ok(vec![("blocked", Field::Bool(true))]),
+            wait_for(&[id])[0].result
+        );
     }
 
     #[test]
     fn blocking_outside_a_job_runs_in_place() {
-        let result = tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(blocking(|| Ok(7)));
+        let result = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(blocking(|| Ok(7)));
         assert_eq!(Ok(7), result);
     }
 }

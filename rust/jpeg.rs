@@ -579,7 +579,7 @@ impl Decoder {
             };
             rgb.extend(out.iter().map(|v| v.clamp(0.0, 255.0)));
         }
-        Ok(Working { width: w, height: h, rgb })
+        Ok(self.shrinker.working_with(rgb))
     }
 }
 
@@ -704,8 +704,7 @@ pub fn decode_dc(bytes: &[u8], max_pixels: u64) -> Result<Working, Error> {
                 if frame.components.iter().any(|c| hmax % c.h != 0 || vmax % c.v != 0) {
                     return Err(Error::UnsupportedFormat("non-integer JPEG sampling ratios".into()));
                 }
-                let (grid_w, grid_h) = (frame.width.div_ceil(8), frame.height.div_ceil(8));
-                let shrinker = Shrinker::for_samples(grid_w, grid_h, frame.components.len())?;
+                let shrinker = Shrinker::for_blocks(frame.width, frame.height, 8, frame.components.len())?;
                 decoder = Some(Decoder {
                     done: vec![false; frame.components.len()],
                     frame,
@@ -750,10 +749,27 @@ mod tests {
         std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
-    /// Mean absolute difference between two working images of the same size, in sRGB units.
+    /// Mean absolute difference between two working images of the same size, in sRGB units, after
+    /// pooling 2x2 cells (16x16 pixels: the chroma resolution of a 4:2:0 DC image).
     fn mean_diff(a: &Working, b: &Working) -> f32 {
         assert_eq!((a.width, a.height), (b.width, b.height));
-        a.rgb.iter().zip(&b.rgb).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.rgb.len() as f32
+        let pool = |img: &Working| -> Vec<f32> {
+            let (w, h) = (img.width as usize, img.height as usize);
+            let mut out = vec![0.0; w.div_ceil(2) * h.div_ceil(2) * 3];
+            let mut n = vec![0.0; out.len()];
+            for y in 0..h {
+                for x in 0..w {
+                    for c in 0..3 {
+                        let o = ((y / 2) * w.div_ceil(2) + x / 2) * 3 + c;
+                        out[o] += img.rgb[(y * w + x) * 3 + c];
+                        n[o] += 1.0;
+                    }
+                }
+            }
+            out.iter().zip(&n).map(|(s, n)| s / n).collect()
+        };
+        let (pa, pb) = (pool(a), pool(b));
+        pa.iter().zip(&pb).map(|(x, y)| (x - y).abs()).sum::<f32>() / pa.len() as f32
     }
 
     /// Reference: the 8x8 block means of the photo the fixtures were made from (before compression),
@@ -763,7 +779,7 @@ mod tests {
         let text = String::from_utf8_lossy(&bytes[..16]).to_string();
         let f: Vec<u32> = text.split_ascii_whitespace().skip(1).take(2).map(|v| v.parse().unwrap()).collect();
         let px = &bytes[bytes.len() - (f[0] * f[1] * 3) as usize..];
-        Working { width: f[0], height: f[1], rgb: px.iter().map(|&v| v as f32).collect() }
+        Working::new(f[0], f[1], px.iter().map(|&v| v as f32).collect())
     }
 
     #[test]

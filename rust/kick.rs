@@ -51,7 +51,10 @@ fn string_field<'a>(object: &'a Map<String, Value>, name: &str) -> Result<Option
     match object.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(Error::bad_request(format!("'{name}' must be a string, not {}", type_name(other)))),
+        Some(other) => Err(Error::bad_request(format!(
+            "'{name}' must be a string, not {}",
+            type_name(other)
+        ))),
     }
 }
 
@@ -59,10 +62,14 @@ fn check_room(muc: &str) -> Result<String, Error> {
     let jid = validate::jid(muc.as_bytes())
         .map_err(|e| Error::bad_request(format!("'muc' is not a valid room JID: {e}")))?;
     if jid.node.is_none() {
-        return Err(Error::bad_request("'muc' must be a room JID (room@host), not a bare domain"));
+        return Err(Error::bad_request(
+            "'muc' must be a room JID (room@host), not a bare domain",
+        ));
     }
     if jid.resource.is_some() {
-        return Err(Error::bad_request("'muc' must be a bare room JID, without '/nickname'"));
+        return Err(Error::bad_request(
+            "'muc' must be a bare room JID, without '/nickname'",
+        ));
     }
     Ok(muc.to_owned())
 }
@@ -75,15 +82,23 @@ fn check_room(muc: &str) -> Result<String, Error> {
 /// characters.
 pub fn parse(body: &[u8], limits: &Limits) -> Result<KickRequest, Error> {
     if body.len() > limits.max_body_bytes {
-        return Err(Error::TooLarge(format!("Body is larger than {} bytes", limits.max_body_bytes)));
+        return Err(Error::TooLarge(format!(
+            "Body is larger than {} bytes",
+            limits.max_body_bytes
+        )));
     }
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(Error::bad_request("Body is empty; expected a JSON object with 'nickname' and 'muc'"));
+        return Err(Error::bad_request(
+            "Body is empty; expected a JSON object with 'nickname' and 'muc'",
+        ));
     }
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| Error::bad_request(format!("Body is not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Error::bad_request(format!("Body is not valid JSON: {e}")))?;
     let Value::Object(object) = value else {
-        return Err(Error::bad_request(format!("Body must be a JSON object, not {}", type_name(&value))));
+        return Err(Error::bad_request(format!(
+            "Body must be a JSON object, not {}",
+            type_name(&value)
+        )));
     };
     if let Some(unknown) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(Error::bad_request(format!(
@@ -103,10 +118,16 @@ pub fn parse(body: &[u8], limits: &Limits) -> Result<KickRequest, Error> {
     let nickname = validate::nickname(nickname.as_bytes(), MAX_NICKNAME_CHARS)?.to_owned();
     let muc = check_room(muc)?;
     let reason = match reason {
-        Some(r) if !r.trim().is_empty() => Some(validate::text(r.as_bytes(), limits.max_reason_chars, "Reason")?),
+        Some(r) if !r.trim().is_empty() => {
+            Some(validate::text(r.as_bytes(), limits.max_reason_chars, "Reason")?)
+        }
         _ => None,
     };
-    Ok(KickRequest { nickname, muc, reason: reason.map(str::to_owned) })
+    Ok(KickRequest {
+        nickname,
+        muc,
+        reason: reason.map(str::to_owned),
+    })
 }
 
 #[cfg(test)]
@@ -114,7 +135,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const LIMITS: Limits = Limits { max_body_bytes: 4096, max_reason_chars: 200 };
+    const LIMITS: Limits = Limits {
+        max_body_bytes: 4096,
+        max_reason_chars: 200,
+    };
 
     fn parse_str(body: &str) -> Result<KickRequest, Error> {
         parse(body.as_bytes(), &LIMITS)
@@ -150,28 +174,70 @@ mod tests {
             ("", "Body is empty"),
             ("  \n", "Body is empty"),
             ("{nickname: 'Bob'}", "Body is not valid JSON"),
-            (r#"{"nickname":"Bob","muc":"r@chat.example.org""#, "Body is not valid JSON"),
+            (
+                r#"{"nickname":"Bob","muc":"r@chat.example.org""#,
+                "Body is not valid JSON",
+            ),
             ("[1,2]", "Body must be a JSON object, not an array"),
             ("\"Bob\"", "Body must be a JSON object, not a string"),
             ("null", "Body must be a JSON object, not null"),
             ("{}", "Missing 'nickname' and 'muc'"),
             (r#"{"muc":"r@chat.example.org"}"#, "Missing 'nickname'"),
             (r#"{"nickname":"Bob"}"#, "Missing 'muc'"),
-            (r#"{"nickname":null,"muc":"r@chat.example.org"}"#, "Missing 'nickname'"),
-            (r#"{"nickname":42,"muc":"r@chat.example.org"}"#, "'nickname' must be a string, not a number"),
-            (r#"{"nickname":"Bob","muc":["r@chat.example.org"]}"#, "'muc' must be a string, not an array"),
-            (r#"{"nickname":"Bob","muc":"r@c.example","reason":true}"#, "'reason' must be a string, not a boolean"),
-            (r#"{"nick":"Bob","muc":"r@chat.example.org"}"#, "Unknown field 'nick'"),
-            (r#"{"nickname":"","muc":"r@chat.example.org"}"#, "Nickname is empty"),
+            (
+                r#"{"nickname":null,"muc":"r@chat.example.org"}"#,
+                "Missing 'nickname'",
+            ),
+            (
+                r#"{"nickname":42,"muc":"r@chat.example.org"}"#,
+                "'nickname' must be a string, not a number",
+            ),
+            (
+                r#"{"nickname":"Bob","muc":["r@chat.example.org"]}"#,
+                "'muc' must be a string, not an array",
+            ),
+            (
+                r#"{"nickname":"Bob","muc":"r@c.example","reason":true}"#,
+                "'reason' must be a string, not a boolean",
+            ),
+            (
+                r#"{"nick":"Bob","muc":"r@chat.example.org"}"#,
+                "Unknown field 'nick'",
+            ),
+            (
+                r#"{"nickname":"","muc":"r@chat.example.org"}"#,
+                "Nickname is empty",
+            ),
             (r#"{"nickname":" Bob","muc":"r@chat.example.org"}"#, "whitespace"),
-            (r#"{"nickname":"B\u0000b","muc":"r@chat.example.org"}"#, "control characters"),
-            (r#"{"nickname":"Bob","muc":"chat.example.org"}"#, "not a bare domain"),
-            (r#"{"nickname":"Bob","muc":"r@chat.example.org/Bob"}"#, "without '/nickname'"),
-            (r#"{"nickname":"Bob","muc":"@chat.example.org"}"#, "not a valid room JID"),
+            (
+                r#"{"nickname":"B\u0000b","muc":"r@chat.example.org"}"#,
+                "control characters",
+            ),
+            (
+                r#"{"nickname":"Bob","muc":"chat.example.org"}"#,
+                "not a bare domain",
+            ),
+            (
+                r#"{"nickname":"Bob","muc":"r@chat.example.org/Bob"}"#,
+                "without '/nickname'",
+            ),
+            (
+                r#"{"nickname":"Bob","muc":"@chat.example.org"}"#,
+                "not a valid room JID",
+            ),
             (r#"{"nickname":"Bob","muc":"r@"}"#, "not a valid room JID"),
-            (r#"{"nickname":"Bob","muc":"a b@chat.example.org"}"#, "not a valid room JID"),
-            (r#"{"nickname":"Bob","muc":"r@chat..example.org"}"#, "not a valid room JID"),
-            (r#"{"nickname":"Bob","muc":"r@c.example","reason":"a\nb"}"#, "Reason contains control characters"),
+            (
+                r#"{"nickname":"Bob","muc":"a b@chat.example.org"}"#,
+                "not a valid room JID",
+            ),
+            (
+                r#"{"nickname":"Bob","muc":"r@chat..example.org"}"#,
+                "not a valid room JID",
+            ),
+            (
+                r#"{"nickname":"Bob","muc":"r@c.example","reason":"a\nb"}"#,
+                "Reason contains control characters",
+            ),
         ];
         for (body, why) in cases {
             let e = parse_str(body).unwrap_err();
@@ -182,9 +248,18 @@ mod tests {
 
     #[test]
     fn limits_come_from_the_caller() {
-        let long_reason = format!(r#"{{"nickname":"Bob","muc":"r@c.example","reason":"{}"}}"#, "x".repeat(201));
-        assert_eq!("Reason is longer than 200 characters", parse_str(&long_reason).unwrap_err().to_string());
-        let big = format!(r#"{{"nickname":"Bob","muc":"r@c.example","reason":"{}"}}"#, "x".repeat(5000));
+        let long_reason = format!(
+            r#"{{"nickname":"Bob","muc":"r@c.example","reason":"{}"}}"#,
+            "x".repeat(201)
+        );
+        assert_eq!(
+            "Reason is longer than 200 characters",
+            parse_str(&long_reason).unwrap_err().to_string()
+        );
+        let big = format!(
+            r#"{{"nickname":"Bob","muc":"r@c.example","reason":"{}"}}"#,
+            "x".repeat(5000)
+        );
         let e = parse_str(&big).unwrap_err();
         assert_eq!("too-large", e.code());
         assert_eq!("Body is larger than 4096 bytes", e.to_string());
@@ -198,8 +273,15 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_refused_not_a_crash() {
-        let deep = format!(r#"{{"nickname":"Bob","muc":"r@c.example","reason":{}1{}}}"#, "[".repeat(2000), "]".repeat(2000));
-        let limits = Limits { max_body_bytes: 1 << 20, ..LIMITS };
+        let deep = format!(
+            r#"{{"nickname":"Bob","muc":"r@c.example","reason":{}1{}}}"#,
+            "[".repeat(2000),
+            "]".repeat(2000)
+        );
+        let limits = Limits {
+            max_body_bytes: 1 << 20,
+            ..LIMITS
+        };
         assert_eq!("bad-request", parse(deep.as_bytes(), &limits).unwrap_err().code());
     }
 

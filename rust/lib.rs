@@ -21,10 +21,15 @@
 //! Without the `lua54` feature the crate is plain Rust, which is how `cargo test` and the benchmarks use it.
 
 pub mod blurhash;
+pub mod cache;
 pub mod error;
+pub mod fetch;
 pub mod invite;
+pub mod jobs;
 pub mod jpeg;
 pub mod kick;
+pub mod media;
+pub mod netguard;
 pub mod probe;
 pub mod token;
 pub mod validate;

@@ -185,6 +185,375 @@ fn invite_api(lua: &Lua) -> LuaResult<LuaTable> {
     Ok(api)
 }
 
+// --- token ---
+
+/// Claims as a flat Lua table, plus the room list: `{ host, scope = "service" | "rooms", rooms = { ... } | nil,
+/// issued_at, expires_at, nonce, label = ? }`.
+fn claims_to_table(lua: &Lua, claims: &crate::token::Claims) -> LuaResult<LuaTable> {
+    let table = lua.create_table()?;
+    table.set("host", claims.host.as_str())?;
+    match &claims.scope {
+        crate::token::Scope::Service => table.set("scope", "service")?,
+        crate::token::Scope::Rooms(rooms) => {
+            table.set("scope", "rooms")?;
+            table.set(
+                "rooms",
+                lua.create_sequence_from(rooms.iter().map(String::as_str))?,
+            )?;
+        }
+    }
+    table.set("issued_at", claims.iat)?;
+    table.set("expires_at", claims.exp)?;
+    table.set("nonce", claims.nonce.as_str())?;
+    table.set("label", claims.label.as_deref())?;
+    Ok(table)
+}
+
+/// Lua: `token.mint(secret, host, rooms, now, ttl, nonce[, label])` -> token, claims, or nil, code, text.
+/// `rooms` is a list of prepped bare room JIDs, or nil for a service-wide token; `nonce` is random bytes.
+fn token_mint(
+    lua: &Lua,
+    (secret, host, rooms, now, ttl, nonce, label): (
+        LuaString,
+        String,
+        Option<Vec<String>>,
+        i64,
+        i64,
+        LuaString,
+        Option<LuaString>,
+    ),
+) -> LuaResult<LuaMultiValue> {
+    let (secret, nonce) = (secret.as_bytes(), nonce.as_bytes());
+    let label = label.as_ref().map(|l| l.as_bytes());
+    let result = guard(|| {
+        let request = crate::token::Request {
+            host: &host,
+            rooms,
+            now,
+            ttl,
+            nonce: &nonce,
+            label: label.as_deref(),
+        };
+        let claims = crate::token::Claims::new(&request)?;
+        crate::token::mint(&secret, &claims).map(|token| (token, claims))
+    });
+    match result {
+        Ok((token, claims)) => (token, claims_to_table(lua, &claims)?).into_lua_multi(lua),
+        Err(e) => to_lua::<()>(lua, Err(e)),
+    }
+}
+
+/// Lua: `token.verify(secret, host, token, now)` -> claims, or nil, code, text with code "token-malformed",
+/// "token-invalid" (forged, rotated secret, other host) or "token-expired". The scope is the caller's check.
+fn token_verify(
+    lua: &Lua,
+    (secret, host, token, now): (LuaString, String, LuaString, i64),
+) -> LuaResult<LuaMultiValue> {
+    let (secret, token) = (secret.as_bytes(), token.as_bytes());
+    match guard(|| crate::token::verify(&secret, &host, &token, now)) {
+        Ok(claims) => claims_to_table(lua, &claims)?.into_lua_multi(lua),
+        Err(e) => to_lua::<()>(lua, Err(e)),
+    }
+}
+
+/// Lua: `token.secrets_equal(expected, given)` -> boolean, in constant time that leaks no length.
+fn token_secrets_equal(_: &Lua, (expected, given): (LuaString, LuaString)) -> LuaResult<bool> {
+    let (expected, given) = (expected.as_bytes(), given.as_bytes());
+    Ok(guard(|| Ok(crate::token::secrets_equal(&expected, &given))).unwrap_or(false))
+}
+
+fn token_api(lua: &Lua) -> LuaResult<LuaTable> {
+    let api = lua.create_table()?;
+    api.set("mint", lua.create_function(token_mint)?)?;
+    api.set("verify", lua.create_function(token_verify)?)?;
+    api.set("secrets_equal", lua.create_function(token_secrets_equal)?)?;
+    api.set("max_ttl", crate::token::MAX_TTL_SECONDS)?;
+    api.set("max_rooms", crate::token::MAX_ROOMS)?;
+    Ok(api)
+}
+
+// --- kick ---
+
+/// Lua: `kick.parse(body, max_body_bytes, max_reason_chars)` -> { nickname, muc, reason = ? }, or nil, code,
+/// text with code "too-large" or "bad-request".
+fn kick_parse(
+    lua: &Lua,
+    (body, max_body_bytes, max_reason_chars): (LuaString, usize, usize),
+) -> LuaResult<LuaMultiValue> {
+    let limits = crate::kick::Limits {
+        max_body_bytes,
+        max_reason_chars,
+    };
+    let body = body.as_bytes();
+    match guard(|| crate::kick::parse(&body, &limits)) {
+        Ok(request) => {
+            let table = lua.create_table()?;
+            table.set("nickname", request.nickname)?;
+            table.set("muc", request.muc)?;
+            table.set("reason", request.reason)?;
+            table.into_lua_multi(lua)
+        }
+        Err(e) => to_lua::<()>(lua, Err(e)),
+    }
+}
+
+fn kick_api(lua: &Lua) -> LuaResult<LuaTable> {
+    let api = lua.create_table()?;
+    api.set("parse", lua.create_function(kick_parse)?)?;
+    Ok(api)
+}
+
+// --- media ---
+
+/// Reads the limits table of `media.probe_url` and `media.lookup`: every field optional (defaults as in
+/// [`crate::media::MediaLimits::default`]), unknown fields and wrong types refused as `bad-request`.
+fn read_media_limits(table: Option<LuaTable>) -> LuaResult<Result<crate::media::MediaLimits, Error>> {
+    use std::time::Duration;
+    let mut limits = crate::media::MediaLimits::default();
+    let Some(table) = table else {
+        return Ok(Ok(limits));
+    };
+    fn count(key: &str, value: &LuaValue) -> Result<u64, Error> {
+        match value {
+            LuaValue::Integer(n) if *n >= 0 => Ok(*n as u64),
+            LuaValue::Number(n) if *n >= 0.0 && n.fract() == 0.0 && *n < 9.0e15 => Ok(*n as u64),
+            LuaValue::Integer(n) => Err(Error::bad_request(format!(
+                "Limit '{key}' must be a non-negative integer, not {n}"
+            ))),
+            LuaValue::Number(n) => Err(Error::bad_request(format!(
+                "Limit '{key}' must be a non-negative integer, not {n}"
+            ))),
+            other => Err(Error::bad_request(format!(
+                "Limit '{key}' must be a non-negative integer, not {}",
+                other.type_name()
+            ))),
+        }
+    }
+    fn seconds(key: &str, value: &LuaValue) -> Result<Duration, Error> {
+        let secs = match value {
+            LuaValue::Integer(n) => *n as f64,
+            LuaValue::Number(n) => *n,
+            other => {
+                return Err(Error::bad_request(format!(
+                    "Limit '{key}' must be a number of seconds, not {}",
+                    other.type_name()
+                )))
+            }
+        };
+        Duration::try_from_secs_f64(secs)
+            .map_err(|_| Error::bad_request(format!("Limit '{key}' is not a duration")))
+    }
+    let small = |key: &str, v: &LuaValue| {
+        count(key, v).and_then(|n| {
+            u32::try_from(n).map_err(|_| Error::bad_request(format!("Limit '{key}' is too large")))
+        })
+    };
+    for pair in table.pairs::<LuaValue, LuaValue>() {
+        let (key, value) = pair?;
+        let key = match key {
+            LuaValue::String(k) => k.to_string_lossy(),
+            other => {
+                return Ok(Err(Error::bad_request(format!(
+                    "Limits have a {} key",
+                    other.type_name()
+                ))))
+            }
+        };
+        let checked = match key.as_str() {
+            "max_bytes" => count(&key, &value).map(|n| limits.fetch.max_bytes = n),
+            "max_pixels" => count(&key, &value).map(|n| limits.probe.max_pixels = n),
+            "max_alloc" => count(&key, &value).map(|n| limits.probe.max_alloc = n),
+            "components_x" => small(&key, &value).map(|n| limits.probe.components_x = n),
+            "components_y" => small(&key, &value).map(|n| limits.probe.components_y = n),
+            "max_redirects" => small(&key, &value).map(|n| limits.fetch.max_redirects = n),
+            "connect_timeout" => seconds(&key, &value).map(|d| limits.fetch.connect_timeout = d),
+            "timeout" => seconds(&key, &value).map(|d| limits.fetch.timeout = d),
+            "cache_ttl" => seconds(&key, &value).map(|d| limits.cache_ttl = d),
+            "cache_size" => {
+                count(&key, &value).map(|n| limits.cache_size = usize::try_from(n).unwrap_or(usize::MAX))
+            }
+            "allowed_networks" => read_networks(&value)?.map(|policy| limits.policy = policy),
+            other => Err(Error::bad_request(format!(
+                "Limits have an unknown field '{other}'"
+            ))),
+        };
+        if let Err(e) = checked {
+            return Ok(Err(e));
+        }
+    }
+    Ok(limits.validate().map(|()| limits))
+}
+
+/// A list of CIDR strings as an address policy.
+fn read_networks(value: &LuaValue) -> LuaResult<Result<crate::netguard::Policy, Error>> {
+    let LuaValue::Table(list) = value else {
+        return Ok(Err(Error::bad_request(
+            "allowed_networks must be a list of strings like \"10.0.0.0/8\"",
+        )));
+    };
+    let mut networks = Vec::new();
+    for entry in list.clone().sequence_values::<LuaValue>() {
+        match entry? {
+            LuaValue::String(s) => networks.push(s.to_string_lossy()),
+            other => {
+                return Ok(Err(Error::bad_request(format!(
+                    "allowed_networks has a {} entry",
+                    other.type_name()
+                ))))
+            }
+        }
+    }
+    Ok(crate::netguard::Policy::parse(&networks))
+}
+
+/// Job result fields as a flat Lua table.
+fn fields_to_table(lua: &Lua, fields: &crate::jobs::Fields) -> LuaResult<LuaTable> {
+    use crate::jobs::Field;
+    let table = lua.create_table()?;
+    for (key, value) in fields {
+        match value {
+            Field::Str(s) => table.set(*key, s.as_str())?,
+            Field::Int(n) => table.set(*key, *n)?,
+            Field::Bool(b) => table.set(*key, *b)?,
+        }
+    }
+    Ok(table)
+}
+
+/// Lua: `media.wakeup_fd()` -> descriptor number to pass to `server.watchfd`, or nil, code, text. It becomes
+/// readable when a job has finished; `media.take_results()` drains it.
+fn media_wakeup_fd(lua: &Lua, _: ()) -> LuaResult<LuaMultiValue> {
+    to_lua(lua, guard(crate::jobs::wakeup_fd))
+}
+
+/// Lua: `media.probe_url(url, limits)` -> job id, or nil, code, text when the URL or limits are malformed. The
+/// job's result arrives through `media.take_results()`: `{ id, bytes = ?, type, width = ?, height = ?,
+/// blurhash = ?, cached }` or `{ id, error = code, text }` with code "blocked", "fetch-failed", "timeout".
+fn media_probe_url(lua: &Lua, (url, limits): (LuaString, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
+    let limits = match read_media_limits(limits)? {
+        Ok(limits) => limits,
+        Err(e) => return to_lua::<()>(lua, Err(e)),
+    };
+    let url = url.to_string_lossy();
+    to_lua(lua, guard(|| crate::media::submit_probe(&url, limits)))
+}
+
+/// Lua: `media.lookup(url, limits)` -> the fresh cached result table (as a job result, `cached = true`), or
+/// nil when there is none; nil, code, text for malformed limits.
+fn media_lookup(lua: &Lua, (url, limits): (LuaString, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
+    let limits = match read_media_limits(limits)? {
+        Ok(limits) => limits,
+        Err(e) => return to_lua::<()>(lua, Err(e)),
+    };
+    let url = url.to_string_lossy();
+    match guard(|| Ok(crate::media::lookup(&url, &limits))) {
+        Ok(Some(meta)) => fields_to_table(lua, &meta.to_fields(true))?.into_lua_multi(lua),
+        Ok(None) => LuaNil.into_lua_multi(lua),
+        Err(e) => to_lua::<()>(lua, Err(e)),
+    }
+}
+
+/// Lua: `media.check_limits(limits)` -> true, or nil, "bad-request", text: the check `media.probe_url` makes,
+/// for validating configuration at load time.
+fn media_check_limits(lua: &Lua, limits: Option<LuaTable>) -> LuaResult<LuaMultiValue> {
+    match read_media_limits(limits)? {
+        Ok(_) => true.into_lua_multi(lua),
+        Err(e) => to_lua::<()>(lua, Err(e)),
+    }
+}
+
+/// Lua: `media.take_results()` -> list of finished jobs, oldest first: `{ id = n, <fields> }` on success,
+/// `{ id = n, error = code, text = text }` on failure. Drains the wake-up descriptor.
+fn media_take_results(lua: &Lua, _: ()) -> LuaResult<LuaTable> {
+    let list = lua.create_table()?;
+    let done = guard(|| Ok(crate::jobs::take_results())).unwrap_or_default();
+    for (i, completion) in done.into_iter().enumerate() {
+        let entry = match &completion.result {
+            Ok(fields) => fields_to_table(lua, fields)?,
+            Err(e) => {
+                let t = lua.create_table()?;
+                t.set("error", e.code())?;
+                t.set("text", e.to_string())?;
+                t
+            }
+        };
+        entry.set("id", completion.id)?;
+        list.set(i + 1, entry)?;
+    }
+    Ok(list)
+}
+
+/// Lua: `media.cancel(id)` -> whether the job was still running (its result will never arrive).
+fn media_cancel(_: &Lua, id: u64) -> LuaResult<bool> {
+    Ok(guard(|| Ok(crate::jobs::cancel(id))).unwrap_or(false))
+}
+
+/// Lua: `media.running()` -> number of jobs submitted and not yet finished or cancelled.
+fn media_running(_: &Lua, _: ()) -> LuaResult<usize> {
+    Ok(guard(|| Ok(crate::jobs::running())).unwrap_or(0))
+}
+
+/// Lua: `media.check_networks(list)` -> the list in canonical form ("10.0.0.0/8"), or nil, "bad-request",
+/// text naming the first bad entry. For checking `muc_media_metadata_allowed_networks` at load time.
+fn media_check_networks(lua: &Lua, list: LuaValue) -> LuaResult<LuaMultiValue> {
+    match read_networks(&list)? {
+        Ok(policy) => {
+            let out = lua.create_table()?;
+            for (i, net) in policy.allowed().iter().enumerate() {
+                out.set(i + 1, net.to_string())?;
+            }
+            out.into_lua_multi(lua)
+        }
+        Err(e) => to_lua::<()>(lua, Err(e)),
+    }
+}
+
+/// Lua: `media.test_job(kind[, value])` -> job id of a job for the seam spec: "echo" finishes with
+/// `{ value = value }`, "error" with `bad-request`, "panic" panics (arriving as `internal-error`) and "sleep"
+/// finishes after `value` seconds.
+fn media_test_job(lua: &Lua, (kind, value): (String, Option<LuaValue>)) -> LuaResult<LuaMultiValue> {
+    use crate::jobs::Field;
+    let text = match &value {
+        Some(LuaValue::String(s)) => s.to_string_lossy(),
+        _ => String::new(),
+    };
+    let secs = match &value {
+        Some(LuaValue::Integer(n)) => *n as f64,
+        Some(LuaValue::Number(n)) => *n,
+        _ => 0.0,
+    };
+    let result = guard(|| match kind.as_str() {
+        "echo" => crate::jobs::submit(async move { Ok(vec![("value", Field::Str(text))]) }),
+        "error" => {
+            crate::jobs::submit(async { Err(Error::bad_request("deliberate error for the seam test")) })
+        }
+        "panic" => crate::jobs::submit(async { panic!("deliberate panic in a worker") }),
+        "sleep" => {
+            let d = std::time::Duration::try_from_secs_f64(secs)
+                .map_err(|_| Error::bad_request("bad duration"))?;
+            crate::jobs::submit(async move {
+                tokio::time::sleep(d).await;
+                Ok(Vec::new())
+            })
+        }
+        other => Err(Error::bad_request(format!("unknown test job '{other}'"))),
+    });
+    to_lua(lua, result)
+}
+
+fn media_api(lua: &Lua) -> LuaResult<LuaTable> {
+    let api = lua.create_table()?;
+    api.set("wakeup_fd", lua.create_function(media_wakeup_fd)?)?;
+    api.set("probe_url", lua.create_function(media_probe_url)?)?;
+    api.set("lookup", lua.create_function(media_lookup)?)?;
+    api.set("take_results", lua.create_function(media_take_results)?)?;
+    api.set("cancel", lua.create_function(media_cancel)?)?;
+    api.set("running", lua.create_function(media_running)?)?;
+    api.set("check_networks", lua.create_function(media_check_networks)?)?;
+    api.set("check_limits", lua.create_function(media_check_limits)?)?;
+    api.set("test_job", lua.create_function(media_test_job)?)?;
+    Ok(api)
+}
 /// Lua: `test_panic()` raises a Rust panic inside the guard; the seam must answer `nil, "internal-error"`.
 /// Exists so the busted spec can prove that a panic never reaches Lua.
 fn test_panic(lua: &Lua, _: ()) -> LuaResult<LuaMultiValue> {
@@ -198,6 +567,9 @@ fn prosody_native(lua: &Lua) -> LuaResult<LuaTable> {
     exports.set("version", crate::VERSION)?;
     exports.set("validate", validate_api(lua)?)?;
     exports.set("invite", invite_api(lua)?)?;
+    exports.set("token", token_api(lua)?)?;
+    exports.set("kick", kick_api(lua)?)?;
+    exports.set("media", media_api(lua)?)?;
     exports.set("test_panic", lua.create_function(test_panic)?)?;
     Ok(exports)
 }

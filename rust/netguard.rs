@@ -45,11 +45,27 @@ const BLOCKED_V4: &[(Ipv4Addr, u8, &str)] = &[
 
 /// Blocked IPv6 networks, after the IPv4-carrying forms have been judged by their IPv4 address.
 const BLOCKED_V6: &[(Ipv6Addr, u8, &str)] = &[
-    (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0), 96, "IPv4-compatible, unspecified or loopback"),
-    (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48, "local-use NAT64"),
+    (
+        Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0),
+        96,
+        "IPv4-compatible, unspecified or loopback",
+    ),
+    (
+        Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0),
+        48,
+        "local-use NAT64",
+    ),
     (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64, "discard-only"),
-    (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 23, "IETF protocol assignments"),
-    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32, "documentation"),
+    (
+        Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0),
+        23,
+        "IETF protocol assignments",
+    ),
+    (
+        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0),
+        32,
+        "documentation",
+    ),
     (Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20, "documentation"),
     (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7, "unique local"),
     (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10, "link-local"),
@@ -71,7 +87,9 @@ impl Cidr {
     pub fn new(addr: IpAddr, prefix: u8) -> Result<Cidr, Error> {
         let max = if addr.is_ipv4() { 32 } else { 128 };
         if prefix > max {
-            return Err(Error::bad_request(format!("Prefix length /{prefix} is longer than {max} bits")));
+            return Err(Error::bad_request(format!(
+                "Prefix length /{prefix} is longer than {max} bits"
+            )));
         }
         let addr = match addr {
             IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask_v4(prefix))),
@@ -86,8 +104,12 @@ impl Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr = IpAddr::from_str(addr_text)
-            .map_err(|_| Error::bad_request(format!("'{}' is not an IP network (like 10.0.0.0/8)", truncate(s))))?;
+        let addr = IpAddr::from_str(addr_text).map_err(|_| {
+            Error::bad_request(format!(
+                "'{}' is not an IP network (like 10.0.0.0/8)",
+                truncate(s)
+            ))
+        })?;
         let prefix = match prefix_text {
             None => {
                 if addr.is_ipv4() {
@@ -97,10 +119,15 @@ impl Cidr {
                 }
             }
             // Digits only: u8::from_str would also take "+8".
-            Some(p) if !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) => {
-                p.parse::<u8>().map_err(|_| Error::bad_request(format!("'{}' has a bad prefix length", truncate(s))))?
+            Some(p) if !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) => p
+                .parse::<u8>()
+                .map_err(|_| Error::bad_request(format!("'{}' has a bad prefix length", truncate(s))))?,
+            Some(_) => {
+                return Err(Error::bad_request(format!(
+                    "'{}' has a bad prefix length",
+                    truncate(s)
+                )))
             }
-            Some(_) => return Err(Error::bad_request(format!("'{}' has a bad prefix length", truncate(s)))),
         };
         Cidr::new(addr, prefix)
     }
@@ -145,7 +172,9 @@ fn mask_v4(prefix: u8) -> u32 {
 }
 
 fn mask_v6(prefix: u8) -> u128 {
-    u128::MAX.checked_shl(128 - u32::from(prefix.min(128))).unwrap_or(0)
+    u128::MAX
+        .checked_shl(128 - u32::from(prefix.min(128)))
+        .unwrap_or(0)
 }
 
 fn truncate(s: &str) -> String {
@@ -182,9 +211,10 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
 /// [`Policy::check`].
 pub fn blocked_reason(ip: IpAddr) -> Option<&'static str> {
     match ip {
-        IpAddr::V4(v4) => {
-            BLOCKED_V4.iter().find(|(net, prefix, _)| u32::from(v4) & mask_v4(*prefix) == u32::from(*net)).map(|b| b.2)
-        }
+        IpAddr::V4(v4) => BLOCKED_V4
+            .iter()
+            .find(|(net, prefix, _)| u32::from(v4) & mask_v4(*prefix) == u32::from(*net))
+            .map(|b| b.2),
         IpAddr::V6(v6) => {
             if let Some(v4) = embedded_v4(v6) {
                 return blocked_reason(IpAddr::V4(v4));
@@ -211,7 +241,10 @@ impl Policy {
 
     /// Parses a list of CIDR networks (`muc_media_metadata_allowed_networks`); the first bad entry is the error.
     pub fn parse<S: AsRef<str>>(allowed: &[S]) -> Result<Policy, Error> {
-        let allowed = allowed.iter().map(|s| Cidr::parse(s.as_ref().trim())).collect::<Result<Vec<_>, _>>()?;
+        let allowed = allowed
+            .iter()
+            .map(|s| Cidr::parse(s.as_ref().trim()))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Policy { allowed })
     }
 
@@ -292,7 +325,11 @@ mod tests {
         ];
         for a in blocked {
             assert!(blocked_reason(ip(a)).is_some(), "{a} should be blocked");
-            assert_eq!("blocked", Policy::default().check(ip(a)).unwrap_err().code(), "{a}");
+            assert_eq!(
+                "blocked",
+                Policy::default().check(ip(a)).unwrap_err().code(),
+                "{a}"
+            );
         }
     }
 
@@ -319,24 +356,38 @@ mod tests {
     #[test]
     fn names_the_reason() {
         let err = Policy::default().check(ip("169.254.169.254")).unwrap_err();
-        assert_eq!("Address 169.254.169.254 is not allowed (link-local)", err.to_string());
+        assert_eq!(
+            "Address 169.254.169.254 is not allowed (link-local)",
+            err.to_string()
+        );
     }
 
     #[test]
     fn allowed_networks_exempt_blocked_addresses() {
         let policy = Policy::parse(&["127.0.0.1/32", "fd00::/8"]).unwrap();
         assert_eq!(Ok(()), policy.check(ip("127.0.0.1")));
-        assert_eq!(Ok(()), policy.check(ip("::ffff:127.0.0.1")), "IPv4-mapped form of an allowed address");
+        assert_eq!(
+            Ok(()),
+            policy.check(ip("::ffff:127.0.0.1")),
+            "IPv4-mapped form of an allowed address"
+        );
         assert_eq!(Ok(()), policy.check(ip("fd00::5")));
         assert!(policy.check(ip("127.0.0.2")).is_err());
         assert!(policy.check(ip("::1")).is_err());
-        assert!(policy.check(ip("2002:7f00:1::")).is_err(), "6to4 is another address, not the allowed one");
+        assert!(
+            policy.check(ip("2002:7f00:1::")).is_err(),
+            "6to4 is another address, not the allowed one"
+        );
     }
 
     #[test]
     fn parses_cidrs_and_bare_addresses() {
         assert_eq!("10.0.0.0/8", Cidr::parse("10.0.0.0/8").unwrap().to_string());
-        assert_eq!("10.0.0.0/8", Cidr::parse("10.9.8.7/8").unwrap().to_string(), "host bits are cleared");
+        assert_eq!(
+            "10.0.0.0/8",
+            Cidr::parse("10.9.8.7/8").unwrap().to_string(),
+            "host bits are cleared"
+        );
         assert_eq!("127.0.0.1/32", Cidr::parse("127.0.0.1").unwrap().to_string());
         assert_eq!("::1/128", Cidr::parse("::1").unwrap().to_string());
         assert_eq!("0.0.0.0/0", Cidr::parse("1.2.3.4/0").unwrap().to_string());
@@ -347,7 +398,18 @@ mod tests {
 
     #[test]
     fn rejects_malformed_cidrs() {
-        for bad in ["", "10.0.0.0/33", "::/129", "10.0.0.0/", "10.0.0.0/+8", "10.0.0/8", "example.com", "10.0.0.0/8/8", "1.2.3.4/-1", "1.2.3.4/0008"] {
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "10.0.0/8",
+            "example.com",
+            "10.0.0.0/8/8",
+            "1.2.3.4/-1",
+            "1.2.3.4/0008",
+        ] {
             let err = Cidr::parse(bad).unwrap_err();
             assert_eq!("bad-request", err.code(), "{bad}");
         }

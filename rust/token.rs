@@ -166,7 +166,9 @@ fn check_rooms(host: &str, rooms: &[String]) -> Result<Vec<String>, Error> {
         let jid = validate::jid(room.as_bytes())
             .map_err(|e| Error::bad_request(format!("Room '{room}' is not a valid JID: {e}")))?;
         if jid.node.is_none() || jid.resource.is_some() {
-            return Err(Error::bad_request(format!("Room '{room}' must be a bare room JID (room@{host})")));
+            return Err(Error::bad_request(format!(
+                "Room '{room}' must be a bare room JID (room@{host})"
+            )));
         }
         if jid.host != host {
             return Err(Error::bad_request(format!("Room '{room}' is not on {host}")));
@@ -206,7 +208,8 @@ fn check_secret(secret: &[u8]) -> Result<(), Error> {
 /// Signs `claims` with the per-host key of `claims.host`: `v1.<claims>.<signature>`.
 pub fn mint(secret: &[u8], claims: &Claims) -> Result<String, Error> {
     check_secret(secret)?;
-    let json = serde_json::to_vec(claims).map_err(|e| Error::Internal(format!("Cannot encode claims: {e}")))?;
+    let json =
+        serde_json::to_vec(claims).map_err(|e| Error::Internal(format!("Cannot encode claims: {e}")))?;
     let signed = format!("{VERSION}.{}", URL_SAFE_NO_PAD.encode(json));
     let mut mac = signer(secret, &claims.host);
     mac.update(signed.as_bytes());
@@ -224,7 +227,9 @@ fn malformed(text: impl Into<String>) -> Error {
 }
 
 fn decode_part(part: &str, what: &str) -> Result<Vec<u8>, Error> {
-    URL_SAFE_NO_PAD.decode(part).map_err(|_| malformed(format!("Token {what} is not unpadded base64url")))
+    URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| malformed(format!("Token {what} is not unpadded base64url")))
 }
 
 /// Verifies `token` for `host` at time `now` and returns its claims.
@@ -250,7 +255,9 @@ pub fn verify(secret: &[u8], host: &str, token: &[u8], now: i64) -> Result<Claim
         return Err(malformed("Token must have three dot-separated parts"));
     };
     if version != VERSION {
-        return Err(malformed(format!("Unsupported token version (this server reads {VERSION} tokens)")));
+        return Err(malformed(format!(
+            "Unsupported token version (this server reads {VERSION} tokens)"
+        )));
     }
     let claims_json = decode_part(payload, "claims")?;
     let tag = decode_part(signature, "signature")?;
@@ -261,7 +268,8 @@ pub fn verify(secret: &[u8], host: &str, token: &[u8], now: i64) -> Result<Claim
     mac.update(version.as_bytes());
     mac.update(b".");
     mac.update(payload.as_bytes());
-    mac.verify_slice(&tag).map_err(|_| Error::TokenInvalid("Token signature does not match".into()))?;
+    mac.verify_slice(&tag)
+        .map_err(|_| Error::TokenInvalid("Token signature does not match".into()))?;
 
     let value: serde_json::Value =
         serde_json::from_slice(&claims_json).map_err(|_| malformed("Token claims are not JSON"))?;
@@ -325,8 +333,14 @@ mod tests {
         // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
         let key = per_host_key(b"Jefe", "what do ya want for nothing?");
         let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843", hex);
-        assert_ne!(per_host_key(SECRET, "a.example"), per_host_key(SECRET, "b.example"));
+        assert_eq!(
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+            hex
+        );
+        assert_ne!(
+            per_host_key(SECRET, "a.example"),
+            per_host_key(SECRET, "b.example")
+        );
     }
 
     #[test]
@@ -334,7 +348,9 @@ mod tests {
         let token = token_for(Some(vec!["lobby@muc.example.org"]));
         assert!(token.starts_with("v1."));
         assert_eq!(3, token.split('.').count());
-        assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
+        assert!(token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
         let claims = verify(SECRET, HOST, token.as_bytes(), NOW).unwrap();
         assert_eq!(Scope::Rooms(vec!["lobby@muc.example.org".into()]), claims.scope);
         assert_eq!(NOW + 3600, claims.exp);
@@ -350,7 +366,13 @@ mod tests {
 
     #[test]
     fn scope_decides_which_rooms_are_allowed() {
-        let rooms = verify(SECRET, HOST, token_for(Some(vec!["a@muc.example.org"])).as_bytes(), NOW).unwrap();
+        let rooms = verify(
+            SECRET,
+            HOST,
+            token_for(Some(vec!["a@muc.example.org"])).as_bytes(),
+            NOW,
+        )
+        .unwrap();
         assert!(rooms.allows("a@muc.example.org"));
         assert!(!rooms.allows("b@muc.example.org"));
         let service = verify(SECRET, HOST, token_for(None).as_bytes(), NOW).unwrap();
@@ -362,7 +384,12 @@ mod tests {
     fn expires_at_exp_and_not_before() {
         let token = token_for(None);
         assert!(verify(SECRET, HOST, token.as_bytes(), NOW + 3599).is_ok());
-        assert_eq!("token-expired", verify(SECRET, HOST, token.as_bytes(), NOW + 3600).unwrap_err().code());
+        assert_eq!(
+            "token-expired",
+            verify(SECRET, HOST, token.as_bytes(), NOW + 3600)
+                .unwrap_err()
+                .code()
+        );
     }
 
     #[test]
@@ -379,17 +406,26 @@ mod tests {
         let token = token_for(Some(vec!["a@muc.example.org"]));
         let (signed, tag) = token.rsplit_once('.').unwrap();
         // Swap the claims for a service-wide scope but keep the old signature.
-        let forged_claims = Claims { scope: Scope::Service, ..verify(SECRET, HOST, token.as_bytes(), NOW).unwrap() };
+        let forged_claims = Claims {
+            scope: Scope::Service,
+            ..verify(SECRET, HOST, token.as_bytes(), NOW).unwrap()
+        };
         let forged = format!(
             "v1.{}.{tag}",
             URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged_claims).unwrap())
         );
-        assert_eq!("token-invalid", verify(SECRET, HOST, forged.as_bytes(), NOW).unwrap_err().code());
+        assert_eq!(
+            "token-invalid",
+            verify(SECRET, HOST, forged.as_bytes(), NOW).unwrap_err().code()
+        );
         // Flip one signature character (keeping it canonical base64url).
         let mut bad_tag = tag.to_string().into_bytes();
         bad_tag[0] = if bad_tag[0] == b'A' { b'B' } else { b'A' };
         let forged = format!("{signed}.{}", String::from_utf8(bad_tag).unwrap());
-        assert_eq!("token-invalid", verify(SECRET, HOST, forged.as_bytes(), NOW).unwrap_err().code());
+        assert_eq!(
+            "token-invalid",
+            verify(SECRET, HOST, forged.as_bytes(), NOW).unwrap_err().code()
+        );
     }
 
     #[test]
@@ -405,7 +441,10 @@ mod tests {
             (good.replacen("v1.", "v1.=", 1), "base64url"),
             (format!("{good}="), "base64url"),
             (good.replacen("v1.", "v1.+/", 1), "base64url"),
-            (format!("v1.{}.AAAA", rest.split('.').next().unwrap()), "wrong length"),
+            (
+                format!("v1.{}.AAAA", rest.split('.').next().unwrap()),
+                "wrong length",
+            ),
             ("x".repeat(MAX_TOKEN_BYTES + 1), "longer than"),
         ];
         for (token, why) in cases {
@@ -453,17 +492,56 @@ mod tests {
     #[test]
     fn mint_requests_are_checked() {
         let cases: Vec<(Request<'static>, &str)> = vec![
-            (Request { host: "user@muc.example.org", ..request(None) }, "must be a domain"),
+            (
+                Request {
+                    host: "user@muc.example.org",
+                    ..request(None)
+                },
+                "must be a domain",
+            ),
             (request(Some(vec![])), "at least one room"),
             (request(Some(vec!["lobby"])), "bare room JID"),
             (request(Some(vec!["lobby@muc.example.org/nick"])), "bare room JID"),
-            (request(Some(vec!["lobby@elsewhere.example"])), "is not on muc.example.org"),
+            (
+                request(Some(vec!["lobby@elsewhere.example"])),
+                "is not on muc.example.org",
+            ),
             (request(Some(vec!["lo by@muc.example.org"])), "not a valid JID"),
-            (Request { ttl: 0, ..request(None) }, "lifetime"),
-            (Request { ttl: MAX_TTL_SECONDS + 1, ..request(None) }, "lifetime"),
-            (Request { nonce: b"short", ..request(None) }, "nonce"),
-            (Request { label: Some(b"line\nbreak"), ..request(None) }, "control characters"),
-            (Request { now: i64::MAX, ..request(None) }, "out of range"),
+            (
+                Request {
+                    ttl: 0,
+                    ..request(None)
+                },
+                "lifetime",
+            ),
+            (
+                Request {
+                    ttl: MAX_TTL_SECONDS + 1,
+                    ..request(None)
+                },
+                "lifetime",
+            ),
+            (
+                Request {
+                    nonce: b"short",
+                    ..request(None)
+                },
+                "nonce",
+            ),
+            (
+                Request {
+                    label: Some(b"line\nbreak"),
+                    ..request(None)
+                },
+                "control characters",
+            ),
+            (
+                Request {
+                    now: i64::MAX,
+                    ..request(None)
+                },
+                "out of range",
+            ),
         ];
         for (req, why) in cases {
             let e = Claims::new(&req).unwrap_err();
@@ -471,7 +549,11 @@ mod tests {
             assert!(e.to_string().contains(why), "{why}: {e}");
         }
         let many: Vec<String> = (0..=MAX_ROOMS).map(|i| format!("r{i}@muc.example.org")).collect();
-        let e = Claims::new(&Request { rooms: Some(many), ..request(None) }).unwrap_err();
+        let e = Claims::new(&Request {
+            rooms: Some(many),
+            ..request(None)
+        })
+        .unwrap_err();
         assert!(e.to_string().contains("at most"));
     }
 
@@ -485,7 +567,10 @@ mod tests {
     fn an_empty_secret_is_refused() {
         let claims = Claims::new(&request(None)).unwrap();
         assert_eq!("bad-request", mint(b"", &claims).unwrap_err().code());
-        assert_eq!("bad-request", verify(b"", HOST, b"v1.a.b", NOW).unwrap_err().code());
+        assert_eq!(
+            "bad-request",
+            verify(b"", HOST, b"v1.a.b", NOW).unwrap_err().code()
+        );
     }
 
     #[test]

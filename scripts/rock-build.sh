@@ -2,7 +2,7 @@
 # Builds and installs the native library inside an unpacked prosody-native rock; the rockspec made by
 # scripts/rocks.sh runs it (luarocks "command" build). Not meant to be run by hand: use `make` in a checkout.
 #
-#   sh scripts/rock-build.sh build                     cargo build, offline, from the vendored crates
+#   sh scripts/rock-build.sh build                     cargo build --release --locked (fetches crates from crates.io)
 #   sh scripts/rock-build.sh install LUADIR LIBDIR     helpers into LUADIR, prosody_native.so into LIBDIR
 #
 # `prosodyctl install` runs luarocks with HOME set to Prosody's data folder (and, started as root, as the prosody
@@ -20,6 +20,10 @@ user_home() {
 	getent passwd "$(id -u)" 2>/dev/null | cut -d: -f6
 }
 
+rust_version() {
+	sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml
+}
+
 find_cargo() {
 	if [ -n "${CARGO:-}" ]; then
 		command -v "$CARGO" || fail "CARGO=$CARGO is not a program"
@@ -32,7 +36,7 @@ find_cargo() {
 			return
 		fi
 	done
-	fail "cargo (Rust 1.80 or newer) not found for user $(id -un) with HOME=$HOME." \
+	fail "cargo (Rust $(rust_version) or newer) not found for user $(id -un) with HOME=$HOME." \
 		"Install Rust (https://rustup.rs) where this user can run it, or set CARGO=/path/to/cargo" \
 		"(and RUSTUP_HOME for a rustup toolchain); see README.md, 'Install with prosodyctl'."
 }
@@ -44,15 +48,19 @@ build() {
 		RUSTUP_HOME="$(user_home)/.rustup"
 		export RUSTUP_HOME
 	fi
-	# The crates are vendored (.cargo/config.toml), so the build needs no network and no cargo cache: keep cargo's
-	# files in the build folder instead of Prosody's data folder.
-	if [ -z "${CARGO_HOME:-}" ]; then
-		CARGO_HOME="$PWD/.cargo-home"
+	# cargo fetches the crates pinned in Cargo.lock. Use the user's own cargo home (its cache and settings) when
+	# prosodyctl's HOME hides it; when there is none, keep cargo's files in the build folder, not in Prosody's data.
+	if [ -z "${CARGO_HOME:-}" ] && [ ! -d "$HOME/.cargo" ]; then
+		if [ -d "$(user_home)/.cargo" ]; then
+			CARGO_HOME="$(user_home)/.cargo"
+		else
+			CARGO_HOME="$PWD/.cargo-home"
+		fi
 		export CARGO_HOME
 	fi
 	echo "prosody-native: building with $cargo ($("$cargo" --version 2>&1))"
-	"$cargo" build --release --locked --offline --features lua54 \
-		|| fail "cargo build failed; Rust 1.80 or newer is needed (see the messages above)"
+	"$cargo" build --release --locked --features lua54 \
+		|| fail "cargo build failed (see above); it needs Rust $(rust_version) or newer and access to crates.io"
 	mkdir -p build
 	cp "${CARGO_TARGET_DIR:-target}/release/libprosody_native.so" build/prosody_native.so
 }

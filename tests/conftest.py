@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -19,8 +20,12 @@ def prosody_version(request) -> str:
 def modules_dir(tmp_path_factory):
     """Installs the modules as a user would (`make install MODULES_DIR=...`), once per session."""
     target = tmp_path_factory.mktemp("modules")
+    command = ["make", "--no-print-directory", "install", f"MODULES_DIR={target}"]
+    if os.environ.get("RIG_NO_REBUILD"):
+        # Install the library as built last time, for quick runs of Lua-only changes.
+        command += ["-o", "build/prosody_native.so"]
     proc = subprocess.run(
-        ["make", "--no-print-directory", "install", f"MODULES_DIR={target}"],
+        command,
         cwd=rig.ROOT,
         capture_output=True,
         text=True,

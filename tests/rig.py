@@ -74,6 +74,7 @@ def base_options(workdir: Path, c2s_port: int, http_port: int, plugin_dir: Path 
         "run_as_root": True,  # tests and CI run as root; Prosody refuses to otherwise
         "data_path": str(workdir / "data"),
         "pidfile": str(workdir / "prosody.pid"),
+        "certificates": str(workdir / "certs"),  # empty: no TLS, but Prosody logs an error if it is missing
         "log": [{"levels": {"min": "debug"}, "to": "file", "filename": str(workdir / "prosody.log")}],
         "interfaces": ["127.0.0.1"],
         "c2s_ports": [c2s_port],
@@ -107,6 +108,15 @@ def render_config(global_options: dict, host_options: dict, muc_options: dict) -
     lines += ["", f"Component {lua(MUC_HOST)} \"muc\""]
     lines += [f"\t{k} = {lua(v)}" for k, v in muc_options.items()]
     return "\n".join(lines) + "\n"
+
+
+def write_config(workdir: Path, global_options: dict, host_options: dict, muc_options: dict) -> Path:
+    """Writes workdir/prosody.cfg.lua and makes the folders base_options names; returns the config path."""
+    for sub in ("data", "certs"):
+        (workdir / sub).mkdir(parents=True, exist_ok=True)
+    path = workdir / "prosody.cfg.lua"
+    path.write_text(render_config(global_options, host_options, muc_options))
+    return path
 
 
 def free_port(preferred: int | None = None) -> int:
@@ -167,9 +177,7 @@ class Prosody:
         options.update(global_options or {})
         host = {"modules_enabled": list(host_modules), **(host_options or {})}
         muc = {"modules_enabled": list(muc_modules), **(muc_options or {})}
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.data_dir.mkdir(exist_ok=True)
-        self.config_path.write_text(render_config(options, host, muc))
+        write_config(self.dir, options, host, muc)
 
     def __repr__(self) -> str:
         return f"<Prosody {self.version} c2s={self.c2s_port} http={self.http_port} {self.dir}>"
@@ -185,6 +193,7 @@ class Prosody:
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         self.pid_file.unlink(missing_ok=True)
         self.daemonized = daemonize
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         deadline = time.monotonic() + TIMEOUT
         with open(self.console_path, "ab") as console:
             self._proc = subprocess.Popen(
@@ -196,7 +205,7 @@ class Prosody:
             self.pid = self._proc.pid
         self._wait_until_serving(deadline)
         if check_modules:
-            failed = [line for m in self.requested_modules for line in self.module_errors(m)]
+            failed = [line for m in self.requested_modules for line in self.module_errors(m, since=log_start)]
             if failed:
                 raise StartupError(f"{self}: modules failed to load:\n" + "\n".join(failed) + self._tail_for_error())
 
@@ -314,8 +323,13 @@ class Prosody:
 
     # Logs
 
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def log_text(self, since: int = 0) -> str:
+        """The log (of every start in this folder), from byte offset `since`."""
+        if not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as f:
+            f.seek(since)
+            return f.read().decode(errors="replace")
 
     def log_tail(self, n: int = 80) -> str:
         return "\n".join(self.log_text().splitlines()[-n:])
@@ -324,13 +338,13 @@ class Prosody:
         """Log lines at level error (the file sink writes `time source<TAB>level<TAB>message`)."""
         return [line for line in self.log_text().splitlines() if "\terror\t" in line]
 
-    def module_errors(self, name: str | None = None) -> list[str]:
+    def module_errors(self, name: str | None = None, since: int = 0) -> list[str]:
         """Lines where Prosody says a module (`name` without `mod_`, or any) failed to load or initialise."""
         pattern = re.compile(
             r"(Unable to load module|Error initializing module|Error loading module) '%s'"
             % (re.escape(name) if name else "[^']+")
         )
-        return [line for line in self.log_text().splitlines() if pattern.search(line)]
+        return [line for line in self.log_text(since).splitlines() if pattern.search(line)]
 
     def console_text(self) -> str:
         return self.console_path.read_text(errors="replace") if self.console_path.exists() else ""

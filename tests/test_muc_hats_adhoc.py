@@ -70,7 +70,7 @@ async def hat_room(server):
     async with login(server, "alice") as alice, login(server, "bob") as bob, login(server, "carol") as carol:
         await create_room(alice, ROOM, "Alice", persistent=True)
         for member in ("bob", "carol"):
-            await alice["xep_0045"].set_affiliation(ROOM, jid=f"{member}@localhost", affiliation="member")
+            await alice.plugin["xep_0045"].set_affiliation(ROOM, jid=f"{member}@localhost", affiliation="member")
         await join_room(bob, ROOM, "Bob")
         await join_room(carol, ROOM, "Carol")
         for observer, nicks in ((alice, ("Bob", "Carol")), (bob, ("Alice", "Carol")), (carol, ("Alice", "Bob"))):
@@ -89,10 +89,10 @@ async def command(client, to, node, fields=None):
 
 async def one_step(client, to, node, fields, action="execute"):
     """Sends a filled form with the first request, without asking for the form (XEP-0317 §3.3, §3.5)."""
-    form = client["xep_0004"].make_form(ftype="submit")
+    form = client.plugin["xep_0004"].make_form(ftype="submit")
     for var, value in {"FORM_TYPE": FORM_TYPE, **fields}.items():
         form.add_field(var=var, value=value)
-    result = await client["xep_0050"].send_command(to, node, action=action, payload=form, timeout=30)
+    result = await client.plugin["xep_0050"].send_command(to, node, action=action, payload=form, timeout=30)
     return result["command"]
 
 
@@ -168,8 +168,8 @@ async def test_admin_removes_a_hat_with_the_original_command(server):
 
 async def test_original_commands_are_listed_to_admins_only(server):
     async with login(server, "admin") as admin, login(server, "alice") as alice:
-        admin_items = await admin["xep_0050"].get_commands(MUC, timeout=30)
-        alice_items = await alice["xep_0050"].get_commands(MUC, timeout=30)
+        admin_items = await admin.plugin["xep_0050"].get_commands(MUC, timeout=30)
+        alice_items = await alice.plugin["xep_0050"].get_commands(MUC, timeout=30)
 
     admin_nodes = {item[1]: item[2] for item in admin_items["disco_items"]["items"]}
     assert "Add hat to a user" == admin_nodes.get(ADD)
@@ -385,7 +385,7 @@ async def test_every_catalogue_change_sends_status_104_to_the_room(server):
 async def test_room_advertises_hats_and_a_hash_of_its_catalogue(server):
     async with hat_room(server) as (alice, bob, carol):
         async def room_info():
-            info = await bob["xep_0030"].get_info(jid=ROOM, timeout=30)
+            info = await bob.plugin["xep_0030"].get_info(jid=ROOM, timeout=30)
             features = info["disco_info"]["features"]
             forms = [form for form in info["disco_info"].xml.findall("{jabber:x:data}x")]
             values = {}
@@ -413,9 +413,9 @@ async def test_room_advertises_hats_and_a_hash_of_its_catalogue(server):
 
 async def test_room_lists_its_commands_to_owners_only(server):
     async with hat_room(server) as (alice, bob, carol):
-        owner_items = await alice["xep_0050"].get_commands(ROOM, timeout=30)
-        member_items = await carol["xep_0050"].get_commands(ROOM, timeout=30)
-        info = await alice["xep_0030"].get_info(jid=ROOM, node=CREATE, timeout=30)
+        owner_items = await alice.plugin["xep_0050"].get_commands(ROOM, timeout=30)
+        member_items = await carol.plugin["xep_0050"].get_commands(ROOM, timeout=30)
+        info = await alice.plugin["xep_0030"].get_info(jid=ROOM, node=CREATE, timeout=30)
 
     assert ROOM_COMMANDS == [item[1] for item in owner_items["disco_items"]["items"]]
     assert {ROOM} == {str(item[0]) for item in owner_items["disco_items"]["items"]}
@@ -444,7 +444,7 @@ async def test_plain_member_is_refused_every_room_command(server):
 
 async def test_room_admin_may_manage_hats(server):
     async with hat_room(server) as (alice, bob, carol):
-        await alice["xep_0045"].set_affiliation(ROOM, jid="carol@localhost", affiliation="admin")
+        await alice.plugin["xep_0045"].set_affiliation(ROOM, jid="carol@localhost", affiliation="admin")
 
         await create_hat(carol, TEACHER, "Teacher")
         await assign_hat(carol, "bob@localhost", TEACHER)
@@ -458,7 +458,7 @@ async def test_service_admin_manages_hats_in_any_room(server):
         await assign_hat(admin, "bob@localhost", TEACHER)
 
         await carol.wait_for(presence_of("Bob", [{"uri": TEACHER, "title": "Teacher"}]))
-        items = await admin["xep_0050"].get_commands(ROOM, timeout=30)
+        items = await admin.plugin["xep_0050"].get_commands(ROOM, timeout=30)
         assert ROOM_COMMANDS == [item[1] for item in items["disco_items"]["items"]]
 
 
@@ -504,7 +504,7 @@ async def test_catalogue_and_assignments_survive_a_restart(server):
 async def test_cancelling_a_command_changes_nothing(server):
     async with hat_room(server) as (alice, bob, carol):
         started = await command(alice, ROOM, CREATE)
-        result = await alice["xep_0050"].send_command(ROOM, CREATE, action="cancel",
+        result = await alice.plugin["xep_0050"].send_command(ROOM, CREATE, action="cancel",
                                                       sessionid=started["sessionid"], timeout=30)
 
         assert "canceled" == result["command"]["status"]
@@ -514,11 +514,11 @@ async def test_cancelling_a_command_changes_nothing(server):
 async def test_a_session_cannot_be_continued_by_someone_else(server):
     async with hat_room(server) as (alice, bob, carol), login(server, "admin") as admin:
         started = await command(alice, ROOM, CREATE)
-        form = admin["xep_0004"].make_form(ftype="submit")
+        form = admin.plugin["xep_0004"].make_form(ftype="submit")
         form.add_field(var="hats#uri", value=TEACHER)
         form.add_field(var="hats#title", value="Teacher")
 
-        condition, _, specific = await refusal(admin["xep_0050"].send_command(
+        condition, _, specific = await refusal(admin.plugin["xep_0050"].send_command(
             ROOM, CREATE, action="complete", sessionid=started["sessionid"], payload=form, timeout=30))
 
         assert ("bad-request", "bad-sessionid") == (condition, specific)

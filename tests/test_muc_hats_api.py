@@ -52,7 +52,7 @@ def presence_of(nick):
 async def room_with_member(server, alice, bob):
     """Alice creates the persistent room and makes bob a member; both are in it."""
     await create_room(alice, ROOM, "Alice", persistent=True)
-    await alice["xep_0045"].set_affiliation(ROOM, jid="bob@localhost", affiliation="member")
+    await alice.plugin["xep_0045"].set_affiliation(ROOM, jid="bob@localhost", affiliation="member")
     await join_room(bob, ROOM, "Bob")
     await alice.wait_for(presence_of("Bob"))
 

@@ -1,0 +1,122 @@
+-- Stand-ins for the parts of Prosody that the job helper and mod_muc_media_metadata touch, for busted specs:
+-- a net.server whose watchfd is served by `pump`, a module object that records hooks, options, timers,
+-- counters and items, and loaders that run our Lua files in that module's environment. Prosody's own pure-Lua
+-- utilities (util.promise, util.async, util.stanza, util.events) are used as they are, from the system's 0.12.
+
+package.path = "/usr/lib/prosody/?.lua;" .. package.path;
+package.cpath = "/usr/lib/prosody/?.so;" .. package.cpath;
+
+local socket = require "socket";
+local events = require "util.events";
+
+local fakes = {};
+
+local watched = {};
+package.loaded["net.server"] = {
+	watchfd = function (fd, onreadable)
+		local watch = { fd = fd; onreadable = onreadable };
+		function watch.close() end
+		table.insert(watched, watch);
+		return watch;
+	end;
+};
+
+fakes.prosody = { hosts = {}; events = events.new() };
+
+--- The descriptors watched so far (fd numbers).
+function fakes.watched_fds()
+	local fds = {};
+	for _, watch in ipairs(watched) do
+		table.insert(fds, watch.fd);
+	end
+	return fds;
+end
+
+--- Waits up to `timeout` seconds for a watched descriptor to become readable and runs its callback, as the
+-- server loop would. Returns whether one did.
+function fakes.pump(timeout)
+	local sockets = {};
+	for _, watch in ipairs(watched) do
+		table.insert(sockets, { watch = watch; getfd = function () return watch.fd; end; dirty = function () return false; end });
+	end
+	if #sockets == 0 then return false; end
+	local readable = socket.select(sockets, nil, timeout);
+	for _, s in ipairs(readable) do
+		s.watch.onreadable(s.watch);
+	end
+	return #readable > 0;
+end
+
+--- Pumps until `done()` is true; fails after `timeout` seconds (default 10) instead of hanging.
+function fakes.pump_until(done, timeout)
+	local deadline = socket.gettime() + (timeout or 10);
+	while not done() do
+		assert(socket.gettime() < deadline, "timed out waiting for native jobs");
+		fakes.pump(0.2);
+	end
+end
+
+local function host_events(host)
+	if host == "*" then return fakes.prosody.events; end
+	fakes.prosody.hosts[host] = fakes.prosody.hosts[host] or { events = events.new() };
+	return fakes.prosody.hosts[host].events;
+end
+
+--- A module object named `name` on `host` with config `options`.
+function fakes.new_module(name, host, options)
+	options = options or {};
+	local m = { name = name; host = host; hooks = {}; items = {}; timers = {}; counters = {}; logs = {} };
+	function m:get_option_number(key, default) local v = options[key]; if v == nil then return default; end return tonumber(v); end
+	function m:get_option_boolean(key, default) local v = options[key]; if v == nil then return default; end return v; end
+	function m:get_option_array(key, default) return options[key] or default; end
+	function m:log(level, fmt, ...)
+		local args = table.pack(...);
+		for i = 1, args.n do args[i] = tostring(args[i]); end
+		table.insert(self.logs, { level = level; text = fmt:gsub("%%[dg]", "%%s"):format(table.unpack(args, 1, args.n)) });
+	end
+	function m:hook(event, handler, priority) self.hooks[event] = { handler = handler; priority = priority or 0 }; end
+	function m:measure(counter)
+		self.counters[counter] = 0;
+		return function () self.counters[counter] = self.counters[counter] + 1; end;
+	end
+	function m:add_timer(delay, callback)
+		local timer = { delay = delay; callback = callback };
+		function timer.stop(t) t.stopped = true; end
+		table.insert(self.timers, timer);
+		return timer;
+	end
+	function m:depends() end
+	function m:add_item(key, value)
+		table.insert(self.items, { key = key; value = value });
+	end
+	function m:require(lib)
+		return fakes.load_lib(lib, self);
+	end
+	--- Fires the events Prosody fires when it unloads a module: the removal of each of its items.
+	function m:unload()
+		for _, item in ipairs(self.items) do
+			host_events(self.host).fire_event("item-removed/" .. item.key, { source = self; item = item.value });
+		end
+		self.items = {};
+	end
+	host_events(host);
+	return m;
+end
+
+local function environment(m)
+	return setmetatable({ module = m; prosody = fakes.prosody }, { __index = _G });
+end
+
+--- Runs lua/<lib>.lib.lua in the environment of module `m`, as module:require does.
+function fakes.load_lib(lib, m)
+	return assert(loadfile("lua/" .. lib .. ".lib.lua", "t", environment(m)))();
+end
+
+--- Loads lua/mod_<name>/mod_<name>.lua into module `m`; returns the module's environment.
+function fakes.load_module(m)
+	local env = environment(m);
+	assert(loadfile(("lua/mod_%s/mod_%s.lua"):format(m.name, m.name), "t", env))();
+	return env;
+end
+
+return fakes;

@@ -1,0 +1,194 @@
+"""A local HTTP server for the media metadata tests: serves images and edge cases, and records every connection.
+
+Use it in pytest as a context manager (`with MediaServer("127.0.0.1") as server: server.url("/photo.png")`), or run
+it as a script for the busted specs: `python3 tests/media_server.py [HOST]` prints "PID PORT" and serves until
+killed. Binding another loopback address (127.0.0.2) gives a server that the module must never reach, and
+`connections` proves it.
+
+Paths:
+  /photo.png /photo.jpg /photo.gif /photo.webp   the 76x52 photo fixtures of tests/data
+  /notes.txt                                     text/plain
+  /missing.png                                   404
+  /bomb.png                                      a PNG claiming 100000x100000 pixels over a few KiB
+  /big.bin, /big.png                             BIG_BYTES bytes with Content-Length (.png starts like a PNG)
+  /big-chunked.png                               BIG_BYTES bytes chunked, without Content-Length
+  /stall.png                                     headers and a few bytes, then nothing until the server stops
+  /etag.png                                      photo.png with an ETag, 304 to a matching If-None-Match
+  /redirect/photo                                302 to /photo.png
+  /redirect/loop                                 302 to itself
+  /slow/<n>.png                                  photo.png, held until `release_slow()` (for a loaded server)
+  anything added with `redirect(path, target)` or `serve(path, body, content_type)`
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parent / "data"
+BIG_BYTES = 2 * 1024 * 1024
+PHOTO_SIZE = (76, 52)
+BOMB_SIZE = (100_000, 100_000)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+FIXTURES = {
+    "/photo.png": ("photo.png", "image/png"),
+    "/photo.jpg": ("photo_420.jpg", "image/jpeg"),
+    "/photo.gif": ("photo.gif", "image/gif"),
+    "/photo.webp": ("photo_lossy.webp", "image/webp"),
+    "/bomb.png": ("bomb.png", "image/png"),
+}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, owner: MediaServer, address):
+        self.owner = owner
+        super().__init__(address, _Handler)
+
+    def verify_request(self, request, client_address) -> bool:
+        with self.owner.lock:
+            self.owner.connections.append(client_address[0])
+        return True
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        owner = self.server.owner
+        with owner.lock:
+            owner.requests.append(self.path)
+        routed = owner.routes.get(self.path)
+        if routed is not None:
+            kind, value, content_type = routed
+            if kind == "redirect":
+                return self._send(302, b"", headers={"Location": value})
+            return self._send(200, value, content_type)
+        if self.path in FIXTURES:
+            name, content_type = FIXTURES[self.path]
+            return self._send(200, (DATA / name).read_bytes(), content_type)
+        if self.path == "/notes.txt":
+            return self._send(200, b"Meeting notes: bring snacks.\n", "text/plain; charset=utf-8")
+        if self.path in ("/big.bin", "/big.png"):
+            prefix = PNG_MAGIC if self.path.endswith(".png") else b""
+            return self._send(200, prefix + b"\0" * (BIG_BYTES - len(prefix)), "application/octet-stream")
+        if self.path == "/big-chunked.png":
+            return self._send_chunked(PNG_MAGIC + b"\0" * (BIG_BYTES - len(PNG_MAGIC)), "image/png")
+        if self.path == "/stall.png":
+            return self._stall()
+        if self.path == "/etag.png":
+            if self.headers.get("If-None-Match") == '"photo-v1"':
+                return self._send(304, b"", headers={"ETag": '"photo-v1"'}, body_allowed=False)
+            return self._send(200, (DATA / "photo.png").read_bytes(), "image/png", headers={"ETag": '"photo-v1"'})
+        if self.path == "/redirect/photo":
+            return self._send(302, b"", headers={"Location": "/photo.png"})
+        if self.path == "/redirect/loop":
+            return self._send(302, b"", headers={"Location": "/redirect/loop"})
+        if self.path.startswith("/slow/"):
+            owner.slow_released.wait()
+            return self._send(200, (DATA / "photo.png").read_bytes(), "image/png")
+        return self._send(404, b"not found\n", "text/plain")
+
+    def _send(self, status, body, content_type=None, headers=None, body_allowed=True) -> None:
+        self.send_response(status)
+        if content_type:
+            self.send_header("Content-Type", content_type)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if body_allowed:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if body_allowed:
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client stopped reading at its byte limit
+
+    def _send_chunked(self, body, content_type) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for i in range(0, len(body), 64 * 1024):
+                part = body[i : i + 64 * 1024]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _stall(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        self.wfile.write(PNG_MAGIC)
+        self.wfile.flush()
+        self.server.owner.stopping.wait()
+        self.close_connection = True
+
+
+class MediaServer:
+    """The server on `host` (a loopback address), on a free port, in a background thread."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self.host = host
+        self.lock = threading.Lock()
+        self.connections: list[str] = []  # peer address of every accepted connection
+        self.requests: list[str] = []  # path of every request
+        self.routes: dict[str, tuple[str, object, str | None]] = {}
+        self.stopping = threading.Event()
+        self.slow_released = threading.Event()
+        self._server = _Server(self, (host, 0))
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name=f"media-server-{host}", daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    def redirect(self, path: str, target: str) -> None:
+        """Answers `path` with a 302 to `target` (absolute or relative)."""
+        self.routes[path] = ("redirect", target, None)
+
+    def serve(self, path: str, body: bytes, content_type: str) -> None:
+        self.routes[path] = ("body", body, content_type)
+
+    def release_slow(self) -> None:
+        self.slow_released.set()
+
+    def count(self, path: str) -> int:
+        with self.lock:
+            return self.requests.count(path)
+
+    def start(self) -> MediaServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.slow_released.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> MediaServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":
+    server = MediaServer(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1")
+    print(os.getpid(), server.port, flush=True)
+    server._server.serve_forever()
