@@ -21,7 +21,7 @@ HELPERS := $(wildcard lua/*.lib.lua)
 MODULE_FILES := $(patsubst lua/%,%,$(shell find $(addprefix lua/,$(MODULES)) -type f -not -name '.*' 2>/dev/null))
 DOCS := README.md LICENSE
 
-.PHONY: all deps install uninstall run test test-rust test-lua test-integration lint bench clean
+.PHONY: all deps install uninstall rocks run test test-rust test-lua test-integration lint bench clean
 
 all: $(LIBRARY)
 
@@ -48,6 +48,10 @@ uninstall:
 	$(if $(DOC_DIR),rm -f $(addprefix $(DOC_DIR)/,$(DOCS)))
 	$(if $(DOC_DIR),[ ! -d $(DOC_DIR) ] || rmdir --ignore-fail-on-non-empty $(DOC_DIR))
 
+# A LuaRocks server folder for `prosodyctl install --server=build/rocks mod_...` (see scripts/rocks.sh).
+rocks:
+	scripts/rocks.sh build/rocks
+
 run: deps $(LIBRARY)
 	$(PYTHON) scripts/run.py
 
@@ -63,7 +67,7 @@ test-integration: $(LIBRARY)
 	PROSODY_VERSIONS="$(PROSODY_VERSIONS)" $(PYTHON) -m pytest tests
 
 lint:
-	$(LUACHECK) lua spec
+	$(LUACHECK) lua spec tests/plugins
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --features lua54 -- -D warnings
 

@@ -8,8 +8,19 @@
 local expected_version = "0.1.0";
 local library_name = "prosody_native";
 
+-- One clear error when this helper and the library come from different releases (or a second install of another
+-- release loaded first): the library's functions would not be the ones the modules call.
+local function check_version(native, path)
+	if native.version ~= expected_version then
+		error(("prosody-native: native library %s is version %s but these modules need %s; reinstall both together "
+			.. "('make install', or 'prosodyctl install' of the module)")
+			:format(path, tostring(native.version), expected_version), 0);
+	end
+	return native;
+end
+
 local loaded = package.loaded[library_name];
-if loaded then return loaded; end
+if loaded then return check_version(loaded, "loaded earlier"); end
 
 -- The directory this file was loaded from (Prosody passes "@path" as the chunk name).
 local here = debug.getinfo(1, "S").source:match("^@(.*)[/\\][^/\\]*$") or ".";
@@ -22,7 +33,7 @@ local candidates = {
 local from_cpath = package.searchpath(library_name, package.cpath);
 if from_cpath then table.insert(candidates, from_cpath); end
 
-local open, tried = nil, {};
+local open, open_path, tried = nil, nil, {};
 for _, path in ipairs(candidates) do
 	local f = io.open(path, "rb");
 	if f then
@@ -31,21 +42,17 @@ for _, path in ipairs(candidates) do
 		if not loader then
 			error(("prosody-native: cannot load %s (%s); rebuild it with 'make' and reinstall"):format(path, err), 0);
 		end
-		open = loader;
+		open, open_path = loader, path;
 		break;
 	end
 	table.insert(tried, path);
 end
 if not open then
-	error(("prosody-native: native library %s.so not found (looked in %s); install it with 'make install'")
-		:format(library_name, table.concat(tried, ", ")), 0);
+	error(("prosody-native: native library %s.so not found (looked in %s); install it with 'make install', "
+		.. "or 'prosodyctl install' of the module"):format(library_name, table.concat(tried, ", ")), 0);
 end
 
-local native = open();
-if native.version ~= expected_version then
-	error(("prosody-native: native library is version %s but these modules need %s; reinstall both together")
-		:format(tostring(native.version), expected_version), 0);
-end
+local native = check_version(open(), open_path);
 
 package.loaded[library_name] = native;
 return native;

@@ -18,6 +18,62 @@ function compat.require(name)
 	return require(name);
 end
 
+-- The Prosody series `make test` runs these modules on.
+local tested_series = { ["0.12"] = true; ["13.0"] = true };
+
+local host_kinds = {
+	muc = { "a MUC component", 'Component "rooms.example.org" "muc"' };
+	component = { "a component", 'Component "service.example.org" "<its module>"' };
+	["local"] = { "a VirtualHost", 'VirtualHost "example.org"' };
+};
+
+-- How the config file names this host: `VirtualHost "example.org"`, `Component "rooms.example.org" "muc"`.
+local function config_section(module)
+	local host_type = module:get_host_type();
+	if host_type == "global" then
+		return "the global section";
+	elseif host_type == "component" then
+		local component_module = module:get_option_string("component_module");
+		if component_module then
+			return ("Component %q %q"):format(module.host, component_module);
+		end
+		return ("Component %q"):format(module.host);
+	end
+	return ("VirtualHost %q"):format(module.host);
+end
+
+local function is_host_kind(module, kind)
+	local host_type = module:get_host_type();
+	if kind == "muc" then
+		return host_type == "component" and module:get_option_string("component_module") == "muc";
+	elseif kind == "component" then
+		return host_type == "component";
+	end
+	return host_type == "local";
+end
+
+--- Checks, first thing at load, that the module runs where it can work; every module calls it once:
+--   compat.check_host(module, "muc")    -- or "local" (a VirtualHost), or "component" (any component)
+-- On the wrong kind of host it stops loading with one error line that says where to list the module instead.
+-- On a Prosody series these modules are not tested on, it logs one warning per process and goes on.
+function compat.check_host(module, kind)
+	local wanted = host_kinds[kind];
+	if not wanted then
+		error(("compat.check_host: unknown host kind %q"):format(tostring(kind)), 2);
+	end
+	if not is_host_kind(module, kind) then
+		error(("mod_%s only works on %s, not on %s: list it in modules_enabled under %s instead")
+			:format(module.name, wanted[1], config_section(module), wanted[2]), 0);
+	end
+	local version = prosody and prosody.version or "unknown";
+	local warned = module:shared("/*/prosody_native_compat/warned");
+	if not tested_series[version:match("^%d+%.%d+")] and not warned.version then
+		warned.version = true;
+		module:log("warn", "prosody-native is tested on Prosody 0.12 and 13.0, not %s; if something fails, report it "
+			.. "with this version (see 'Reporting problems' in its README.md)", version);
+	end
+end
+
 --- Reads an integer option bounded to [min, max]; a value outside is clamped with a warning, as Prosody 13 does.
 function compat.get_option_integer(module, name, default, min, max)
 	local value = module:get_option_number(name, default);
@@ -98,5 +154,21 @@ end
 -- COMPAT 0.12: mod_invites' get(token, username) raises on a contact-only invite (it reads the account record such
 -- an invite does not have), so 0.12's mod_invites_register cannot pre-approve a subscription with one. 13 fixed it.
 compat.invites_get_fails_on_contact_tokens = not has_prefixed_names;
+
+--- Adds a `prosodyctl shell` command (a "shell-command" item with a host_selector) for this host on Prosody 13;
+-- 0.12 has no such commands and gets nothing. Prosody loads no global module such as mod_admin_shell on components,
+-- so when the server enables the shell globally it is attached to this component too; when it does not, nothing
+-- opens an admin socket and the command stays unreachable.
+function compat.add_shell_command(module, command)
+	if not has_prefixed_names then
+		return false;
+	end
+	local global_modules = module:context("*"):get_option_set("modules_enabled", {});
+	if module:get_host_type() == "component" and global_modules:contains("admin_shell") then
+		module:depends("admin_shell");
+	end
+	module:add_item("shell-command", command);
+	return true;
+end
 
 return compat;

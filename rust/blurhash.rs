@@ -23,7 +23,8 @@ pub const WORKING_SIZE: u32 = 64;
 const BACKGROUND: u64 = 255;
 
 /// The base83 alphabet of BlurHash.
-const BASE83: &[u8; 83] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz#$%*+,-.:;=?@[]^_{|}~";
+const BASE83: &[u8; 83] =
+    b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz#$%*+,-.:;=?@[]^_{|}~";
 
 /// Pixel layout of 8-bit interleaved rows fed to [`Shrinker::add_row`] or [`encode`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,25 +127,53 @@ impl Working {
             }
         };
         let (columns, rows, source_width, source_height) = match orientation {
-            2 => (flip(&self.columns, self.source_width, true), self.rows, self.source_width, self.source_height),
+            2 => (
+                flip(&self.columns, self.source_width, true),
+                self.rows,
+                self.source_width,
+                self.source_height,
+            ),
             3 => (
                 flip(&self.columns, self.source_width, true),
                 flip(&self.rows, self.source_height, true),
                 self.source_width,
                 self.source_height,
             ),
-            4 => (self.columns, flip(&self.rows, self.source_height, true), self.source_width, self.source_height),
+            4 => (
+                self.columns,
+                flip(&self.rows, self.source_height, true),
+                self.source_width,
+                self.source_height,
+            ),
             5 => (self.rows, self.columns, self.source_height, self.source_width),
-            6 => (flip(&self.rows, self.source_height, true), self.columns, self.source_height, self.source_width),
+            6 => (
+                flip(&self.rows, self.source_height, true),
+                self.columns,
+                self.source_height,
+                self.source_width,
+            ),
             7 => (
                 flip(&self.rows, self.source_height, true),
                 flip(&self.columns, self.source_width, true),
                 self.source_height,
                 self.source_width,
             ),
-            _ => (self.rows, flip(&self.columns, self.source_width, true), self.source_height, self.source_width),
+            _ => (
+                self.rows,
+                flip(&self.columns, self.source_width, true),
+                self.source_height,
+                self.source_width,
+            ),
         };
-        Working { width: out_w as u32, height: out_h as u32, rgb, columns, rows, source_width, source_height }
+        Working {
+            width: out_w as u32,
+            height: out_h as u32,
+            rgb,
+            columns,
+            rows,
+            source_width,
+            source_height,
+        }
     }
 
     /// Encodes the BlurHash of this image with `cx` x `cy` components (each 1..=9).
@@ -152,7 +181,12 @@ impl Working {
         check_components(cx, cy)?;
         let (w, h) = (self.width as usize, self.height as usize);
         let pixels = w.checked_mul(h).and_then(|n| n.checked_mul(3));
-        if w == 0 || h == 0 || pixels != Some(self.rgb.len()) || self.columns.len() != w || self.rows.len() != h {
+        if w == 0
+            || h == 0
+            || pixels != Some(self.rgb.len())
+            || self.columns.len() != w
+            || self.rows.len() != h
+        {
             return Err(Error::bad_request("pixel buffer does not match its dimensions"));
         }
         if self.source_width == 0 || self.source_height == 0 {
@@ -209,7 +243,9 @@ impl Shrinker {
             return Err(Error::Internal(format!("{planes} planes")));
         }
         let (dst_w, dst_h) = working_size(width, height);
-        let col_start = (0..=dst_w).map(|j| div_ceil(j as u64 * width as u64, dst_w as u64) as u32).collect();
+        let col_start = (0..=dst_w)
+            .map(|j| div_ceil(j as u64 * width as u64, dst_w as u64) as u32)
+            .collect();
         let bins = dst_w as usize * dst_h as usize * planes;
         Ok(Shrinker {
             src_w: width,
@@ -274,6 +310,47 @@ impl Shrinker {
         }
     }
 
+    /// Adds a row of samples of `plane` at source row `y`: sample `i` covers source columns
+    /// `i * rx .. (i + 1) * rx` (a subsampled JPEG component, upsampled by repetition). Columns past the
+    /// source, rows past it and planes out of range are ignored.
+    pub fn add_sample_row(&mut self, plane: usize, y: u32, values: &[i32], rx: u32) {
+        if y >= self.src_h || plane >= self.planes || rx == 0 {
+            return;
+        }
+        let by = self.row_bin.get(y as usize).map_or_else(|| self.bin_y(y), |&b| b as usize);
+        let covered = (values.len() as u64 * rx as u64).min(self.src_w as u64) as u32;
+        let (rx, planes) = (rx as u64, self.planes);
+        for j in 0..self.dst_w as usize {
+            let (Some(&x0), Some(&x1)) = (self.col_start.get(j), self.col_start.get(j + 1)) else {
+                return;
+            };
+            let (x0, x1) = (x0 as u64, x1.min(covered) as u64);
+            if x0 >= x1 {
+                return;
+            }
+            // Samples x0 / rx ..= (x1 - 1) / rx, each weighted by the columns of [x0, x1) it covers.
+            let (first, last) = ((x0 / rx) as usize, ((x1 - 1) / rx) as usize);
+            let Some(run) = values.get(first..=last) else {
+                return;
+            };
+            let mut sum: i64 = if rx == 1 {
+                run.iter().map(|&v| v as i64).sum()
+            } else {
+                run.iter().map(|&v| v as i64 * rx as i64).sum()
+            };
+            if rx > 1 {
+                // Trim the parts of the first and last samples outside [x0, x1).
+                sum -= run.first().map_or(0, |&v| v as i64 * (x0 - first as u64 * rx) as i64);
+                sum -= run.last().map_or(0, |&v| v as i64 * ((last as u64 + 1) * rx - x1) as i64);
+            }
+            let bin = (by * self.dst_w as usize + j) * planes + plane;
+            if let (Some(s), Some(w)) = (self.sums.get_mut(bin), self.weights.get_mut(bin)) {
+                *s += sum;
+                *w += x1 - x0;
+            }
+        }
+    }
+
     /// Adds source row `y` of 8-bit pixels in `layout` (grey is spread over the first three planes;
     /// alpha is composited over white). The shrinker must have been made with 3 planes; a row of the
     /// wrong length or an out-of-range `y` is ignored.
@@ -292,7 +369,10 @@ impl Shrinker {
             };
             let (sum, weight) = sum_pixels(px, layout);
             let bin = base + j * 3;
-            if let (Some(s), Some(w)) = (self.sums.get_mut(bin..bin + 3), self.weights.get_mut(bin..bin + 3)) {
+            if let (Some(s), Some(w)) = (
+                self.sums.get_mut(bin..bin + 3),
+                self.weights.get_mut(bin..bin + 3),
+            ) {
                 for c in 0..3 {
                     s[c] += sum[c] as i64;
                     w[c] += weight;
@@ -316,7 +396,10 @@ impl Shrinker {
             }
             let (sum, weight) = sum_pixels(px, layout);
             let bin = (base + self.bin_x(x as u32)) * 3;
-            if let (Some(s), Some(w)) = (self.sums.get_mut(bin..bin + 3), self.weights.get_mut(bin..bin + 3)) {
+            if let (Some(s), Some(w)) = (
+                self.sums.get_mut(bin..bin + 3),
+                self.weights.get_mut(bin..bin + 3),
+            ) {
                 for c in 0..3 {
                     s[c] += sum[c] as i64;
                     w[c] += weight;
@@ -358,7 +441,8 @@ impl Shrinker {
             (0..dst as u64)
                 .map(|j| {
                     let first = div_ceil(j * src as u64, dst as u64) * self.unit as u64;
-                    let end = (div_ceil((j + 1) * src as u64, dst as u64) * self.unit as u64).min(true_len as u64);
+                    let end =
+                        (div_ceil((j + 1) * src as u64, dst as u64) * self.unit as u64).min(true_len as u64);
                     (first + end.max(first + 1) - 1) as f32 / 2.0
                 })
                 .collect()
@@ -430,7 +514,14 @@ fn div_ceil(a: u64, b: u64) -> u64 {
 
 /// BlurHash of a `width` x `height` image of 8-bit pixels in `layout` (row-major, no padding), with
 /// `cx` x `cy` components (each 1..=9). Images larger than [`WORKING_SIZE`] are area-averaged down first.
-pub fn encode(pixels: &[u8], width: u32, height: u32, layout: Layout, cx: u32, cy: u32) -> Result<String, Error> {
+pub fn encode(
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+    layout: Layout,
+    cx: u32,
+    cy: u32,
+) -> Result<String, Error> {
     check_components(cx, cy)?;
     let expected = (width as u64)
         .checked_mul(height as u64)
@@ -447,7 +538,9 @@ pub fn encode(pixels: &[u8], width: u32, height: u32, layout: Layout, cx: u32, c
     for (y, row) in pixels.chunks_exact(row_len).enumerate() {
         shrinker.add_row(y as u32, row, layout);
     }
-    let working = shrinker.into_working().ok_or_else(|| Error::Internal("empty working image".into()))?;
+    let working = shrinker
+        .into_working()
+        .ok_or_else(|| Error::Internal("empty working image".into()))?;
     working.encode(cx, cy)
 }
 
@@ -456,7 +549,9 @@ pub fn check_components(cx: u32, cy: u32) -> Result<(), Error> {
     if (1..=9).contains(&cx) && (1..=9).contains(&cy) {
         Ok(())
     } else {
-        Err(Error::bad_request(format!("BlurHash components must be 1..=9, not {cx}x{cy}")))
+        Err(Error::bad_request(format!(
+            "BlurHash components must be 1..=9, not {cx}x{cy}"
+        )))
     }
 }
 
@@ -528,7 +623,9 @@ fn encode_linear(image: &Working, cx: u32, cy: u32) -> Result<String, Error> {
 
     let mut hash = String::with_capacity(4 + 2 * factors.len());
     push_base83((cx - 1) + (cy - 1) * 9, 1, &mut hash);
-    let (dc, ac) = factors.split_first().ok_or_else(|| Error::Internal("no factors".into()))?;
+    let (dc, ac) = factors
+        .split_first()
+        .ok_or_else(|| Error::Internal("no factors".into()))?;
     let maximum = if ac.is_empty() {
         push_base83(0, 1, &mut hash);
         1.0
@@ -538,10 +635,18 @@ fn encode_linear(image: &Working, cx: u32, cy: u32) -> Result<String, Error> {
         push_base83(quantised, 1, &mut hash);
         (quantised + 1) as f32 / 166.0
     };
-    push_base83((linear_to_srgb(dc[0]) << 16) + (linear_to_srgb(dc[1]) << 8) + linear_to_srgb(dc[2]), 4, &mut hash);
+    push_base83(
+        (linear_to_srgb(dc[0]) << 16) + (linear_to_srgb(dc[1]) << 8) + linear_to_srgb(dc[2]),
+        4,
+        &mut hash,
+    );
     for factor in ac {
         let quant = |v: f32| ((sign_pow(v / maximum, 0.5) * 9.0 + 9.5).floor().clamp(0.0, 18.0)) as u32;
-        push_base83(quant(factor[0]) * 19 * 19 + quant(factor[1]) * 19 + quant(factor[2]), 2, &mut hash);
+        push_base83(
+            quant(factor[0]) * 19 * 19 + quant(factor[1]) * 19 + quant(factor[2]),
+            2,
+            &mut hash,
+        );
     }
     Ok(hash)
 }
@@ -573,7 +678,12 @@ mod tests {
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
             .map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                (f[0].to_string(), f[1].parse().unwrap(), f[2].parse().unwrap(), f[3].to_string())
+                (
+                    f[0].to_string(),
+                    f[1].parse().unwrap(),
+                    f[2].parse().unwrap(),
+                    f[3].to_string(),
+                )
             })
             .collect()
     }
@@ -584,8 +694,15 @@ mod tests {
         assert!(cases.len() >= 4);
         for (file, cx, cy, expected) in cases {
             let (w, h, pixels) = read_ppm(&file);
-            assert!(w <= WORKING_SIZE && h <= WORKING_SIZE, "golden images are not downsized");
-            assert_eq!(expected, encode(&pixels, w, h, Layout::Rgb, cx, cy).unwrap(), "{file} {cx}x{cy}");
+            assert!(
+                w <= WORKING_SIZE && h <= WORKING_SIZE,
+                "golden images are not downsized"
+            );
+            assert_eq!(
+                expected,
+                encode(&pixels, w, h, Layout::Rgb, cx, cy).unwrap(),
+                "{file} {cx}x{cy}"
+            );
         }
     }
 
@@ -593,14 +710,21 @@ mod tests {
     fn matches_the_blurhash_crate_on_the_same_pixels_up_to_its_dc_rounding() {
         for (file, cx, cy, _) in golden() {
             let (w, h, pixels) = read_ppm(&file);
-            let rgba: Vec<u8> = pixels.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect();
+            let rgba: Vec<u8> = pixels
+                .chunks_exact(3)
+                .flat_map(|p| [p[0], p[1], p[2], 255])
+                .collect();
             let theirs = blurhash_crate::encode(cx, cy, w, h, &rgba).unwrap();
             let ours = encode(&pixels, w, h, Layout::Rgb, cx, cy).unwrap();
             // Size flag, maximum and every AC component agree exactly.
             assert_eq!(theirs[..2], ours[..2], "{file} {cx}x{cy}");
             assert_eq!(theirs[6..], ours[6..], "{file} {cx}x{cy}");
             // The crate's DC channels are ours or one higher.
-            let decode = |s: &str| s.bytes().fold(0u32, |v, c| v * 83 + BASE83.iter().position(|&x| x == c).unwrap() as u32);
+            let decode = |s: &str| {
+                s.bytes().fold(0u32, |v, c| {
+                    v * 83 + BASE83.iter().position(|&x| x == c).unwrap() as u32
+                })
+            };
             let (t, o) = (decode(&theirs[2..6]), decode(&ours[2..6]));
             for shift in [16, 8, 0] {
                 let d = ((t >> shift) & 255) as i32 - ((o >> shift) & 255) as i32;
@@ -619,11 +743,28 @@ mod tests {
     #[test]
     fn rejects_bad_components_and_sizes() {
         let px = [0u8; 12];
-        assert_eq!("bad-request", encode(&px, 2, 2, Layout::Rgb, 0, 3).unwrap_err().code());
-        assert_eq!("bad-request", encode(&px, 2, 2, Layout::Rgb, 4, 10).unwrap_err().code());
-        assert_eq!("bad-request", encode(&px, 3, 2, Layout::Rgb, 4, 3).unwrap_err().code());
-        assert_eq!("bad-request", encode(&px, 0, 2, Layout::Rgb, 4, 3).unwrap_err().code());
-        assert_eq!("bad-request", encode(&px, u32::MAX, u32::MAX, Layout::Rgba, 4, 3).unwrap_err().code());
+        assert_eq!(
+            "bad-request",
+            encode(&px, 2, 2, Layout::Rgb, 0, 3).unwrap_err().code()
+        );
+        assert_eq!(
+            "bad-request",
+            encode(&px, 2, 2, Layout::Rgb, 4, 10).unwrap_err().code()
+        );
+        assert_eq!(
+            "bad-request",
+            encode(&px, 3, 2, Layout::Rgb, 4, 3).unwrap_err().code()
+        );
+        assert_eq!(
+            "bad-request",
+            encode(&px, 0, 2, Layout::Rgb, 4, 3).unwrap_err().code()
+        );
+        assert_eq!(
+            "bad-request",
+            encode(&px, u32::MAX, u32::MAX, Layout::Rgba, 4, 3)
+                .unwrap_err()
+                .code()
+        );
     }
 
     #[test]
@@ -659,7 +800,10 @@ mod tests {
         let px = [0u8, 0, 0, 0, 0, 0, 0, 255];
         let mut s = Shrinker::new(2, 1, 3).unwrap();
         s.add_row(0, &px, Layout::Rgba);
-        assert_eq!(vec![255.0, 255.0, 255.0, 0.0, 0.0, 0.0], s.into_working().unwrap().rgb);
+        assert_eq!(
+            vec![255.0, 255.0, 255.0, 0.0, 0.0, 0.0],
+            s.into_working().unwrap().rgb
+        );
     }
 
     #[test]
@@ -673,6 +817,23 @@ mod tests {
         strided.add_strided_row(0, 0, 2, &even, Layout::Rgb);
         strided.add_strided_row(0, 1, 2, &odd, Layout::Rgb);
         assert_eq!(plain.means(), strided.means());
+    }
+
+    #[test]
+    fn sample_rows_match_single_samples() {
+        let values: Vec<i32> = (0..77).map(|v| (v * 37 % 255) as i32).collect();
+        for (width, rx) in [(300u32, 4u32), (150, 2), (77, 1), (230, 3), (1000, 1)] {
+            let mut rows = Shrinker::for_blocks(width * 8, 16, 8, 2).unwrap();
+            let mut samples = Shrinker::for_blocks(width * 8, 16, 8, 2).unwrap();
+            rows.add_sample_row(1, 1, &values, rx);
+            for x in 0..width {
+                if let Some(&v) = values.get((x / rx) as usize) {
+                    samples.add_sample(1, x, 1, v);
+                }
+            }
+            assert_eq!(samples.sums, rows.sums, "{width} {rx}");
+            assert_eq!(samples.weights, rows.weights, "{width} {rx}");
+        }
     }
 
     #[test]

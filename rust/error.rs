@@ -116,6 +116,9 @@ mod tests {
     #[test]
     fn guard_passes_results_through() {
         assert_eq!(Ok(3), guard(|| Ok(3)));
-        assert_eq!(Err(Error::bad_request("no")), guard::<()>(|| Err(Error::bad_request("no"))));
+        assert_eq!(
+            Err(Error::bad_request("no")),
+            guard::<()>(|| Err(Error::bad_request("no")))
+        );
     }
 }

@@ -72,7 +72,7 @@ struct Shared {
     done: Mutex<Vec<Completion>>,
     /// Jobs still running, so that [`cancel`] can abort them.
     running: Mutex<HashMap<JobId, AbortHandle>>,
-    /// Limits how many [`blocking`] steps run at once (about one per core).
+    /// Limits how many [`blocking`] steps run at once ([`cpu_slots`]).
     cpu_slots: Semaphore,
 }
 
@@ -213,9 +213,7 @@ fn pool() -> Result<Arc<Pool>, Error> {
             std::mem::forget(old);
         }
     }
-    let cpus = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 4);
+    let cpus = cpu_slots();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(IO_THREADS)
         .max_blocking_threads(MAX_BLOCKING_THREADS)
@@ -232,6 +230,13 @@ fn pool() -> Result<Arc<Pool>, Error> {
     let pool = Arc::new(Pool { pid, runtime, shared });
     *slot = Some(pool.clone());
     Ok(pool)
+}
+
+/// How many [`blocking`] steps may run at once: one per core but one, left to Prosody's loop; at least one, at
+/// most four.
+pub fn cpu_slots() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.saturating_sub(1).clamp(1, 4)
 }
 
 /// Runs first on every worker thread: block asynchronous signals, lower the priority.

@@ -84,7 +84,9 @@ fn segment(bytes: &[u8], pos: usize) -> Result<(u8, &[u8], usize), Error> {
     if len < 2 {
         return Err(corrupt("segment length below 2"));
     }
-    let payload = bytes.get(p + 2..p + len).ok_or_else(|| corrupt("truncated segment"))?;
+    let payload = bytes
+        .get(p + 2..p + len)
+        .ok_or_else(|| corrupt("truncated segment"))?;
     Ok((marker, payload, p + len))
 }
 
@@ -113,11 +115,24 @@ fn exif_orientation(payload: &[u8]) -> Option<u8> {
     };
     let u16_at = |at: usize| -> Option<u16> {
         let b = [*tiff.get(at)?, *tiff.get(at + 1)?];
-        Some(if le { u16::from_le_bytes(b) } else { u16::from_be_bytes(b) })
+        Some(if le {
+            u16::from_le_bytes(b)
+        } else {
+            u16::from_be_bytes(b)
+        })
     };
     let u32_at = |at: usize| -> Option<u32> {
-        let b = [*tiff.get(at)?, *tiff.get(at + 1)?, *tiff.get(at + 2)?, *tiff.get(at + 3)?];
-        Some(if le { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) })
+        let b = [
+            *tiff.get(at)?,
+            *tiff.get(at + 1)?,
+            *tiff.get(at + 2)?,
+            *tiff.get(at + 3)?,
+        ];
+        Some(if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        })
     };
     let ifd = u32_at(4)? as usize;
     let count = u16_at(ifd)? as usize;
@@ -189,14 +204,26 @@ impl Frame {
         }
         let mut components = Vec::with_capacity(n);
         for i in 0..n {
-            let c = p.get(6 + i * 3..9 + i * 3).ok_or_else(|| corrupt("short frame header"))?;
+            let c = p
+                .get(6 + i * 3..9 + i * 3)
+                .ok_or_else(|| corrupt("short frame header"))?;
             let (h, v) = ((c[1] >> 4) as u32, (c[1] & 15) as u32);
             if !(1..=4).contains(&h) || !(1..=4).contains(&v) || c[2] > 3 {
                 return Err(corrupt("sampling factors"));
             }
-            components.push(Component { id: c[0], h, v, tq: c[2] as usize });
+            components.push(Component {
+                id: c[0],
+                h,
+                v,
+                tq: c[2] as usize,
+            });
         }
-        Ok(Frame { precision, width, height, components })
+        Ok(Frame {
+            precision,
+            width,
+            height,
+            components,
+        })
     }
 }
 
@@ -223,7 +250,9 @@ impl Huffman {
         let mut code = 0u32;
         let mut k = 0usize;
         for len in 1..=16u32 {
-            let count = *counts.get(len as usize - 1).ok_or_else(|| corrupt("Huffman counts"))? as u32;
+            let count = *counts
+                .get(len as usize - 1)
+                .ok_or_else(|| corrupt("Huffman counts"))? as u32;
             val_offset[len as usize] = k as i32 - code as i32;
             for _ in 0..count {
                 if code >= 1 << len {
@@ -244,7 +273,12 @@ impl Huffman {
             max_code[len as usize] = code;
             code <<= 1;
         }
-        Ok(Huffman { lookup, max_code, val_offset, values: values.to_vec() })
+        Ok(Huffman {
+            lookup,
+            max_code,
+            val_offset,
+            values: values.to_vec(),
+        })
     }
 }
 
@@ -262,20 +296,29 @@ struct Bits<'a> {
 
 impl<'a> Bits<'a> {
     fn new(data: &'a [u8], pos: usize) -> Bits<'a> {
-        Bits { data, pos, buf: 0, count: 0, padded: 0, at_marker: false }
+        Bits {
+            data,
+            pos,
+            buf: 0,
+            count: 0,
+            padded: 0,
+            at_marker: false,
+        }
     }
 
-    /// Fills the buffer to at least 57 bits.
+    /// Fills the buffer to at least 56 bits.
     #[inline]
     fn refill(&mut self) {
-        // Fast path: four bytes with no 0xFF among them.
+        // Fast path: as many whole bytes as fit, from eight with no 0xFF among them.
         if self.count <= 32 && !self.at_marker {
-            if let Some(four) = self.data.get(self.pos..self.pos + 4) {
-                let word = u32::from_be_bytes([four[0], four[1], four[2], four[3]]);
+            if let Some(eight) = self.data.get(self.pos..self.pos + 8) {
+                let word = u64::from_be_bytes(eight.try_into().unwrap_or([0xFF; 8]));
                 if !has_ff(word) {
-                    self.buf |= (word as u64) << (32 - self.count);
-                    self.count += 32;
-                    self.pos += 4;
+                    let k = (63 - self.count) / 8; // 3..=7 bytes
+                    self.buf |= (word >> (64 - 8 * k)) << (64 - self.count - 8 * k);
+                    self.count += 8 * k;
+                    self.pos += k as usize;
+                    return;
                 }
             }
         }
@@ -322,20 +365,6 @@ impl<'a> Bits<'a> {
         self.count -= n;
     }
 
-    /// The next `n` (0..=16) bits as an unsigned value.
-    #[inline]
-    fn take(&mut self, n: u32) -> u32 {
-        if n == 0 {
-            return 0;
-        }
-        if self.count < n {
-            self.refill();
-        }
-        let v = (self.buf >> (64 - n)) as u32;
-        self.consume(n);
-        v
-    }
-
     /// Decodes one Huffman symbol; the caller has made sure at least 32 bits are buffered.
     #[inline]
     fn symbol(&mut self, table: &Huffman) -> Result<u8, Error> {
@@ -348,7 +377,10 @@ impl<'a> Bits<'a> {
             let code = (self.buf >> (64 - len)) as u32;
             if code < table.max_code[len as usize] {
                 let index = table.val_offset[len as usize] + code as i32;
-                let symbol = *table.values.get(index as usize).ok_or_else(|| corrupt("Huffman code"))?;
+                let symbol = *table
+                    .values
+                    .get(index as usize)
+                    .ok_or_else(|| corrupt("Huffman code"))?;
                 self.consume(len);
                 return Ok(symbol);
             }
@@ -375,9 +407,9 @@ impl<'a> Bits<'a> {
 
 /// True when any byte of `word` is 0xFF.
 #[inline]
-fn has_ff(word: u32) -> bool {
+fn has_ff(word: u64) -> bool {
     let inv = !word;
-    inv.wrapping_sub(0x0101_0101) & !inv & 0x8080_8080 != 0
+    inv.wrapping_sub(0x0101_0101_0101_0101) & !inv & 0x8080_8080_8080_8080 != 0
 }
 
 /// Offset of the next marker, RSTn included, at or after `pos`.
@@ -421,6 +453,20 @@ struct Decoder {
     shrinker: Shrinker,
 }
 
+/// How one component of a scan is laid out: blocks per MCU (`mh` x `mv`), the component's block grid
+/// (`bw` x `bh`), the 1/8-scale cells each block covers (`rx` x `ry`) and its DC quantiser.
+#[derive(Clone, Copy)]
+struct ScanPlan {
+    index: usize,
+    mh: u32,
+    mv: u32,
+    bw: u32,
+    bh: u32,
+    rx: u32,
+    ry: u32,
+    q: u32,
+}
+
 /// One component of a scan with its tables.
 struct ScanComponent {
     index: usize,
@@ -444,16 +490,24 @@ impl Decoder {
         }
         let mut comps = Vec::with_capacity(ns);
         for i in 0..ns {
-            let s = sos.get(1 + i * 2..3 + i * 2).ok_or_else(|| corrupt("short scan header"))?;
+            let s = sos
+                .get(1 + i * 2..3 + i * 2)
+                .ok_or_else(|| corrupt("short scan header"))?;
             let index = self
                 .frame
                 .components
                 .iter()
                 .position(|c| c.id == s[0])
                 .ok_or_else(|| corrupt("scan names an unknown component"))?;
-            comps.push(ScanComponent { index, dc: (s[1] >> 4) as usize & 3, ac: (s[1] & 15) as usize & 3 });
+            comps.push(ScanComponent {
+                index,
+                dc: (s[1] >> 4) as usize & 3,
+                ac: (s[1] & 15) as usize & 3,
+            });
         }
-        let tail = sos.get(1 + ns * 2..4 + ns * 2).ok_or_else(|| corrupt("short scan header"))?;
+        let tail = sos
+            .get(1 + ns * 2..4 + ns * 2)
+            .ok_or_else(|| corrupt("short scan header"))?;
         let (ss, ah, al) = (tail[0], tail[2] >> 4, (tail[2] & 15) as u32);
         if self.progressive && (ss != 0 || ah != 0) {
             // AC scans and DC refinement: nothing a 1/8-scale image needs.
@@ -475,72 +529,98 @@ impl Decoder {
             let c = &self.frame.components[comps[0].index];
             self.blocks_of(c)
         } else {
-            (self.frame.width.div_ceil(8 * self.hmax), self.frame.height.div_ceil(8 * self.vmax))
+            (
+                self.frame.width.div_ceil(8 * self.hmax),
+                self.frame.height.div_ceil(8 * self.vmax),
+            )
         };
         let mut preds = [0i32; 4];
         let mut bits = Bits::new(bytes, pos);
         let total = mcus_x as u64 * mcus_y as u64;
-        let mut todo_restart = self.restart_interval;
         let shift = if self.progressive { al.min(15) } else { 0 };
+        // (DC table, AC table to skip with) per scan component.
+        let tables: Vec<(&Option<Huffman>, Option<&Huffman>)> = comps
+            .iter()
+            .map(|c| (&self.dc_tables[c.dc], if skip_ac { self.ac_tables[c.ac].as_ref() } else { None }))
+            .collect();
 
-        let plan: Vec<(usize, u32, u32, u32, u32, u32, u32, u32)> = comps
+        let plan: Vec<ScanPlan> = comps
             .iter()
             .map(|sc| {
                 let c = &self.frame.components[sc.index];
                 let (bw, bh) = self.blocks_of(c);
                 let (mh, mv) = if ns == 1 { (1, 1) } else { (c.h, c.v) };
-                (sc.index, mh, mv, bw, bh, self.hmax / c.h, self.vmax / c.v, self.qdc[c.tq])
+                ScanPlan {
+                    index: sc.index,
+                    mh,
+                    mv,
+                    bw,
+                    bh,
+                    rx: self.hmax / c.h,
+                    ry: self.vmax / c.v,
+                    q: self.qdc[c.tq],
+                }
             })
             .collect();
 
-        let mut mcu = 0u64;
-        while mcu < total {
-            let (mx, my) = ((mcu % mcus_x as u64) as u32, (mcu / mcus_x as u64) as u32);
-            for (k, sc) in comps.iter().enumerate() {
-                let (index, mh, mv, bw, bh, rx, ry, q) = plan[k];
-                let (Some(dc_table), ac_table) = (&self.dc_tables[sc.dc], &self.ac_tables[sc.ac]) else {
-                    return Err(corrupt("scan uses an undefined Huffman table"));
-                };
-                for v in 0..mv {
-                    for h in 0..mh {
-                        if bits.count < 32 {
-                            bits.refill();
-                        }
-                        let size = bits.symbol(dc_table)? as u32;
-                        if size > 15 {
-                            return Err(corrupt("DC magnitude"));
-                        }
-                        let diff = extend(bits.take(size), size);
-                        preds[k] = preds[k].wrapping_add(diff);
-                        if skip_ac {
+        // One MCU row of DC values per component and block row, flushed into the shrinker row by row.
+        let mut rows: Vec<Vec<i32>> = plan
+            .iter()
+            .flat_map(|p| (0..p.mv).map(move |_| vec![0i32; mcus_x as usize * p.mh as usize]))
+            .collect();
+        let mut mcus_left = self.restart_interval;
+        let mut remaining = total;
+        for my in 0..mcus_y {
+            for mx in 0..mcus_x as usize {
+                let mut row_index = 0;
+                for (k, p) in plan.iter().enumerate() {
+                    let (Some(dc_table), ac_table) = (&tables[k].0, tables[k].1) else {
+                        return Err(corrupt("scan uses an undefined Huffman table"));
+                    };
+                    for _ in 0..p.mv {
+                        let row = rows.get_mut(row_index).ok_or_else(|| Error::Internal("row".into()))?;
+                        row_index += 1;
+                        for h in 0..p.mh as usize {
+                            let diff = dc_diff(&mut bits, dc_table)?;
+                            preds[k] = preds[k].wrapping_add(diff);
                             if let Some(ac_table) = ac_table {
                                 skip_ac_symbols(&mut bits, ac_table)?;
                             }
-                        }
-                        let (bx, by) = (mx * mh + h, my * mv + v);
-                        if bx < bw && by < bh {
                             // Mean sample of the block: DC * q / 8, level-shifted.
                             let dc = (preds[k] as i64) << shift;
-                            let value = (dc * q as i64 / 8 + 128).clamp(-4096, 4096) as i32;
-                            for dy in 0..ry {
-                                for dx in 0..rx {
-                                    self.shrinker.add_sample(index, bx * rx + dx, by * ry + dy, value);
-                                }
+                            let value = (dc * p.q as i64 / 8 + 128).clamp(-4096, 4096) as i32;
+                            if let Some(slot) = row.get_mut(mx * p.mh as usize + h) {
+                                *slot = value;
                             }
                         }
+                    }
+                }
+                remaining -= 1;
+                if self.restart_interval > 0 && remaining > 0 {
+                    mcus_left -= 1;
+                    if mcus_left == 0 {
+                        bits.restart()?;
+                        preds = [0; 4];
+                        mcus_left = self.restart_interval;
                     }
                 }
             }
             if bits.overrun() {
                 return Err(corrupt("truncated entropy data"));
             }
-            mcu += 1;
-            if self.restart_interval > 0 && mcu < total {
-                todo_restart -= 1;
-                if todo_restart == 0 {
-                    bits.restart()?;
-                    preds = [0; 4];
-                    todo_restart = self.restart_interval;
+            let mut row_index = 0;
+            for p in &plan {
+                for v in 0..p.mv {
+                    let row = rows.get(row_index).ok_or_else(|| Error::Internal("row".into()))?;
+                    row_index += 1;
+                    let by = my * p.mv + v;
+                    if by >= p.bh {
+                        continue;
+                    }
+                    let blocks = row.get(..p.bw as usize).unwrap_or(row);
+                    for dy in 0..p.ry {
+                        self.shrinker.add_sample_row(p.index, by * p.ry + dy, blocks, p.rx);
+                    }
                 }
             }
         }
@@ -555,7 +635,10 @@ impl Decoder {
     /// The working image: averaged planes converted to RGB.
     fn finish(self) -> Result<Working, Error> {
         let (w, h) = self.shrinker.dims();
-        let means = self.shrinker.means().ok_or_else(|| corrupt("image data missing"))?;
+        let means = self
+            .shrinker
+            .means()
+            .ok_or_else(|| corrupt("image data missing"))?;
         let n = self.frame.components.len();
         let ids: Vec<u8> = self.frame.components.iter().map(|c| c.id).collect();
         let mut rgb = Vec::with_capacity(w as usize * h as usize * 3);
@@ -586,7 +669,32 @@ impl Decoder {
 /// JFIF YCbCr to RGB.
 fn ycc_to_rgb(y: f32, cb: f32, cr: f32) -> [f32; 3] {
     let (cb, cr) = (cb - 128.0, cr - 128.0);
-    [y + 1.402 * cr, y - 0.344_136 * cb - 0.714_136 * cr, y + 1.772 * cb]
+    [
+        y + 1.402 * cr,
+        y - 0.344_136 * cb - 0.714_136 * cr,
+        y + 1.772 * cb,
+    ]
+}
+
+/// Decodes one block's DC difference: the Huffman code and its magnitude bits, consumed together.
+#[inline(always)]
+fn dc_diff(bits: &mut Bits, table: &Huffman) -> Result<i32, Error> {
+    if bits.count < 32 {
+        bits.refill();
+    }
+    let entry = table.lookup[(bits.buf >> (64 - LOOKUP_BITS)) as usize];
+    let (len, size) = if entry != 0 {
+        ((entry >> 8) as u32, (entry & 0xFF) as u32)
+    } else {
+        (0, bits.symbol(table)? as u32)
+    };
+    if size > 15 {
+        return Err(corrupt("DC magnitude"));
+    }
+    // At least 32 - 16 bits remain after a slow-path code; code + magnitude fit the buffer.
+    let value = if size == 0 { 0 } else { ((bits.buf << len) >> (64 - size)) as u32 };
+    bits.consume(len + size);
+    Ok(extend(value, size))
 }
 
 /// Skips the AC coefficients of one block of a sequential scan: reads each symbol and steps over its
@@ -645,7 +753,11 @@ pub fn decode_dc(bytes: &[u8], max_pixels: u64) -> Result<Working, Error> {
                     let (sixteen, tq) = (pq_tq >> 4 != 0, (pq_tq & 15) as usize);
                     let size = if sixteen { 128 } else { 64 };
                     let table = p.get(1..1 + size).ok_or_else(|| corrupt("short DQT"))?;
-                    let dc = if sixteen { u16::from_be_bytes([table[0], table[1]]) } else { table[0] as u16 };
+                    let dc = if sixteen {
+                        u16::from_be_bytes([table[0], table[1]])
+                    } else {
+                        table[0] as u16
+                    };
                     *qdc.get_mut(tq).ok_or_else(|| corrupt("DQT table index"))? = dc as u32;
                     if let Some(d) = decoder.as_mut() {
                         d.qdc = qdc;
@@ -701,8 +813,14 @@ pub fn decode_dc(bytes: &[u8], max_pixels: u64) -> Result<Working, Error> {
                 }
                 let hmax = frame.components.iter().map(|c| c.h).max().unwrap_or(1);
                 let vmax = frame.components.iter().map(|c| c.v).max().unwrap_or(1);
-                if frame.components.iter().any(|c| hmax % c.h != 0 || vmax % c.v != 0) {
-                    return Err(Error::UnsupportedFormat("non-integer JPEG sampling ratios".into()));
+                if frame
+                    .components
+                    .iter()
+                    .any(|c| hmax % c.h != 0 || vmax % c.v != 0)
+                {
+                    return Err(Error::UnsupportedFormat(
+                        "non-integer JPEG sampling ratios".into(),
+                    ));
                 }
                 let shrinker = Shrinker::for_blocks(frame.width, frame.height, 8, frame.components.len())?;
                 decoder = Some(Decoder {
@@ -720,14 +838,20 @@ pub fn decode_dc(bytes: &[u8], max_pixels: u64) -> Result<Working, Error> {
                 });
             }
             0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
-                return Err(Error::UnsupportedFormat("lossless, hierarchical or arithmetic JPEG".into()));
+                return Err(Error::UnsupportedFormat(
+                    "lossless, hierarchical or arithmetic JPEG".into(),
+                ));
             }
             SOS => {
-                let d = decoder.as_mut().ok_or_else(|| corrupt("scan before frame header"))?;
+                let d = decoder
+                    .as_mut()
+                    .ok_or_else(|| corrupt("scan before frame header"))?;
                 d.adobe_transform = adobe_transform;
                 d.scan(bytes, next, payload)?;
                 if d.done.iter().all(|&x| x) {
-                    return decoder.ok_or_else(|| Error::Internal("decoder vanished".into()))?.finish();
+                    return decoder
+                        .ok_or_else(|| Error::Internal("decoder vanished".into()))?
+                        .finish();
                 }
                 pos = next_marker(bytes, next).ok_or_else(|| corrupt("truncated after a scan"))?;
                 continue;
@@ -777,7 +901,12 @@ mod tests {
     fn reference() -> Working {
         let bytes = data("photo_blocks.ppm");
         let text = String::from_utf8_lossy(&bytes[..16]).to_string();
-        let f: Vec<u32> = text.split_ascii_whitespace().skip(1).take(2).map(|v| v.parse().unwrap()).collect();
+        let f: Vec<u32> = text
+            .split_ascii_whitespace()
+            .skip(1)
+            .take(2)
+            .map(|v| v.parse().unwrap())
+            .collect();
         let px = &bytes[bytes.len() - (f[0] * f[1] * 3) as usize..];
         Working::new(f[0], f[1], px.iter().map(|&v| v as f32).collect())
     }
@@ -785,7 +914,17 @@ mod tests {
     #[test]
     fn reads_header_dimensions_and_orientation() {
         let h = read_header(&data("photo_420.jpg")).unwrap();
-        assert_eq!((76, 52, 3, 8, 0, 1), (h.width, h.height, h.components, h.precision, h.process, h.orientation));
+        assert_eq!(
+            (76, 52, 3, 8, 0, 1),
+            (
+                h.width,
+                h.height,
+                h.components,
+                h.precision,
+                h.process,
+                h.orientation
+            )
+        );
         let h = read_header(&data("photo_progressive.jpg")).unwrap();
         assert_eq!((2, 1), (h.process, h.orientation));
         let h = read_header(&data("photo_exif6.jpg")).unwrap();
@@ -861,11 +1000,17 @@ mod tests {
         let h = read_header(&sof9).unwrap();
         assert_eq!((32, 16, 9), (h.width, h.height, h.process));
         assert!(!h.is_decodable());
-        assert_eq!("unsupported-format", decode_dc(&sof9, 1 << 30).unwrap_err().code());
+        assert_eq!(
+            "unsupported-format",
+            decode_dc(&sof9, 1 << 30).unwrap_err().code()
+        );
         let arith = data("photo_arith.jpg");
         let h = read_header(&arith).unwrap();
         assert_eq!((76, 52, 9), (h.width, h.height, h.process));
-        assert_eq!("unsupported-format", decode_dc(&arith, 1 << 30).unwrap_err().code());
+        assert_eq!(
+            "unsupported-format",
+            decode_dc(&arith, 1 << 30).unwrap_err().code()
+        );
     }
 
     #[test]
@@ -893,7 +1038,7 @@ mod tests {
         assert_eq!(None, exif_orientation(b"Exif\0\0II\x2a\0\x08\0\0\0\xff\xff"));
         let mut le = b"Exif\0\0II\x2a\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0\x03\0\0\0".to_vec();
         assert_eq!(Some(3), exif_orientation(&le));
-        le[22] = 9;
+        le[24] = 9;
         assert_eq!(None, exif_orientation(&le));
     }
 

@@ -27,7 +27,10 @@ fn validate_uri(lua: &Lua, s: LuaString) -> LuaResult<LuaMultiValue> {
 }
 
 /// Lua: `validate.text(s, max_chars[, what])` -> s, or nil, "bad-request", text.
-fn validate_text(lua: &Lua, (s, max_chars, what): (LuaString, usize, Option<String>)) -> LuaResult<LuaMultiValue> {
+fn validate_text(
+    lua: &Lua,
+    (s, max_chars, what): (LuaString, usize, Option<String>),
+) -> LuaResult<LuaMultiValue> {
     let what = what.unwrap_or_else(|| "Text".to_string());
     let result = guard(|| validate::text(&s.as_bytes(), max_chars, &what).map(str::to_owned));
     to_lua(lua, result)
@@ -42,7 +45,15 @@ fn validate_nickname(lua: &Lua, (s, max_chars): (LuaString, usize)) -> LuaResult
 /// Lua: `validate.jid(s)` -> { node = ?, host = ..., resource = ? }, or nil, "bad-request", text.
 fn validate_jid(lua: &Lua, s: LuaString) -> LuaResult<LuaMultiValue> {
     let bytes = s.as_bytes();
-    match guard(|| validate::jid(&bytes).map(|j| (j.node.map(str::to_owned), j.host.to_owned(), j.resource.map(str::to_owned)))) {
+    match guard(|| {
+        validate::jid(&bytes).map(|j| {
+            (
+                j.node.map(str::to_owned),
+                j.host.to_owned(),
+                j.resource.map(str::to_owned),
+            )
+        })
+    }) {
         Ok((node, host, resource)) => {
             let parts = lua.create_table()?;
             parts.set("node", node)?;
@@ -60,7 +71,12 @@ fn validate_hue(lua: &Lua, value: LuaValue) -> LuaResult<LuaMultiValue> {
         LuaValue::Integer(n) => guard(|| validate::check_hue(n as f64)),
         LuaValue::Number(n) => guard(|| validate::check_hue(n)),
         LuaValue::String(s) => guard(|| validate::hue(&s.as_bytes())),
-        other => return Err(LuaError::runtime(format!("hue: number or string expected, got {}", other.type_name()))),
+        other => {
+            return Err(LuaError::runtime(format!(
+                "hue: number or string expected, got {}",
+                other.type_name()
+            )))
+        }
     };
     to_lua(lua, result)
 }
@@ -74,12 +90,22 @@ struct Attachment {
 }
 
 fn read_attachment(table: &LuaTable, max_title_chars: usize) -> LuaResult<Result<Attachment, Error>> {
-    let mut attachment = Attachment { active: None, required: None, title: None, hue: None };
+    let mut attachment = Attachment {
+        active: None,
+        required: None,
+        title: None,
+        hue: None,
+    };
     for pair in table.pairs::<LuaValue, LuaValue>() {
         let (key, value) = pair?;
         let key = match key {
             LuaValue::String(k) => k.to_string_lossy(),
-            other => return Ok(Err(Error::bad_request(format!("Attachment has a {} key", other.type_name())))),
+            other => {
+                return Ok(Err(Error::bad_request(format!(
+                    "Attachment has a {} key",
+                    other.type_name()
+                ))))
+            }
         };
         let checked = match (key.as_str(), value) {
             ("active", LuaValue::Boolean(b)) => Ok(attachment.active = Some(b)),
@@ -88,10 +114,21 @@ fn read_attachment(table: &LuaTable, max_title_chars: usize) -> LuaResult<Result
                 .map(|t| attachment.title = Some(t.to_owned())),
             ("hue", LuaValue::Integer(n)) => validate::check_hue(n as f64).map(|h| attachment.hue = Some(h)),
             ("hue", LuaValue::Number(n)) => validate::check_hue(n).map(|h| attachment.hue = Some(h)),
-            ("active" | "required", v) => Err(Error::bad_request(format!("Attachment field '{key}' must be a boolean, not {}", v.type_name()))),
-            ("title", v) => Err(Error::bad_request(format!("Attachment field 'title' must be a string, not {}", v.type_name()))),
-            ("hue", v) => Err(Error::bad_request(format!("Attachment field 'hue' must be a number, not {}", v.type_name()))),
-            (other, _) => Err(Error::bad_request(format!("Attachment has an unknown field '{other}'"))),
+            ("active" | "required", v) => Err(Error::bad_request(format!(
+                "Attachment field '{key}' must be a boolean, not {}",
+                v.type_name()
+            ))),
+            ("title", v) => Err(Error::bad_request(format!(
+                "Attachment field 'title' must be a string, not {}",
+                v.type_name()
+            ))),
+            ("hue", v) => Err(Error::bad_request(format!(
+                "Attachment field 'hue' must be a number, not {}",
+                v.type_name()
+            ))),
+            (other, _) => Err(Error::bad_request(format!(
+                "Attachment has an unknown field '{other}'"
+            ))),
         };
         if let Err(e) = checked {
             return Ok(Err(e));
@@ -116,7 +153,12 @@ fn validate_hat(
             Ok(a) => a,
             Err(e) => return to_lua::<()>(lua, Err(e)),
         },
-        None => Attachment { active: None, required: None, title: None, hue: None },
+        None => Attachment {
+            active: None,
+            required: None,
+            title: None,
+            hue: None,
+        },
     };
     let clean = lua.create_table()?;
     clean.set("active", attachment.active)?;

@@ -34,8 +34,23 @@ fn is_unreserved(b: u8) -> bool {
 fn is_reserved(b: u8) -> bool {
     matches!(
         b,
-        b':' | b'/' | b'?' | b'#' | b'[' | b']' | b'@' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+'
-            | b',' | b';' | b'='
+        b':' | b'/'
+            | b'?'
+            | b'#'
+            | b'['
+            | b']'
+            | b'@'
+            | b'!'
+            | b'$'
+            | b'&'
+            | b'\''
+            | b'('
+            | b')'
+            | b'*'
+            | b'+'
+            | b','
+            | b';'
+            | b'='
     )
 }
 
@@ -47,7 +62,9 @@ pub fn uri(bytes: &[u8]) -> Result<&str, Error> {
         return Err(Error::bad_request("URI is empty"));
     }
     if bytes.len() > MAX_URI_BYTES {
-        return Err(Error::bad_request(format!("URI is longer than {MAX_URI_BYTES} bytes")));
+        return Err(Error::bad_request(format!(
+            "URI is longer than {MAX_URI_BYTES} bytes"
+        )));
     }
     let colon = bytes
         .iter()
@@ -55,7 +72,9 @@ pub fn uri(bytes: &[u8]) -> Result<&str, Error> {
         .ok_or_else(|| Error::bad_request("URI has no scheme (expected e.g. urn:uuid:… or https://…)"))?;
     let (scheme, rest) = bytes.split_at(colon);
     let scheme_ok = scheme.first().is_some_and(u8::is_ascii_alphabetic)
-        && scheme.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+        && scheme
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
     if !scheme_ok {
         return Err(Error::bad_request("URI scheme is malformed"));
     }
@@ -66,7 +85,9 @@ pub fn uri(bytes: &[u8]) -> Result<&str, Error> {
     let mut i = 0;
     while let Some(&b) = rest.get(i) {
         if b == b'%' {
-            let escaped = rest.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+            let escaped = rest
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
             if !escaped {
                 return Err(Error::bad_request("URI has a malformed percent-escape"));
             }
@@ -93,7 +114,9 @@ pub fn text<'a>(bytes: &'a [u8], max_chars: usize, what: &str) -> Result<&'a str
         return Err(Error::bad_request(format!("{what} is empty")));
     }
     if s.chars().count() > max_chars {
-        return Err(Error::bad_request(format!("{what} is longer than {max_chars} characters")));
+        return Err(Error::bad_request(format!(
+            "{what} is longer than {max_chars} characters"
+        )));
     }
     if s.chars().any(char::is_control) {
         return Err(Error::bad_request(format!("{what} contains control characters")));
@@ -115,10 +138,14 @@ fn jid_part<'a>(part: &'a str, what: &str) -> Result<&'a str, Error> {
         return Err(Error::bad_request(format!("JID {what} is empty")));
     }
     if part.len() > MAX_JID_PART_BYTES {
-        return Err(Error::bad_request(format!("JID {what} is longer than {MAX_JID_PART_BYTES} bytes")));
+        return Err(Error::bad_request(format!(
+            "JID {what} is longer than {MAX_JID_PART_BYTES} bytes"
+        )));
     }
     if part.chars().any(|c| c.is_control()) {
-        return Err(Error::bad_request(format!("JID {what} contains control characters")));
+        return Err(Error::bad_request(format!(
+            "JID {what} contains control characters"
+        )));
     }
     Ok(part)
 }
@@ -137,11 +164,19 @@ pub fn jid(bytes: &[u8]) -> Result<Jid<'_>, Error> {
     };
     let host = jid_part(host, "domain")?;
     if let Some(node) = node {
-        if let Some(c) = node.chars().find(|c| "\"&'/:<>@".contains(*c) || c.is_whitespace()) {
-            return Err(Error::bad_request(format!("JID local part may not contain {c:?}")));
+        if let Some(c) = node
+            .chars()
+            .find(|c| "\"&'/:<>@".contains(*c) || c.is_whitespace())
+        {
+            return Err(Error::bad_request(format!(
+                "JID local part may not contain {c:?}"
+            )));
         }
     }
-    if let Some(c) = host.chars().find(|c| c.is_whitespace() || "@/\\\"&'<>".contains(*c)) {
+    if let Some(c) = host
+        .chars()
+        .find(|c| c.is_whitespace() || "@/\\\"&'<>".contains(*c))
+    {
         return Err(Error::bad_request(format!("JID domain may not contain {c:?}")));
     }
     if host.starts_with('.') || host.ends_with("..") || host.contains("..") {
@@ -189,8 +224,19 @@ mod tests {
     #[test]
     fn rejects_malformed_uris() {
         for bad in [
-            "", "teacher", "/relative/path", "1http://x", ":nothing", "http:", "http://a b", "http://x/%zz",
-            "http://x/%4", "urn:a\nb", "http://x/é", "a:b#c#d", "ht_tp://x",
+            "",
+            "teacher",
+            "/relative/path",
+            "1http://x",
+            ":nothing",
+            "http:",
+            "http://a b",
+            "http://x/%zz",
+            "http://x/%4",
+            "urn:a\nb",
+            "http://x/é",
+            "a:b#c#d",
+            "ht_tp://x",
         ] {
             assert_eq!("bad-request", uri(bad.as_bytes()).unwrap_err().code(), "{bad:?}");
         }
@@ -213,18 +259,44 @@ mod tests {
     #[test]
     fn splits_jids() {
         assert_eq!(
-            Ok(Jid { node: Some("user"), host: "example.com", resource: Some("res/with/slash") }),
+            Ok(Jid {
+                node: Some("user"),
+                host: "example.com",
+                resource: Some("res/with/slash")
+            }),
             jid(b"user@example.com/res/with/slash")
         );
-        assert_eq!(Ok(Jid { node: None, host: "example.com", resource: None }), jid(b"example.com"));
-        assert_eq!(Ok(Jid { node: Some("room"), host: "conf.example", resource: Some("a@b") }), jid(b"room@conf.example/a@b"));
+        assert_eq!(
+            Ok(Jid {
+                node: None,
+                host: "example.com",
+                resource: None
+            }),
+            jid(b"example.com")
+        );
+        assert_eq!(
+            Ok(Jid {
+                node: Some("room"),
+                host: "conf.example",
+                resource: Some("a@b")
+            }),
+            jid(b"room@conf.example/a@b")
+        );
     }
 
     #[test]
     fn rejects_malformed_jids() {
         for bad in [
-            "", "@example.com", "user@", "user@example.com/", "us er@example.com", "a\"b@example.com",
-            "user@exa mple.com", "user@.example.com", "user@a..b", "user@a\u{7}b",
+            "",
+            "@example.com",
+            "user@",
+            "user@example.com/",
+            "us er@example.com",
+            "a\"b@example.com",
+            "user@exa mple.com",
+            "user@.example.com",
+            "user@a..b",
+            "user@a\u{7}b",
         ] {
             assert_eq!("bad-request", jid(bad.as_bytes()).unwrap_err().code(), "{bad:?}");
         }

@@ -58,6 +58,9 @@ build() {
 		fi
 		export CARGO_HOME
 	fi
+	# The tarball's files all carry one fixed date; with a CARGO_TARGET_DIR shared between builds, cargo would take
+	# an older build of other sources for fresh. Dating them now makes it always rebuild this crate.
+	find Cargo.toml Cargo.lock rust -type f -exec touch {} +
 	echo "prosody-native: building with $cargo ($("$cargo" --version 2>&1))"
 	"$cargo" build --release --locked --features lua54 \
 		|| fail "cargo build failed (see above); it needs Rust $(rust_version) or newer and access to crates.io"

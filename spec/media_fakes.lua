@@ -66,9 +66,9 @@ end
 function fakes.new_module(name, host, options)
 	options = options or {};
 	local m = { name = name; host = host; hooks = {}; items = {}; timers = {}; counters = {}; logs = {} };
-	function m:get_option_number(key, default) local v = options[key]; if v == nil then return default; end return tonumber(v); end
-	function m:get_option_boolean(key, default) local v = options[key]; if v == nil then return default; end return v; end
-	function m:get_option_array(key, default) return options[key] or default; end
+	function m.get_option_number(_, key, default) local v = options[key]; if v == nil then return default; end return tonumber(v); end
+	function m.get_option_boolean(_, key, default) local v = options[key]; if v == nil then return default; end return v; end
+	function m.get_option_array(_, key, default) return options[key] or default; end
 	function m:log(level, fmt, ...)
 		local args = table.pack(...);
 		for i = 1, args.n do args[i] = tostring(args[i]); end
@@ -85,7 +85,7 @@ function fakes.new_module(name, host, options)
 		table.insert(self.timers, timer);
 		return timer;
 	end
-	function m:depends() end
+	function m.depends() end
 	function m:add_item(key, value)
 		table.insert(self.items, { key = key; value = value });
 	end

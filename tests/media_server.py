@@ -1,8 +1,8 @@
 """A local HTTP server for the media metadata tests: serves images and edge cases, and records every connection.
 
 Use it in pytest as a context manager (`with MediaServer("127.0.0.1") as server: server.url("/photo.png")`), or run
-it as a script for the busted specs: `python3 tests/media_server.py [HOST]` prints "PID PORT" and serves until
-killed. Binding another loopback address (127.0.0.2) gives a server that the module must never reach, and
+it as a script (for the busted specs and the benchmark): `python3 tests/media_server.py [HOST [URLPATH=FILE=TYPE ...]]`
+prints "PID PORT" and serves until killed. Binding another loopback address (127.0.0.2) gives a server that the module must never reach, and
 `connections` proves it.
 
 Paths:
@@ -16,7 +16,7 @@ Paths:
   /etag.png                                      photo.png with an ETag, 304 to a matching If-None-Match
   /redirect/photo                                302 to /photo.png
   /redirect/loop                                 302 to itself
-  /slow/<n>.png                                  photo.png, held until `release_slow()` (for a loaded server)
+  /slow/<n>.png                                  photo.png, held until `release_slow()`; sets `slow_requested`
   anything added with `redirect(path, target)` or `serve(path, body, content_type)`
 """
 
@@ -59,6 +59,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms Nagle/delayed-ACK stall
     server: _Server
 
     def log_message(self, *args) -> None:  # quiet
@@ -68,6 +69,7 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         with owner.lock:
             owner.requests.append(self.path)
+        self.path = self.path.split("?", 1)[0]  # a query only makes a URL distinct (for the cache)
         routed = owner.routes.get(self.path)
         if routed is not None:
             kind, value, content_type = routed
@@ -88,6 +90,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._stall()
         if self.path == "/etag.png":
             if self.headers.get("If-None-Match") == '"photo-v1"':
+                with owner.lock:
+                    owner.not_modified += 1
                 return self._send(304, b"", headers={"ETag": '"photo-v1"'}, body_allowed=False)
             return self._send(200, (DATA / "photo.png").read_bytes(), "image/png", headers={"ETag": '"photo-v1"'})
         if self.path == "/redirect/photo":
@@ -95,6 +99,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/redirect/loop":
             return self._send(302, b"", headers={"Location": "/redirect/loop"})
         if self.path.startswith("/slow/"):
+            owner.slow_requested.set()
             owner.slow_released.wait()
             return self._send(200, (DATA / "photo.png").read_bytes(), "image/png")
         return self._send(404, b"not found\n", "text/plain")
@@ -148,7 +153,9 @@ class MediaServer:
         self.requests: list[str] = []  # path of every request
         self.routes: dict[str, tuple[str, object, str | None]] = {}
         self.stopping = threading.Event()
+        self.slow_requested = threading.Event()  # a /slow/ request has arrived
         self.slow_released = threading.Event()
+        self.not_modified = 0  # 304 answers given
         self._server = _Server(self, (host, 0))
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name=f"media-server-{host}", daemon=True)
@@ -189,6 +196,10 @@ class MediaServer:
 
 
 if __name__ == "__main__":
+    # media_server.py [HOST [URLPATH=FILE=CONTENT_TYPE ...]]
     server = MediaServer(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1")
+    for spec in sys.argv[2:]:
+        path, file, content_type = spec.split("=", 2)
+        server.serve(path, Path(file).read_bytes(), content_type)
     print(os.getpid(), server.port, flush=True)
     server._server.serve_forever()

@@ -190,6 +190,20 @@ async def test_non_admin_is_refused_the_original_commands(server):
         assert [] == await assigned(alice)
 
 
+async def test_operator_can_delegate_the_original_commands_to_a_role(start_prosody, prosody_version):
+    if prosody_version == "0.12":
+        pytest.skip("Prosody 0.12 has no roles: the commands are for admins only")
+    server = start_prosody(muc_modules=["muc_hats_adhoc"], muc_options={
+        "add_permissions": {"prosody:registered": ["muc_hats_adhoc:manage-hats"]}})
+    for user in ("alice", "bob", "carol"):
+        server.register(user, PASSWORDS[user])
+    async with hat_room(server) as (alice, bob, carol):
+        result = await command(alice, MUC, ADD, {"user": "bob@localhost", "room": ROOM, "uri": TEACHER})
+
+        assert ["The hat has been added successfully"] == info_notes(result)
+        await carol.wait_for(presence_of("Bob", [{"uri": TEACHER}]))
+
+
 async def test_original_add_takes_title_and_hue_from_the_room_catalogue(server):
     async with hat_room(server) as (alice, bob, carol), login(server, "admin") as admin:
         await create_hat(alice, TEACHER, "Teacher", "327.255249")
@@ -254,9 +268,10 @@ async def test_create_form_follows_xep_0317(server):
     assert "executing" == result["status"]
     assert result["sessionid"]
     assert {"complete"} == result["actions"]
-    fields = result["form"]["fields"]
+    fields = result["form"].get_fields()
     assert ["FORM_TYPE", "hats#title", "hats#uri", "hats#hue"] == list(fields)
-    assert ("hidden", FORM_TYPE) == (fields["FORM_TYPE"]["type"], fields["FORM_TYPE"]["value"])
+    form_type = fields["FORM_TYPE"]
+    assert ("hidden", FORM_TYPE) == (form_type["type"], form_type.xml.findtext("{jabber:x:data}value"))
     assert [True, True, False] == [fields[var]["required"] for var in ("hats#title", "hats#uri", "hats#hue")]
 
 
@@ -266,7 +281,7 @@ async def test_owner_creates_and_lists_hats(server):
         assert [f"Created the hat 'Teacher' ({TEACHER})"] == info_notes(result)
         await create_hat(alice, ASSISTANT, "Teacher's Assistant")
 
-        assert [("Teacher", TEACHER, "327.255249"), ("Teacher's Assistant", ASSISTANT, "")] == await catalogue(alice)
+        assert [("Teacher", TEACHER, "327.255249"), ("Teacher's Assistant", ASSISTANT, None)] == await catalogue(alice)
         assert [] == await assigned(alice)
 
 
@@ -289,7 +304,7 @@ async def test_assign_form_offers_the_room_hats(server):
 
         result = await command(alice, ROOM, ASSIGN)
 
-    fields = result["form"]["fields"]
+    fields = result["form"].get_fields()
     assert ["FORM_TYPE", "hats#jid", "hats#uri"] == list(fields)
     assert "jid-single" == fields["hats#jid"]["type"]
     assert "list-single" == fields["hats#uri"]["type"]
@@ -309,7 +324,7 @@ async def test_owner_unassigns_a_hat_and_occupants_see_it_go(server):
         assert [f"Removed the hat 'Teacher' ({TEACHER}) from bob@localhost"] == info_notes(result)
         await carol.wait_for(presence_of("Bob", []))
         assert [] == await assigned(alice)
-        assert [("Teacher", TEACHER, "")] == await catalogue(alice)  # the definition stays
+        assert [("Teacher", TEACHER, None)] == await catalogue(alice)  # the definition stays
 
 
 async def test_destroying_a_hat_removes_it_from_everyone_who_wore_it(server):
@@ -323,14 +338,14 @@ async def test_destroying_a_hat_removes_it_from_everyone_who_wore_it(server):
 
         form = await command(alice, ROOM, DESTROY)
         assert [("Proctor", PROCTOR), ("Teacher", TEACHER)] == [
-            (o["label"], o["value"]) for o in form["form"]["fields"]["hats#uri"]["options"]]
+            (o["label"], o["value"]) for o in form["form"].get_fields()["hats#uri"]["options"]]
         result = await command(alice, ROOM, DESTROY, {"hats#uri": TEACHER})
 
         assert [f"Destroyed the hat 'Teacher' ({TEACHER})"] == info_notes(result)
         await alice.wait_for(presence_of("Bob", []))
         await alice.wait_for(presence_of("Carol", [{"uri": PROCTOR, "title": "Proctor"}]))
-        assert [("carol@localhost", PROCTOR, "Proctor", "")] == await assigned(alice)
-        assert [("Proctor", PROCTOR, "")] == await catalogue(alice)
+        assert [("carol@localhost", PROCTOR, "Proctor", None)] == await assigned(alice)
+        assert [("Proctor", PROCTOR, None)] == await catalogue(alice)
 
 
 async def test_destroy_in_one_step_without_asking_for_the_form(server):
@@ -417,10 +432,10 @@ async def test_room_lists_its_commands_to_owners_only(server):
         member_items = await carol.plugin["xep_0050"].get_commands(ROOM, timeout=30)
         info = await alice.plugin["xep_0030"].get_info(jid=ROOM, node=CREATE, timeout=30)
 
-    assert ROOM_COMMANDS == [item[1] for item in owner_items["disco_items"]["items"]]
+    assert set(ROOM_COMMANDS) == {item[1] for item in owner_items["disco_items"]["items"]}
     assert {ROOM} == {str(item[0]) for item in owner_items["disco_items"]["items"]}
-    assert [] == member_items["disco_items"]["items"]
-    assert ("automation", "command-node") == info["disco_info"]["identities"][0][:2]
+    assert not member_items["disco_items"]["items"]
+    assert {("automation", "command-node")} == {identity[:2] for identity in info["disco_info"]["identities"]}
 
 
 async def test_plain_member_is_refused_every_room_command(server):
@@ -438,7 +453,7 @@ async def test_plain_member_is_refused_every_room_command(server):
             condition, text, _ = await refusal(command(carol, ROOM, node, fields))
             assert ("forbidden", True) == (condition, "owners and admins" in text), node
 
-        assert [("Teacher", TEACHER, "")] == await catalogue(alice)
+        assert [("Teacher", TEACHER, None)] == await catalogue(alice)
         assert [] == await assigned(alice)
 
 
@@ -459,7 +474,7 @@ async def test_service_admin_manages_hats_in_any_room(server):
 
         await carol.wait_for(presence_of("Bob", [{"uri": TEACHER, "title": "Teacher"}]))
         items = await admin.plugin["xep_0050"].get_commands(ROOM, timeout=30)
-        assert ROOM_COMMANDS == [item[1] for item in items["disco_items"]["items"]]
+        assert set(ROOM_COMMANDS) == {item[1] for item in items["disco_items"]["items"]}
 
 
 async def test_owner_of_another_room_is_refused(server):
@@ -480,14 +495,18 @@ async def test_both_command_sets_see_the_same_hats(server):
         await command(admin, MUC, ADD, {"user": "carol@localhost", "room": ROOM, "uri": PROCTOR, "title": "Proctor"})
 
         assert [("bob@localhost", TEACHER, "Teacher", "30"),
-                ("carol@localhost", PROCTOR, "Proctor", "")] == await assigned(alice)
+                ("carol@localhost", PROCTOR, "Proctor", None)] == await assigned(alice)
 
         await command(admin, MUC, REMOVE, {"user": "bob@localhost", "room": ROOM, "uri": TEACHER})
         await command(alice, ROOM, UNASSIGN, {"hats#jid": "carol@localhost", "hats#uri": PROCTOR})
         assert [] == await assigned(alice)
 
 
-async def test_catalogue_and_assignments_survive_a_restart(server):
+@pytest.mark.parametrize("storage", ["internal", "sql"])
+async def test_catalogue_and_assignments_survive_a_restart(start_prosody, storage):
+    server = start_prosody(muc_modules=["muc_hats_adhoc"], storage=storage)
+    for user in ("alice", "bob", "carol"):
+        server.register(user, PASSWORDS[user])
     async with hat_room(server) as (alice, bob, carol):
         await create_hat(alice, TEACHER, "Teacher", "75")
         await assign_hat(alice, "bob@localhost", TEACHER)
@@ -594,8 +613,8 @@ async def test_assignment_commands_refuse_bad_input_and_change_nothing(server, n
         assert text in got_text
         if condition == "bad-request":
             assert "bad-payload" == specific
-        assert [("Proctor", PROCTOR, "")] == await catalogue(alice)
-        assert [("bob@localhost", PROCTOR, "Proctor", "")] == await assigned(alice)
+        assert [("Proctor", PROCTOR, None)] == await catalogue(alice)
+        assert [("bob@localhost", PROCTOR, "Proctor", None)] == await assigned(alice)
 
 
 async def test_pickers_on_an_empty_room_say_what_to_do(server):

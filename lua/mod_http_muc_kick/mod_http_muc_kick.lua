@@ -12,6 +12,8 @@ local jid = compat.require("util.jid");
 local json = compat.require("util.json");
 local random = compat.require("util.random");
 
+-- Token minting comes first: prosodyctl loads this module globally (host "*") only to run module.command, so the
+-- host's options, dependencies and routes below must not be reached then.
 local min_secret_length = 32;
 local default_token_lifetime = "30d";
 local nonce_bytes = 16;
@@ -200,9 +202,14 @@ do
 	www_authenticate = table.concat(challenges, ", ");
 end
 
--- An error from the registry, with a precise text where one is known (from the native library or here).
+-- An error from the registry, with a precise text where one is known (from the native library or here). Internal
+-- errors keep their details in the log, not in the answer.
 local function kick_error(name, text)
-	local err = kick_errors.new(kick_errors.registry[name] and name or "internal-error");
+	if name == "internal-error" or not kick_errors.registry[name] then
+		module:log("error", "Internal error (%s): %s", name, text);
+		return kick_errors.new("internal-error");
+	end
+	local err = kick_errors.new(name);
 	if text then err.text = text; end
 	return err;
 end
@@ -262,7 +269,7 @@ end
 local function find_occupant(credential, request)
 	local room_jid = jid.prep(request.muc);
 	if not room_jid then
-		return nil, kick_error("bad-request", "'muc' is not a valid room JID");
+		return nil, kick_error("bad-request", "'muc' is not a valid room JID: it has characters JIDs may not contain");
 	end
 	if jid.host(room_jid) ~= module.host then
 		return nil, kick_error("not-found", ("Room %s is not on this MUC service (%s)"):format(room_jid, module.host));
@@ -276,7 +283,7 @@ local function find_occupant(credential, request)
 	end
 	local occupant_jid = jid.prep(room_jid .. "/" .. request.nickname);
 	if not occupant_jid then
-		return nil, kick_error("bad-request", "'nickname' is not a valid nickname");
+		return nil, kick_error("bad-request", "'nickname' is not valid: it has characters nicknames may not contain");
 	end
 	local occupant = room:get_occupant_by_nick(occupant_jid);
 	if not occupant then
@@ -306,8 +313,8 @@ local function handle_kick(event)
 
 	local ok, err_type, condition = room:set_role(true, occupant.nick, "none", kick.reason);
 	if not ok then
-		module:log("error", "Could not kick %s from %s: %s %s", occupant.nick, room.jid, err_type, condition);
-		return error_answer(event, kick_error("internal-error"));
+		local why = ("Could not kick %s: %s %s"):format(occupant.nick, err_type, condition);
+		return error_answer(event, kick_error("internal-error", why));
 	end
 	module:log("info", "Kicked %q from %s by HTTP request authorized with %s, reason: %q", kick.nickname, room.jid,
 		credential.name, kick.reason or "");
@@ -331,9 +338,8 @@ module:provides("http", {
 	};
 });
 
--- COMPAT: Prosody 13 mints from its shell (prosodyctl shell muc_kick create_token HOST ...); 0.12 ignores this item
--- and uses module.command above.
-module:add_item("shell-command", {
+-- Prosody 13 also mints from its shell: prosodyctl shell muc_kick create_token HOST ... (0.12: module.command above).
+compat.add_shell_command(module, {
 	section = "muc_kick";
 	section_desc = "Tokens for the HTTP kick API (mod_http_muc_kick)";
 	name = "create_token";

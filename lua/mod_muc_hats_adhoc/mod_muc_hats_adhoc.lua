@@ -9,6 +9,7 @@
 -- nothing.
 
 local compat = module:require("prosody_native_compat");
+compat.check_host(module, "muc");
 local native = module:require("prosody_native");
 local cache = compat.require("util.cache");
 local dataforms = compat.require("util.dataforms");
@@ -290,7 +291,7 @@ module:provides("adhoc", adhoc_new(service_nodes["http://prosody.im/protocol/hat
 -- ...and they are only listed to those who may run them.
 module:hook("host-disco-items-node", function (event)
 	if event.node ~= xmlns_commands or is_service_admin(event.stanza.attr.from) then return; end
-	event.reply:maptags(function (item)
+	event.reply:get_child("query", xmlns_disco_items):maptags(function (item)
 		if item.name == "item" and service_nodes[item.attr.node] then return nil; end
 		return item;
 	end);

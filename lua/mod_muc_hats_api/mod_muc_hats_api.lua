@@ -4,6 +4,7 @@
 -- with the room. Hat ids and attachments are validated by the native library before anything is stored.
 
 local compat = module:require("prosody_native_compat");
+compat.check_host(module, "muc");
 local native = module:require("prosody_native");
 local jid = compat.require("util.jid");
 local st = compat.require("util.stanza");
@@ -164,8 +165,8 @@ function add_user_hat(user_jid, room_jid, hat_id, attachment) --luacheck: ignore
 	if not ok then return nil, code, why; end
 	local uri, clean_or_code, text = native.validate.hat(hat_id, attachment, max_title_length);
 	if not uri then return nil, clean_or_code, text; end
-	local room, user_bare_or_code, why = find_affiliated(user_jid, room_jid);
-	if not room then return nil, user_bare_or_code, why; end
+	local room, user_bare_or_code, reason = find_affiliated(user_jid, room_jid);
+	if not room then return nil, user_bare_or_code, reason; end
 	local hats = copy_hats(room, user_bare_or_code);
 	hats[uri] = clean_or_code;
 	return store_hats(room, user_bare_or_code, hats);

@@ -23,7 +23,7 @@ local components_y = compat.get_option_integer(module, "muc_media_metadata_blurh
 local connect_timeout = compat.get_option_number(module, "muc_media_metadata_connect_timeout", 3, 0.1, 60);
 local fetch_timeout = compat.get_option_number(module, "muc_media_metadata_fetch_timeout", 10, 0.1, 300);
 local cache_size = compat.get_option_integer(module, "muc_media_metadata_cache_size", 256, 0, 100000);
-local cache_ttl = compat.get_option_integer(module, "muc_media_metadata_cache_ttl", 3600, 1, 7 * 86400);
+local cache_ttl = compat.get_option_integer(module, "muc_media_metadata_cache_ttl", 3600, 0, 7 * 86400);
 local max_urls = compat.get_option_integer(module, "muc_media_metadata_max_urls", 8, 1, 64);
 local add_file_sharing = module:get_option_boolean("muc_media_metadata_file_sharing", true);
 local allowed_networks = module:get_option_array("muc_media_metadata_allowed_networks", {});
@@ -206,8 +206,9 @@ local function collect_probes(stanza)
 	local probes = {};
 	for oob in stanza:childtags("x", xmlns_oob) do
 		local url = oob:get_child_text("url");
-		if url and #probes < max_urls then
-			url = url:match("^%s*(.-)%s*$");
+		url = url and url:match("^%s*(.-)%s*$");
+		-- Only http(s): an aesgcm:// link (OMEMO) or anything else is not ours to fetch, and no failure either.
+		if url and url:lower():match("^https?://") and #probes < max_urls then
 			table.insert(probes, { oob = oob; url = url });
 		end
 	end

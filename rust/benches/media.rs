@@ -1,0 +1,119 @@
+//! Media probe benchmark: bytes in memory -> (type, width, height, BlurHash 4x3) with [`probe`], on the
+//! image files named on the command line.
+//!
+//! Run by `scripts/bench_media.sh` (through `make bench`), which compares it with peers. For each file it
+//! prints one JSON line: the median and minimum wall time of [`probe`] over repeated runs, the peak bytes
+//! allocated on the heap during one probe (counted by a global allocator; the input bytes are not
+//! counted), the growth of the process's peak RSS over the first probe, and the result.
+//!
+//! `cargo bench --bench media -- FILE...`; `BENCH_SECONDS` sets the time spent per file (default 2).
+
+use prosody_native::probe::{probe, ProbeLimits};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The system allocator, counting live and peak bytes.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(live, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            if new_size >= layout.size() {
+                let live = LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size - layout.size();
+                PEAK.fetch_max(live, Ordering::Relaxed);
+            } else {
+                LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
+            }
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// A field of `/proc/self/status` in KiB (`VmHWM`, `VmRSS`), or 0 where there is none.
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn json_str(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn main() {
+    let seconds: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2.0);
+    let limits = ProbeLimits::default();
+    // Cargo passes `--bench` to bench targets; anything starting with `-` is not a file.
+    for path in std::env::args().skip(1).filter(|a| !a.starts_with('-')) {
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("{path}: {e}");
+                std::process::exit(1);
+            }
+        };
+        let rss_before = status_kib("VmRSS:");
+        let live_before = LIVE.load(Ordering::Relaxed);
+        PEAK.store(live_before, Ordering::Relaxed);
+        let first = probe(&bytes, &limits);
+        let peak_alloc = PEAK.load(Ordering::Relaxed).saturating_sub(live_before);
+        let rss_growth = status_kib("VmHWM:").saturating_sub(rss_before);
+        let info = match first {
+            Ok(info) => info,
+            Err(e) => {
+                eprintln!("{path}: {e}");
+                std::process::exit(1);
+            }
+        };
+
+        let mut times = Vec::new();
+        let budget = Duration::from_secs_f64(seconds);
+        let start = Instant::now();
+        while times.len() < 5 || (start.elapsed() < budget && times.len() < 1000) {
+            let t = Instant::now();
+            let result = probe(std::hint::black_box(&bytes), &limits);
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            std::hint::black_box(result).ok();
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        println!(
+            "{{\"file\":{},\"median_ms\":{median:.4},\"min_ms\":{:.4},\"runs\":{},\"peak_alloc_bytes\":{peak_alloc},\
+             \"rss_growth_kib\":{rss_growth},\"mime\":{},\"width\":{},\"height\":{},\"blurhash\":{}}}",
+            json_str(&path),
+            times[0],
+            times.len(),
+            json_str(&info.mime),
+            info.width.map_or("null".into(), |v| v.to_string()),
+            info.height.map_or("null".into(), |v| v.to_string()),
+            info.blurhash.as_deref().map_or("null".into(), json_str),
+        );
+    }
+}
