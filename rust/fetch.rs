@@ -32,9 +32,6 @@ pub const MAX_URL_BYTES: usize = 4096;
 /// Longest `ETag` kept for revalidation, in bytes.
 const MAX_ETAG_BYTES: usize = 256;
 
-/// Largest buffer reserved up front from a `Content-Length` that the body may not live up to.
-const INITIAL_BUFFER: u64 = 1 << 20;
-
 const USER_AGENT: &str = concat!("prosody-native/", env!("CARGO_PKG_VERSION"), " (media metadata)");
 
 /// The limits of one fetch, passed in by the caller.
@@ -257,11 +254,9 @@ async fn read_response(
         return Ok(fetched); // not downloaded; dropping the response closes the connection
     }
     let cap = usize::try_from(limits.max_bytes).unwrap_or(usize::MAX);
-    let initial = fetched
-        .content_length
-        .unwrap_or(0)
-        .min(INITIAL_BUFFER)
-        .min(limits.max_bytes);
+    // The declared length is reserved at once (no copies while growing); pages that a lying server never
+    // fills are never touched, so they cost address space, not memory.
+    let initial = fetched.content_length.unwrap_or(0).min(limits.max_bytes);
     let mut body = Vec::with_capacity(usize::try_from(initial).unwrap_or(0));
     while let Some(chunk) = response.chunk().await.map_err(map_error)? {
         let needed = body.len().saturating_add(chunk.len());

@@ -14,8 +14,10 @@
 //!
 //! Signals: worker threads block every asynchronous signal, so that a signal meant for Prosody (SIGHUP to
 //! reload, SIGTERM to stop, or one Prosody waits for through a signalfd) is always delivered to its main
-//! thread and never runs a handler, or a default action, on ours. They also run at a lower scheduling
-//! priority (nice +10) so that decoding yields the CPU to Prosody's loop.
+//! thread and never runs a handler, or a default action, on ours. The threads that run CPU-heavy [`blocking`]
+//! steps (decoding) drop to a lower scheduling priority (nice +10), so that they yield the CPU to Prosody's
+//! loop; the I/O threads keep the normal priority, so that a busy machine does not starve a probe's network
+//! round trips, which cost little CPU.
 //!
 //! A panic in a job becomes an `internal-error` result; the pool lives on.
 
@@ -63,8 +65,13 @@ const IO_THREADS: usize = 2;
 /// Most threads tokio may start for [`blocking`] work and name resolution.
 const MAX_BLOCKING_THREADS: usize = 8;
 
-/// Nice value of worker threads: they yield the CPU to Prosody's loop (nice 0).
-const WORKER_NICE: libc::c_int = 10;
+/// Nice value of the threads running [`blocking`] work: they yield the CPU to Prosody's loop (nice 0).
+const CPU_WORKER_NICE: libc::c_int = 10;
+
+thread_local! {
+    /// Whether this thread has already lowered its priority.
+    static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 /// State shared between the main thread and the pool's threads. Replaced whole after a fork.
 struct Shared {
@@ -137,7 +144,7 @@ where
     Ok(id)
 }
 
-/// Runs CPU-heavy `work` on a blocking thread, at most about one per core at a time, under [`guard`]. Called
+/// Runs CPU-heavy `work` on a blocking thread, at most [`cpu_slots`] at a time, under [`guard`]. Called
 /// from inside a job; outside one it runs `work` in place.
 pub async fn blocking<T, W>(work: W) -> Result<T, Error>
 where
@@ -152,7 +159,12 @@ where
         .acquire()
         .await
         .map_err(|_| Error::Internal("worker pool closed".into()))?;
-    match tokio::task::spawn_blocking(move || guard(work)).await {
+    match tokio::task::spawn_blocking(move || {
+        lower_priority();
+        guard(work)
+    })
+    .await
+    {
         Ok(result) => result,
         Err(e) => Err(Error::Internal(format!("internal error: {e}"))),
     }
@@ -239,7 +251,21 @@ pub fn cpu_slots() -> usize {
     cores.saturating_sub(1).clamp(1, 4)
 }
 
-/// Runs first on every worker thread: block asynchronous signals, lower the priority.
+/// Lowers the calling thread's scheduling priority to [`CPU_WORKER_NICE`], once per thread (Linux only: there
+/// a thread has its own nice value).
+fn lower_priority() {
+    if LOWERED.with(|l| l.replace(true)) {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid takes no arguments; setpriority takes integers; a failure leaves the priority as it is.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, CPU_WORKER_NICE);
+    }
+}
+
+/// Runs first on every worker thread: block asynchronous signals.
 fn worker_thread_setup() {
     // SAFETY: plain libc calls on a local, zero-initialised signal set; errors leave the defaults in place.
     unsafe {
@@ -255,11 +281,6 @@ fn worker_thread_setup() {
             libc::sigdelset(&mut set, synchronous);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        #[cfg(target_os = "linux")]
-        {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            libc::setpriority(libc::PRIO_PROCESS, tid, WORKER_NICE);
-        }
     }
 }
 
@@ -438,27 +459,45 @@ pub(crate) mod tests {
         assert!(take_results().iter().all(|c| c.id != slow));
     }
 
+    /// Whether the calling thread blocks the signals Prosody handles, and its nice value.
+    fn thread_state() -> Fields {
+        // SAFETY: reads the calling thread's signal mask into a local set, and its nice value.
+        let (blocked, nice) = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
+            let blocked = [libc::SIGHUP, libc::SIGTERM, libc::SIGINT, libc::SIGUSR1]
+                .iter()
+                .all(|&s| libc::sigismember(&set, s) == 1);
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            (blocked, libc::getpriority(libc::PRIO_PROCESS, tid))
+        };
+        vec![
+            ("blocked", Field::Bool(blocked)),
+            ("nice", Field::Int(nice.into())),
+        ]
+    }
+
     #[test]
-    fn worker_threads_block_signals_meant_for_prosody() {
+    fn worker_threads_block_signals_and_only_cpu_threads_yield() {
         let id = submit(async {
-            blocking(|| {
-                // SAFETY: reads the calling thread's mask into a local set.
-                let blocked = unsafe {
-                    let mut set: libc::sigset_t = std::mem::zeroed();
-                    libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
-                    [libc::SIGHUP, libc::SIGTERM, libc::SIGINT, libc::SIGUSR1]
-                        .iter()
-                        .all(|&s| libc::sigismember(&set, s) == 1)
-                };
-                Ok(vec![("blocked", Field::Bool(blocked))])
-            })
-            .await
+            let io = thread_state();
+            let cpu = blocking(|| Ok(thread_state())).await?;
+            Ok(io
+                .into_iter()
+                .chain(
+                    cpu.into_iter()
+                        .map(|(k, v)| (if k == "nice" { "cpu_nice" } else { "cpu_blocked" }, v)),
+                )
+                .collect())
         })
         .unwrap();
-        assert_eq!(
-            Ok(vec![("blocked", Field::Bool(true))]),
-            wait_for(&[id])[0].result
-        );
+        let expected = vec![
+            ("blocked", Field::Bool(true)),
+            ("nice", Field::Int(0)),
+            ("cpu_blocked", Field::Bool(true)),
+            ("cpu_nice", Field::Int(CPU_WORKER_NICE.into())),
+        ];
+        assert_eq!(Ok(expected), wait_for(&[id])[0].result);
     }
 
     #[test]

@@ -81,60 +81,28 @@ fn validate_hue(lua: &Lua, value: LuaValue) -> LuaResult<LuaMultiValue> {
     to_lua(lua, result)
 }
 
-/// A hat attachment as plain Rust data, checked field by field.
-struct Attachment {
-    active: Option<bool>,
-    required: Option<bool>,
-    title: Option<String>,
-    hue: Option<f64>,
-}
-
-fn read_attachment(table: &LuaTable, max_title_chars: usize) -> LuaResult<Result<Attachment, Error>> {
-    let mut attachment = Attachment {
-        active: None,
-        required: None,
-        title: None,
-        hue: None,
-    };
+/// Converts a Lua attachment table into fields for [`validate::attachment`].
+fn attachment_fields(
+    table: &LuaTable,
+) -> LuaResult<Vec<(Result<String, &'static str>, validate::FieldValue)>> {
+    use validate::FieldValue;
+    let mut fields = Vec::new();
     for pair in table.pairs::<LuaValue, LuaValue>() {
         let (key, value) = pair?;
         let key = match key {
-            LuaValue::String(k) => k.to_string_lossy(),
-            other => {
-                return Ok(Err(Error::bad_request(format!(
-                    "Attachment has a {} key",
-                    other.type_name()
-                ))))
-            }
+            LuaValue::String(k) => Ok(k.to_string_lossy()),
+            other => Err(other.type_name()),
         };
-        let checked = match (key.as_str(), value) {
-            ("active", LuaValue::Boolean(b)) => Ok(attachment.active = Some(b)),
-            ("required", LuaValue::Boolean(b)) => Ok(attachment.required = Some(b)),
-            ("title", LuaValue::String(s)) => validate::text(&s.as_bytes(), max_title_chars, "Hat title")
-                .map(|t| attachment.title = Some(t.to_owned())),
-            ("hue", LuaValue::Integer(n)) => validate::check_hue(n as f64).map(|h| attachment.hue = Some(h)),
-            ("hue", LuaValue::Number(n)) => validate::check_hue(n).map(|h| attachment.hue = Some(h)),
-            ("active" | "required", v) => Err(Error::bad_request(format!(
-                "Attachment field '{key}' must be a boolean, not {}",
-                v.type_name()
-            ))),
-            ("title", v) => Err(Error::bad_request(format!(
-                "Attachment field 'title' must be a string, not {}",
-                v.type_name()
-            ))),
-            ("hue", v) => Err(Error::bad_request(format!(
-                "Attachment field 'hue' must be a number, not {}",
-                v.type_name()
-            ))),
-            (other, _) => Err(Error::bad_request(format!(
-                "Attachment has an unknown field '{other}'"
-            ))),
+        let value = match value {
+            LuaValue::Boolean(b) => FieldValue::Bool(b),
+            LuaValue::String(s) => FieldValue::Text(s.as_bytes().to_vec()),
+            LuaValue::Integer(n) => FieldValue::Number(n as f64),
+            LuaValue::Number(n) => FieldValue::Number(n),
+            other => FieldValue::Other(other.type_name()),
         };
-        if let Err(e) = checked {
-            return Ok(Err(e));
-        }
+        fields.push((key, value));
     }
-    Ok(Ok(attachment))
+    Ok(fields)
 }
 
 /// Lua: `validate.hat(uri, attachment[, max_title_chars])` -> uri, clean attachment table, or nil,
@@ -148,17 +116,13 @@ fn validate_hat(
         Err(e) => return to_lua::<()>(lua, Err(Error::bad_request(format!("Hat id must be a URI: {e}")))),
     };
     let max_title_chars = max_title_chars.unwrap_or(DEFAULT_MAX_TITLE_CHARS);
-    let attachment = match attachment {
-        Some(table) => match read_attachment(&table, max_title_chars)? {
-            Ok(a) => a,
-            Err(e) => return to_lua::<()>(lua, Err(e)),
-        },
-        None => Attachment {
-            active: None,
-            required: None,
-            title: None,
-            hue: None,
-        },
+    let fields = match attachment {
+        Some(table) => attachment_fields(&table)?,
+        None => Vec::new(),
+    };
+    let attachment = match guard(|| validate::attachment(fields, max_title_chars)) {
+        Ok(a) => a,
+        Err(e) => return to_lua::<()>(lua, Err(e)),
     };
     let clean = lua.create_table()?;
     clean.set("active", attachment.active)?;

@@ -6,7 +6,7 @@
 //! could be read its `width`, `height` and `blurhash`. A body over the byte limit is not decoded.
 //!
 //! Resources are bounded: at most [`FETCH_CONCURRENCY`] downloads at once, each holding at most `max_bytes`;
-//! decoding runs on about one thread per core under the probe limits. The HTTP clients, the cache and the
+//! decoding runs on [`jobs::cpu_slots`] threads under the probe limits. The HTTP clients, the cache and the
 //! download slots belong to the process that created them and are rebuilt after a fork, like the pool.
 
 use std::collections::HashMap;

@@ -203,6 +203,78 @@ pub fn check_hue(value: f64) -> Result<f64, Error> {
     }
 }
 
+/// A value from a hat attachment, as the caller's language typed it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    /// A boolean.
+    Bool(bool),
+    /// A string, as raw bytes.
+    Text(Vec<u8>),
+    /// A number.
+    Number(f64),
+    /// Anything else, named by its type ("table", "function", ...).
+    Other(&'static str),
+}
+
+impl FieldValue {
+    fn type_name(&self) -> &'static str {
+        match self {
+            FieldValue::Bool(_) => "boolean",
+            FieldValue::Text(_) => "string",
+            FieldValue::Number(_) => "number",
+            FieldValue::Other(name) => name,
+        }
+    }
+}
+
+/// A checked hat attachment (mod_muc_hats_api's data model): every field optional.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Attachment {
+    /// The wearer currently displays the hat.
+    pub active: Option<bool>,
+    /// The wearer may not remove the hat.
+    pub required: Option<bool>,
+    /// Display title.
+    pub title: Option<String>,
+    /// Colour hint in degrees.
+    pub hue: Option<f64>,
+}
+
+/// Checks the fields of a hat attachment: known names only, each of its type, the title bounded to
+/// `max_title_chars` and the hue in range. A key that is not a string comes as `Err(type name)`.
+pub fn attachment<I>(fields: I, max_title_chars: usize) -> Result<Attachment, Error>
+where
+    I: IntoIterator<Item = (Result<String, &'static str>, FieldValue)>,
+{
+    let mut checked = Attachment::default();
+    for (key, value) in fields {
+        let key = key.map_err(|kind| Error::bad_request(format!("Attachment has a {kind} key")))?;
+        let wrong_type = |wanted: &str| {
+            Error::bad_request(format!(
+                "Attachment field '{key}' must be a {wanted}, not {}",
+                value.type_name()
+            ))
+        };
+        match (key.as_str(), &value) {
+            ("active", FieldValue::Bool(b)) => checked.active = Some(*b),
+            ("required", FieldValue::Bool(b)) => checked.required = Some(*b),
+            ("title", FieldValue::Text(t)) => {
+                checked.title = Some(text(t, max_title_chars, "Hat title")?.to_owned())
+            }
+            ("hue", FieldValue::Number(n)) => checked.hue = Some(check_hue(*n)?),
+            ("active" | "required", _) => return Err(wrong_type("boolean")),
+            ("title", _) => return Err(wrong_type("string")),
+            ("hue", _) => return Err(wrong_type("number")),
+            (other, _) => {
+                return Err(Error::bad_request(format!(
+                    "Attachment has an unknown field '{other}'"
+                )))
+            }
+        }
+    }
+    Ok(checked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,6 +381,53 @@ mod tests {
         assert_eq!(Ok("Bob"), nickname(b"Bob", 64));
         assert!(nickname(b" Bob", 64).is_err());
         assert!(nickname(b"", 64).is_err());
+    }
+
+    #[test]
+    fn checks_attachment_fields() {
+        let field = |k: &str, v| (Ok(k.to_string()), v);
+        let ok = attachment(
+            [
+                field("active", FieldValue::Bool(true)),
+                field("title", FieldValue::Text(b"Teacher".to_vec())),
+                field("hue", FieldValue::Number(200.0)),
+            ],
+            10,
+        );
+        assert_eq!(
+            Ok(Attachment {
+                active: Some(true),
+                required: None,
+                title: Some("Teacher".into()),
+                hue: Some(200.0)
+            }),
+            ok
+        );
+        assert_eq!(Ok(Attachment::default()), attachment([], 10));
+        for (fields, message) in [
+            (
+                vec![field("active", FieldValue::Text(b"yes".to_vec()))],
+                "'active' must be a boolean, not string",
+            ),
+            (
+                vec![field("title", FieldValue::Number(1.0))],
+                "'title' must be a string, not number",
+            ),
+            (
+                vec![field("title", FieldValue::Text(b"much too long".to_vec()))],
+                "longer than 10",
+            ),
+            (vec![field("hue", FieldValue::Number(360.0))], "Hue"),
+            (
+                vec![field("colour", FieldValue::Bool(true))],
+                "unknown field 'colour'",
+            ),
+            (vec![(Err("number"), FieldValue::Bool(true))], "a number key"),
+            (vec![field("required", FieldValue::Other("table"))], "not table"),
+        ] {
+            let e = attachment(fields, 10).unwrap_err();
+            assert!(e.to_string().contains(message), "{e} / {message}");
+        }
     }
 
     #[test]

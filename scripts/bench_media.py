@@ -163,7 +163,7 @@ async def bench_version(version: str, modules_dir: Path, media: ServerProcess, l
 
 
 def report(version: str, r: dict, large_desc: str) -> None:
-    cpus = min(max(os.cpu_count() or 1, 1), 4)
+    cpus = min(max((os.cpu_count() or 1) - 1, 1), 4)  # rust/jobs.rs cpu_slots()
     bound_mib = (FETCH_CONCURRENCY * MAX_BYTES + cpus * MAX_DECODE_MEMORY) / 2**20
     extra_mib = (r["peak_kib"] - r["baseline_kib"]) / 1024
     idle, load = r["idle_stall"], r["load_stall"]

@@ -291,6 +291,16 @@ describe("mod_muc_hats_adhoc room commands", function ()
 		assert.equal("bad-sessionid", specific);
 	end);
 
+	it("refuses to go back, as no command has a previous step", function ()
+		local first = send(host, command_iq("alice@localhost/a", room_jid, xmlns_hats_commands .. ":create"));
+		local sessionid = first:get_child("command", xmlns_commands).attr.sessionid;
+		local reply = send(host, command_iq("alice@localhost/a", room_jid, xmlns_hats_commands .. ":create", nil,
+			{ action = "prev"; sessionid = sessionid }));
+		local _, condition, _, specific = error_of(reply);
+		assert.equal("bad-request", condition);
+		assert.equal("bad-action", specific);
+	end);
+
 	it("answers an unknown room and an unknown command with item-not-found", function ()
 		local _, condition = error_of(send(host, command_iq(admin, "nope@" .. muc_host, xmlns_hats_commands .. ":list")));
 		assert.equal("item-not-found", condition);
