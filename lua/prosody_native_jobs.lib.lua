@@ -32,12 +32,19 @@ local owner_item = "prosody-native-jobs";
 
 local jobs = {};
 
-local pending = {}; -- job id -> { owner = module, resolve = function, reject = function }
+-- job id -> { owner = module, resolve = function, reject = function }. An entry exists from the moment the job
+-- is tracked, but resolve and reject only once the promise's executor has run, which Prosody defers to the
+-- next tick of its loop: a job that finishes in between leaves its outcome in `early` for the executor.
+local pending = {};
 local watcher; -- the server.watchfd handle, created with the first job
 local watched_events = setmetatable({}, { __mode = "k" }); -- events objects our unload handler is on
 local tracked_owners = setmetatable({}, { __mode = "k" }); -- modules that have had jobs
 
 local function settle(id, job, is_success, value)
+	if not job.resolve then
+		job.early = { is_success = is_success; value = value };
+		return;
+	end
 	local ok, err = pcall(is_success and job.resolve or job.reject, value);
 	if not ok then
 		log("error", "Callback for native job %d of mod_%s failed: %s", id, job.owner.name, err);
@@ -52,6 +59,7 @@ local function on_readable()
 		log("error", "Could not take native job results: %s", done);
 		return;
 	end
+	log("debug", "Took %d finished native jobs (%d still waited for)", #done, jobs.pending_count());
 	for _, result in ipairs(done) do
 		local id = result.id;
 		local job = pending[id];
@@ -139,8 +147,13 @@ function jobs.track(owner, id, code, text)
 		return promise.reject(err);
 	end
 	watch_owner(owner);
+	local job = { owner = owner };
+	pending[id] = job;
 	return promise.new(function (resolve, reject)
-		pending[id] = { owner = owner; resolve = resolve; reject = reject };
+		job.resolve, job.reject = resolve, reject;
+		if job.early then
+			settle(id, job, job.early.is_success, job.early.value);
+		end
 	end);
 end
 

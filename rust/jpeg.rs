@@ -235,7 +235,11 @@ const LOOKUP_BITS: u32 = 9;
 #[derive(Clone)]
 struct Huffman {
     /// Indexed by the next `LOOKUP_BITS` bits: `len << 8 | symbol`, or 0 for a longer code.
-    lookup: Vec<u16>,
+    lookup: Box<[u16; 1 << LOOKUP_BITS]>,
+    /// For skipping AC coefficients, indexed likewise: the bits of code and magnitude together
+    /// (`& 31`) and how far the coefficient index advances (`>> 5`: run + 1, 16 for ZRL, 64 for end of
+    /// block), or 0 for a longer code.
+    skip: Box<[u16; 1 << LOOKUP_BITS]>,
     /// For each length 1..=16: largest code of that length + 1 (0 when none), and the offset in `values`.
     max_code: [u32; 17],
     val_offset: [i32; 17],
@@ -244,7 +248,8 @@ struct Huffman {
 
 impl Huffman {
     fn new(counts: &[u8], values: &[u8]) -> Result<Huffman, Error> {
-        let mut lookup = vec![0u16; 1 << LOOKUP_BITS];
+        let mut lookup = Box::new([0u16; 1 << LOOKUP_BITS]);
+        let mut skip = Box::new([0u16; 1 << LOOKUP_BITS]);
         let mut max_code = [0u32; 17];
         let mut val_offset = [0i32; 17];
         let mut code = 0u32;
@@ -266,6 +271,16 @@ impl Huffman {
                     for slot in lookup.iter_mut().skip(first).take(1 << shift) {
                         *slot = entry;
                     }
+                    let (run, size) = ((symbol >> 4) as u16, (symbol & 15) as u16);
+                    let advance = match (size, run) {
+                        (0, 15) => 16,
+                        (0, _) => 64,
+                        _ => run + 1,
+                    };
+                    let entry = (len as u16 + size) | advance << 5;
+                    for slot in skip.iter_mut().skip(first).take(1 << shift) {
+                        *slot = entry;
+                    }
                 }
                 code += 1;
                 k += 1;
@@ -275,6 +290,7 @@ impl Huffman {
         }
         Ok(Huffman {
             lookup,
+            skip,
             max_code,
             val_offset,
             values: values.to_vec(),
@@ -450,6 +466,8 @@ struct Decoder {
     adobe_transform: Option<u8>,
     /// Components whose DC has been fully decoded.
     done: Vec<bool>,
+    /// Per component: sample value per unit of DC prediction (quantiser and successive approximation).
+    scale: [f32; 4],
     shrinker: Shrinker,
 }
 
@@ -539,9 +557,9 @@ impl Decoder {
         let total = mcus_x as u64 * mcus_y as u64;
         let shift = if self.progressive { al.min(15) } else { 0 };
         // (DC table, AC table to skip with) per scan component.
-        let tables: Vec<(&Option<Huffman>, Option<&Huffman>)> = comps
+        let tables: Vec<(Option<&Huffman>, Option<&Huffman>)> = comps
             .iter()
-            .map(|c| (&self.dc_tables[c.dc], if skip_ac { self.ac_tables[c.ac].as_ref() } else { None }))
+            .map(|c| (self.dc_tables[c.dc].as_ref(), if skip_ac { self.ac_tables[c.ac].as_ref() } else { None }))
             .collect();
 
         let plan: Vec<ScanPlan> = comps
@@ -563,36 +581,41 @@ impl Decoder {
             })
             .collect();
 
-        // One MCU row of DC values per component and block row, flushed into the shrinker row by row.
-        let mut rows: Vec<Vec<i32>> = plan
-            .iter()
-            .flat_map(|p| (0..p.mv).map(move |_| vec![0i32; mcus_x as usize * p.mh as usize]))
-            .collect();
+        // One MCU row of DC predictions per component and block row (`segments`, in one buffer), and
+        // each block of an MCU as (component, segment start + column in the MCU, blocks per MCU across).
+        let mut segments = Vec::new();
+        let mut blocks: Vec<(usize, usize, usize)> = Vec::new();
+        let mut len = 0usize;
+        for (k, p) in plan.iter().enumerate() {
+            for _ in 0..p.mv {
+                segments.push(len);
+                for h in 0..p.mh as usize {
+                    blocks.push((k, len + h, p.mh as usize));
+                }
+                len += mcus_x as usize * p.mh as usize;
+            }
+        }
+        let mut row_buf = vec![0i32; len];
+        for p in &plan {
+            // Mean sample of a block: DC * q / 8, level-shifted by 128 (in `finish`).
+            if let Some(scale) = self.scale.get_mut(p.index) {
+                *scale = p.q as f32 * (1u32 << shift) as f32 / 8.0;
+            }
+        }
         let mut mcus_left = self.restart_interval;
         let mut remaining = total;
         for my in 0..mcus_y {
             for mx in 0..mcus_x as usize {
-                let mut row_index = 0;
-                for (k, p) in plan.iter().enumerate() {
-                    let (Some(dc_table), ac_table) = (&tables[k].0, tables[k].1) else {
+                for &(k, start, mh) in &blocks {
+                    let (Some(&(Some(dc_table), ac_table)), Some(pred)) = (tables.get(k), preds.get_mut(k)) else {
                         return Err(corrupt("scan uses an undefined Huffman table"));
                     };
-                    for _ in 0..p.mv {
-                        let row = rows.get_mut(row_index).ok_or_else(|| Error::Internal("row".into()))?;
-                        row_index += 1;
-                        for h in 0..p.mh as usize {
-                            let diff = dc_diff(&mut bits, dc_table)?;
-                            preds[k] = preds[k].wrapping_add(diff);
-                            if let Some(ac_table) = ac_table {
-                                skip_ac_symbols(&mut bits, ac_table)?;
-                            }
-                            // Mean sample of the block: DC * q / 8, level-shifted.
-                            let dc = (preds[k] as i64) << shift;
-                            let value = (dc * p.q as i64 / 8 + 128).clamp(-4096, 4096) as i32;
-                            if let Some(slot) = row.get_mut(mx * p.mh as usize + h) {
-                                *slot = value;
-                            }
-                        }
+                    *pred = pred.wrapping_add(dc_diff(&mut bits, dc_table)?);
+                    if let Some(ac_table) = ac_table {
+                        skip_ac_symbols(&mut bits, ac_table)?;
+                    }
+                    if let Some(slot) = row_buf.get_mut(start + mx * mh) {
+                        *slot = *pred;
                     }
                 }
                 remaining -= 1;
@@ -608,18 +631,19 @@ impl Decoder {
             if bits.overrun() {
                 return Err(corrupt("truncated entropy data"));
             }
-            let mut row_index = 0;
+            let mut segment = segments.iter();
             for p in &plan {
                 for v in 0..p.mv {
-                    let row = rows.get(row_index).ok_or_else(|| Error::Internal("row".into()))?;
-                    row_index += 1;
+                    let start = *segment.next().ok_or_else(|| Error::Internal("segment".into()))?;
                     let by = my * p.mv + v;
                     if by >= p.bh {
                         continue;
                     }
-                    let blocks = row.get(..p.bw as usize).unwrap_or(row);
+                    // Raw predictions: the scaling to sample values is affine, so it is applied to the
+                    // means (`finish`).
+                    let preds = row_buf.get(start..start + p.bw as usize).unwrap_or_default();
                     for dy in 0..p.ry {
-                        self.shrinker.add_sample_row(p.index, by * p.ry + dy, blocks, p.rx);
+                        self.shrinker.add_sample_row(p.index, by * p.ry + dy, preds, p.rx);
                     }
                 }
             }
@@ -635,11 +659,13 @@ impl Decoder {
     /// The working image: averaged planes converted to RGB.
     fn finish(self) -> Result<Working, Error> {
         let (w, h) = self.shrinker.dims();
-        let means = self
-            .shrinker
-            .means()
-            .ok_or_else(|| corrupt("image data missing"))?;
+        let mut means = self.shrinker.means().ok_or_else(|| corrupt("image data missing"))?;
         let n = self.frame.components.len();
+        for px in means.chunks_exact_mut(n) {
+            for (v, scale) in px.iter_mut().zip(self.scale) {
+                *v = *v * scale + 128.0;
+            }
+        }
         let ids: Vec<u8> = self.frame.components.iter().map(|c| c.id).collect();
         let mut rgb = Vec::with_capacity(w as usize * h as usize * 3);
         for px in means.chunks_exact(n) {
@@ -698,35 +724,39 @@ fn dc_diff(bits: &mut Bits, table: &Huffman) -> Result<i32, Error> {
 }
 
 /// Skips the AC coefficients of one block of a sequential scan: reads each symbol and steps over its
-/// magnitude bits without building the value.
-#[inline]
+/// magnitude bits without building the value (one table lookup per coefficient for codes up to
+/// [`LOOKUP_BITS`] long). The bit buffer is kept in locals so it stays in registers.
+#[inline(always)]
 fn skip_ac_symbols(bits: &mut Bits, table: &Huffman) -> Result<(), Error> {
     let mut k = 1u32;
+    let (mut buf, mut count) = (bits.buf, bits.count);
     while k < 64 {
-        if bits.count < 32 {
+        if count < 32 {
+            (bits.buf, bits.count) = (buf, count);
             bits.refill();
+            (buf, count) = (bits.buf, bits.count);
         }
-        let entry = table.lookup[(bits.buf >> (64 - LOOKUP_BITS)) as usize];
-        let symbol = if entry != 0 {
-            let symbol = entry as u8;
-            // Code and magnitude bits together: at most 9 + 15 bits, buffered.
-            bits.consume((entry >> 8) as u32 + (symbol & 15) as u32);
-            symbol
+        let entry = table.skip[(buf >> (64 - LOOKUP_BITS)) as usize] as u32;
+        if entry != 0 {
+            // Code and magnitude bits together: at most 9 + 15 bits, and 32 are buffered.
+            let n = entry & 31;
+            buf <<= n;
+            count -= n;
+            k += entry >> 5;
         } else {
+            (bits.buf, bits.count) = (buf, count);
             let symbol = bits.symbol(table)?;
-            bits.consume((symbol & 15) as u32);
-            symbol
-        };
-        let (run, size) = ((symbol >> 4) as u32, symbol & 15);
-        if size == 0 {
-            if run != 15 {
-                return Ok(()); // end of block
-            }
-            k += 16;
-        } else {
-            k += run + 1;
+            let (run, size) = ((symbol >> 4) as u32, (symbol & 15) as u32);
+            bits.consume(size);
+            (buf, count) = (bits.buf, bits.count);
+            k += match (size, run) {
+                (0, 15) => 16,
+                (0, _) => 64,
+                _ => run + 1,
+            };
         }
     }
+    (bits.buf, bits.count) = (buf, count);
     Ok(())
 }
 
@@ -825,6 +855,7 @@ pub fn decode_dc(bytes: &[u8], max_pixels: u64) -> Result<Working, Error> {
                 let shrinker = Shrinker::for_blocks(frame.width, frame.height, 8, frame.components.len())?;
                 decoder = Some(Decoder {
                     done: vec![false; frame.components.len()],
+                    scale: [1.0; 4],
                     frame,
                     hmax,
                     vmax,

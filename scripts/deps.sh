@@ -38,8 +38,11 @@ install_apt_packages() {
 		apt-cache policy "$pkg" 2>/dev/null | grep -q 'Candidate: [0-9]' || need_update=1
 	done
 	[ -n "$need_update" ] && apt-get update -q
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+	# Lists older than the mirror name files it no longer has: then update and try once more.
+	apt_install "${missing[@]}" || { apt-get update -q && apt_install "${missing[@]}"; }
 }
+
+apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"; }
 
 # The Debian package starts its service; tests and `make run` start their own Prosody, so it must not hold ports.
 stop_system_prosody() {
@@ -127,7 +130,7 @@ install_venv() {
 	fi
 	if ! python3 -c 'import ensurepip' 2>/dev/null; then
 		log "python3 has no ensurepip; installing python3-venv"
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv
+		apt_install python3-venv || { apt-get update -q && apt_install python3-venv; }
 	fi
 	log "creating .venv from tests/requirements.txt"
 	[ -x .venv/bin/python ] || python3 -m venv .venv

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import rig  # noqa: E402  (the config rendering and process control are the rig's)
+import rig  # noqa: E402 (after the path); the config rendering and process control are the rig's
 
 RUN = ROOT / ".run"
 MODULES_DIR = RUN / "modules"
@@ -55,8 +55,12 @@ def credentials() -> dict:
 
 
 def install_modules() -> None:
-    subprocess.run(["make", "--no-print-directory", "install", f"MODULES_DIR={MODULES_DIR}"], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["make", "--no-print-directory", "install", f"MODULES_DIR={MODULES_DIR}"],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def make_server(host_modules: list[str], muc_modules: list[str], creds: dict) -> rig.Prosody:
@@ -88,7 +92,7 @@ def print_info(server: rig.Prosody, creds: dict, host_modules: list[str], muc_mo
     kick = (
         f"curl -i -X POST {server.http_url('/muc_kick')} -H 'Host: {server.muc_host}' \\\n"
         f"       -H 'Authorization: {creds['kick_authorization']}' -H 'Content-Type: application/json' \\\n"
-        f"       -d '{{\"nickname\": \"Bob\", \"muc\": \"room@{server.muc_host}\"}}'"
+        f'       -d \'{{"nickname": "Bob", "muc": "room@{server.muc_host}"}}\''
     )
     print(
         f"""

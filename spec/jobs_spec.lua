@@ -67,6 +67,21 @@ describe("prosody_native_jobs", function ()
 		assert.same({ "resolved", { value = "after" } }, { settle(jobs.track(owner, native.media.test_job("echo", "after"))) });
 	end);
 
+	it("settles a job that finished before its promise's executor ran", function ()
+		-- Prosody runs promise executors on the next tick; the wake-up can come first.
+		local outcome;
+		jobs.track(owner, native.media.test_job("echo", "early")):next(function (r) outcome = r.value; end);
+		local socket = require "socket";
+		local deadline = socket.gettime() + 10;
+		while not fakes.pump_fds(0.2) do
+			assert(socket.gettime() < deadline, "the job did not finish");
+		end
+		assert.is_nil(outcome);
+		fakes.run_ticks();
+		assert.equal("early", outcome);
+		assert.equal(0, jobs.pending_count());
+	end);
+
 	it("passes a submit error straight through as a rejection", function ()
 		local outcome, code = settle(jobs.track(owner, native.media.probe_url("gopher://example.com/", {})));
 		assert.same({ "rejected", "bad-request" }, { outcome, code });
@@ -101,6 +116,7 @@ describe("prosody_native_jobs", function ()
 		local outcome, reason;
 		slow:next(nil, function (e) outcome, reason = "rejected", e; end);
 		leaving:unload();
+		fakes.run_ticks();
 		assert.same({ "rejected", "cancelled" }, { outcome, reason });
 		assert.equal(0, jobs.pending_count(leaving));
 		assert.same({ "resolved", {} }, { settle(other) });

@@ -85,7 +85,12 @@ local created_store = module:open_store("invites_adhoc");
 -- and 13) and has no call to check or delete one, so revoking and checking reach into it here.
 local contact_tokens = module:open_store("invite_token", "map");
 
-compat.default_permission(module, allow_user_invites and "prosody:registered" or "prosody:admin", ":invite-users");
+-- Admins always may invite new users: granted to prosody:admin itself, so that withholding it from prosody:registered
+-- on 13 (remove_permissions), which admins inherit from, does not take it from them.
+compat.default_permission(module, "prosody:admin", ":invite-users");
+if allow_user_invites then
+	compat.default_permission(module, "prosody:registered", ":invite-users");
+end
 compat.default_permission(module, "prosody:admin", ":unlimited-invites");
 
 -- Whether the actor's contact invites also let the invitee register here (ibr=y).

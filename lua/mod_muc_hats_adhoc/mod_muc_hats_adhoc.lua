@@ -30,6 +30,8 @@ local xmlns_disco_items = "http://jabber.org/protocol/disco#items";
 local xmlns_hats = "urn:xmpp:hats:0";
 local xmlns_hats_commands = "urn:xmpp:hats:commands";
 local xmlns_muc_user = "http://jabber.org/protocol/muc#user";
+local node_add = "http://prosody.im/protocol/hats#add";
+local node_remove = "http://prosody.im/protocol/hats#remove";
 
 -- Room command sessions waiting for their form; abandoned ones are forgotten, oldest first.
 local max_sessions = 256;
@@ -275,18 +277,13 @@ local function service_command(layout, submit)
 	end;
 end
 
-local service_nodes = {
-	["http://prosody.im/protocol/hats#add"] = "Add hat to a user";
-	["http://prosody.im/protocol/hats#remove"] = "Remove hat from a user";
-};
+local service_nodes = { [node_add] = true; [node_remove] = true };
 
 -- The commands are open to anyone in mod_adhoc's terms; service_command decides with Prosody's permissions
 -- (":manage-hats", granted to admins, delegable to any role on 13).
 compat.default_permission(module, "prosody:admin", ":manage-hats");
-module:provides("adhoc", adhoc_new(service_nodes["http://prosody.im/protocol/hats#add"],
-	"http://prosody.im/protocol/hats#add", service_command(add_layout, add_hat), "any"));
-module:provides("adhoc", adhoc_new(service_nodes["http://prosody.im/protocol/hats#remove"],
-	"http://prosody.im/protocol/hats#remove", service_command(remove_layout, remove_hat), "any"));
+module:provides("adhoc", adhoc_new("Add hat to a user", node_add, service_command(add_layout, add_hat), "any"));
+module:provides("adhoc", adhoc_new("Remove hat from a user", node_remove, service_command(remove_layout, remove_hat), "any"));
 
 -- ...and they are only listed to those who may run them.
 module:hook("host-disco-items-node", function (event)

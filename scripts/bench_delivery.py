@@ -8,7 +8,7 @@
 3. Peak memory of Prosody while those 20 probes run (VmHWM after resetting it), against the bound that the limits
    give (module README): 8 downloads x max_bytes + decoder threads x max_decode_memory.
 
-Run by `make bench` (scripts/bench.sh) or directly: .venv/bin/python scripts/bench_media.py. Needs `make` and
+Run by `make bench` (scripts/bench.sh) or directly: .venv/bin/python scripts/bench_delivery.py. Needs `make` and
 `make deps` first. Prints the numbers and the goal comparison; exits non-zero only when something breaks.
 """
 

@@ -1,0 +1,34 @@
+#!/bin/sh
+# Media probe benchmark (the Rust core alone): bytes in memory -> (type, width, height, BlurHash 4x3), ours against peers on
+# real photos, in one run. Fetches its photos (Debian's mate-backgrounds) and installs its peers (sharp +
+# blurhash from npm; Pillow + blurhash-python / fast-blurhash from PyPI) into the git-ignored .bench/.
+# Variables: BENCH_DIR, BENCH_SECONDS (time per image and implementation), PYTHON3, NPM, CARGO.
+set -eu
+cd "$(dirname "$0")/.."
+BENCH_DIR=${BENCH_DIR:-.bench}
+PYTHON3=${PYTHON3:-python3}
+NPM=${NPM:-npm}
+CARGO=${CARGO:-cargo}
+export BENCH_DIR CARGO
+
+photos="$BENCH_DIR/root/usr/share/backgrounds/mate"
+if [ ! -f "$photos/abstract/Elephants_5640x3172.jpg" ]; then
+	mkdir -p "$BENCH_DIR/debs"
+	(cd "$BENCH_DIR/debs" && apt-get download mate-backgrounds) || {
+		echo "apt-get download mate-backgrounds failed (run apt-get update first?)" >&2
+		exit 1
+	}
+	dpkg-deb -x "$BENCH_DIR"/debs/mate-backgrounds_*.deb "$BENCH_DIR/root"
+fi
+
+if [ ! -x "$BENCH_DIR/venv/bin/python" ]; then
+	"$PYTHON3" -m venv "$BENCH_DIR/venv"
+fi
+"$BENCH_DIR/venv/bin/pip" install -q --disable-pip-version-check \
+	pillow==13.0.0 blurhash-python==1.2.2 fast-blurhash==0.4.0
+if [ ! -d "$BENCH_DIR/node_modules/sharp" ] || [ ! -d "$BENCH_DIR/node_modules/blurhash" ]; then
+	"$NPM" install --prefix "$BENCH_DIR" --no-audit --no-fund --no-save sharp@0.35.5 blurhash@2.0.5
+fi
+
+"$CARGO" build --release --bench media
+exec "$BENCH_DIR/venv/bin/python" scripts/bench_probe/driver.py
