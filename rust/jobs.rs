@@ -14,10 +14,9 @@
 //!
 //! Signals: worker threads block every asynchronous signal, so that a signal meant for Prosody (SIGHUP to
 //! reload, SIGTERM to stop, or one Prosody waits for through a signalfd) is always delivered to its main
-//! thread and never runs a handler, or a default action, on ours. The threads that run CPU-heavy [`blocking`]
-//! steps (decoding) drop to a lower scheduling priority (nice +10), so that they yield the CPU to Prosody's
-//! loop; the I/O threads keep the normal priority, so that a busy machine does not starve a probe's network
-//! round trips, which cost little CPU.
+//! thread and never runs a handler, or a default action, on ours. They also run at a lower scheduling priority
+//! (nice +10 relative to Prosody), so that decoding and copying response bodies yield the CPU to Prosody's
+//! loop, and there is one I/O thread: network waits need no more, and it leaves the other cores free.
 //!
 //! A panic in a job becomes an `internal-error` result; the pool lives on.
 
@@ -59,19 +58,14 @@ pub struct Completion {
     pub result: Result<Fields, Error>,
 }
 
-/// Threads that drive I/O futures. Network jobs spend their time waiting, so two are plenty.
-const IO_THREADS: usize = 2;
+/// Threads that drive I/O futures. Network jobs spend their time waiting, so one is enough.
+const IO_THREADS: usize = 1;
 
 /// Most threads tokio may start for [`blocking`] work and name resolution.
 const MAX_BLOCKING_THREADS: usize = 8;
 
-/// How much nicer than Prosody the threads running [`blocking`] work are: they yield the CPU to its loop.
-const CPU_WORKER_NICE: libc::c_int = 10;
-
-thread_local! {
-    /// Whether this thread has already lowered its priority.
-    static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
+/// How much nicer than Prosody the worker threads are: they yield the CPU to its loop.
+const WORKER_NICE: libc::c_int = 10;
 
 /// State shared between the main thread and the pool's threads. Replaced whole after a fork.
 struct Shared {
@@ -86,6 +80,8 @@ struct Shared {
 /// The runtime and its shared state, created on first use in a process.
 struct Pool {
     pid: u32,
+    /// Nice value of the pool's threads.
+    priority: libc::c_int,
     runtime: Runtime,
     shared: Arc<Shared>,
 }
@@ -159,12 +155,7 @@ where
         .acquire()
         .await
         .map_err(|_| Error::Internal("worker pool closed".into()))?;
-    match tokio::task::spawn_blocking(move || {
-        lower_priority();
-        guard(work)
-    })
-    .await
-    {
+    match tokio::task::spawn_blocking(move || guard(work)).await {
         Ok(result) => result,
         Err(e) => Err(Error::Internal(format!("internal error: {e}"))),
     }
@@ -226,11 +217,13 @@ fn pool() -> Result<Arc<Pool>, Error> {
         }
     }
     let cpus = cpu_slots();
+    // Nicer than the thread creating the pool (Prosody's main thread), at most 19.
+    let priority = (thread_nice() + WORKER_NICE).min(19);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(IO_THREADS)
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .thread_name("prosody-native")
-        .on_thread_start(worker_thread_setup)
+        .on_thread_start(move || worker_thread_setup(priority))
         .enable_all()
         .build()
         .map_err(|e| Error::Internal(format!("cannot start worker threads: {e}")))?;
@@ -239,7 +232,12 @@ fn pool() -> Result<Arc<Pool>, Error> {
         running: Mutex::new(HashMap::new()),
         cpu_slots: Semaphore::new(cpus),
     });
-    let pool = Arc::new(Pool { pid, runtime, shared });
+    let pool = Arc::new(Pool {
+        pid,
+        priority,
+        runtime,
+        shared,
+    });
     *slot = Some(pool.clone());
     Ok(pool)
 }
@@ -251,21 +249,14 @@ pub fn cpu_slots() -> usize {
     cores.saturating_sub(1).clamp(1, 4)
 }
 
-/// Lowers the calling thread's scheduling priority by [`CPU_WORKER_NICE`], once per thread (on Linux a thread
-/// has its own nice value).
-fn lower_priority() {
-    if LOWERED.with(|l| l.replace(true)) {
-        return;
-    }
-    #[cfg(target_os = "linux")]
-    // SAFETY: nice takes an integer; a failure leaves the priority as it is.
-    unsafe {
-        libc::nice(CPU_WORKER_NICE);
-    }
+/// The nice value of the calling thread (on Linux each thread has its own).
+fn thread_nice() -> libc::c_int {
+    // SAFETY: gettid takes no arguments, getpriority integers. A failure reads as -1, a harmless answer here.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t) }
 }
 
-/// Runs first on every worker thread: block asynchronous signals.
-fn worker_thread_setup() {
+/// Runs first on every worker thread (I/O and blocking): block asynchronous signals, set the `priority`.
+fn worker_thread_setup(priority: libc::c_int) {
     // SAFETY: plain libc calls on a local, zero-initialised signal set; errors leave the defaults in place.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -280,6 +271,9 @@ fn worker_thread_setup() {
             libc::sigdelset(&mut set, synchronous);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        // Absolute, not relative: blocking threads are spawned by other worker threads and inherit their value.
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, priority);
     }
 }
 
@@ -477,7 +471,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn worker_threads_block_signals_and_only_cpu_threads_yield() {
+    fn worker_threads_block_signals_and_yield_the_cpu() {
         let id = submit(async {
             let io = thread_state();
             let cpu = blocking(|| Ok(thread_state())).await?;
@@ -490,13 +484,16 @@ pub(crate) mod tests {
                 .collect())
         })
         .unwrap();
-        // SAFETY: reads the test thread's nice value, which the pool's threads inherit.
-        let base = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let priority = lock(&POOL).as_ref().map(|p| p.priority).unwrap();
+        assert!(
+            priority >= 10,
+            "at least 10 nicer than a thread of nice 0 or more"
+        );
         let expected = vec![
             ("blocked", Field::Bool(true)),
-            ("nice", Field::Int(base.into())),
+            ("nice", Field::Int(priority.into())),
             ("cpu_blocked", Field::Bool(true)),
-            ("cpu_nice", Field::Int((base + CPU_WORKER_NICE).min(19).into())),
+            ("cpu_nice", Field::Int(priority.into())),
         ];
         assert_eq!(Ok(expected), wait_for(&[id])[0].result);
     }

@@ -230,16 +230,24 @@ impl Frame {
 /// Bits of code looked up at once; longer codes take the slow path.
 const LOOKUP_BITS: u32 = 9;
 
+/// A Huffman table definition as a DHT segment gives it: code counts per length and the symbols.
+#[derive(Clone)]
+struct HuffSpec {
+    counts: [u8; 16],
+    values: Vec<u8>,
+}
+
 /// A Huffman table: a direct lookup for codes up to [`LOOKUP_BITS`] long, canonical-code limits for the
 /// rest.
 #[derive(Clone)]
 struct Huffman {
     /// Indexed by the next `LOOKUP_BITS` bits: `len << 8 | symbol`, or 0 for a longer code.
     lookup: Box<[u16; 1 << LOOKUP_BITS]>,
-    /// For skipping AC coefficients, indexed likewise: the bits of code and magnitude together
-    /// (`& 31`) and how far the coefficient index advances (`>> 5`: run + 1, 16 for ZRL, 64 for end of
-    /// block), or 0 for a longer code.
-    skip: Box<[u16; 1 << LOOKUP_BITS]>,
+    /// For skipping AC coefficients ([`Huffman::with_skip_table`]), indexed by the next [`SKIP_BITS`]
+    /// bits: the bits of one or two whole symbols (code and magnitude) that start there (`& 31`) and how
+    /// far they advance the coefficient index (`>> 5`: run + 1 each, 16 for ZRL, 64 for end of block),
+    /// or 0 when the first code is longer than `SKIP_BITS`.
+    skip: Option<Box<[u16; 1 << SKIP_BITS]>>,
     /// For each length 1..=16: largest code of that length + 1 (0 when none), and the offset in `values`.
     max_code: [u32; 17],
     val_offset: [i32; 17],
@@ -249,7 +257,6 @@ struct Huffman {
 impl Huffman {
     fn new(counts: &[u8], values: &[u8]) -> Result<Huffman, Error> {
         let mut lookup = Box::new([0u16; 1 << LOOKUP_BITS]);
-        let mut skip = Box::new([0u16; 1 << LOOKUP_BITS]);
         let mut max_code = [0u32; 17];
         let mut val_offset = [0i32; 17];
         let mut code = 0u32;
@@ -271,16 +278,7 @@ impl Huffman {
                     for slot in lookup.iter_mut().skip(first).take(1 << shift) {
                         *slot = entry;
                     }
-                    let (run, size) = ((symbol >> 4) as u16, (symbol & 15) as u16);
-                    let advance = match (size, run) {
-                        (0, 15) => 16,
-                        (0, _) => 64,
-                        _ => run + 1,
-                    };
-                    let entry = (len as u16 + size) | advance << 5;
-                    for slot in skip.iter_mut().skip(first).take(1 << shift) {
-                        *slot = entry;
-                    }
+
                 }
                 code += 1;
                 k += 1;
@@ -290,13 +288,63 @@ impl Huffman {
         }
         Ok(Huffman {
             lookup,
-            skip,
+            skip: None,
             max_code,
             val_offset,
             values: values.to_vec(),
         })
     }
 }
+
+impl Huffman {
+    /// The code at the start of `bits` (its top `avail` bits are valid): (code length, symbol).
+    fn decode_prefix(&self, bits: u32, avail: u32) -> Option<(u32, u8)> {
+        for len in 1..=avail.min(16) {
+            let code = bits >> (32 - len);
+            if code < self.max_code[len as usize] {
+                let index = self.val_offset[len as usize] + code as i32;
+                return Some((len, *self.values.get(usize::try_from(index).ok()?)?));
+            }
+        }
+        None
+    }
+
+    /// Adds the two-symbol skip table (used by sequential scans, built only for tables they use).
+    fn with_skip_table(mut self) -> Huffman {
+        let advance = |symbol: u8| -> u32 {
+            match (symbol & 15, symbol >> 4) {
+                (0, 15) => 16,
+                (0, _) => 64,
+                (_, run) => run as u32 + 1,
+            }
+        };
+        let mut skip = Box::new([0u16; 1 << SKIP_BITS]);
+        for (pattern, slot) in skip.iter_mut().enumerate() {
+            let bits = (pattern as u32) << (32 - SKIP_BITS);
+            let Some((len, symbol)) = self.decode_prefix(bits, SKIP_BITS) else {
+                continue;
+            };
+            let mut total = len + (symbol & 15) as u32;
+            let mut step = advance(symbol);
+            // A second whole symbol in the remaining bits, unless the first ended the block.
+            if step < 64 && total < SKIP_BITS {
+                if let Some((len2, symbol2)) = self.decode_prefix(bits << total, SKIP_BITS - total) {
+                    let total2 = total + len2 + (symbol2 & 15) as u32;
+                    if total2 <= SKIP_BITS {
+                        total = total2;
+                        step += advance(symbol2);
+                    }
+                }
+            }
+            *slot = (total | step << 5) as u16;
+        }
+        self.skip = Some(skip);
+        self
+    }
+}
+
+/// Bits looked up at once when skipping AC coefficients (a 4096-entry table per AC table).
+const SKIP_BITS: u32 = 12;
 
 /// Reads entropy-coded bits MSB first, undoing 0xFF00 stuffing, and stops at a marker; past the data it
 /// supplies zeros and counts them so the decoder can tell truncation.
@@ -460,8 +508,9 @@ struct Decoder {
     vmax: u32,
     progressive: bool,
     qdc: [u32; 4],
-    dc_tables: [Option<Huffman>; 4],
-    ac_tables: [Option<Huffman>; 4],
+    /// Huffman table definitions as read (DC, AC), built into tables only by the scans that use them.
+    dc_tables: [Option<HuffSpec>; 4],
+    ac_tables: [Option<HuffSpec>; 4],
     restart_interval: u32,
     adobe_transform: Option<u8>,
     /// Components whose DC has been fully decoded.
@@ -557,10 +606,17 @@ impl Decoder {
         let total = mcus_x as u64 * mcus_y as u64;
         let shift = if self.progressive { al.min(15) } else { 0 };
         // (DC table, AC table to skip with) per scan component.
-        let tables: Vec<(Option<&Huffman>, Option<&Huffman>)> = comps
-            .iter()
-            .map(|c| (self.dc_tables[c.dc].as_ref(), if skip_ac { self.ac_tables[c.ac].as_ref() } else { None }))
-            .collect();
+        // (DC table, AC table with its skip table) per scan component, built from the definitions.
+        let mut tables: Vec<(Huffman, Option<Huffman>)> = Vec::with_capacity(comps.len());
+        for c in &comps {
+            let dc = self.dc_tables[c.dc].as_ref().ok_or_else(|| corrupt("scan uses an undefined Huffman table"))?;
+            let ac = match (skip_ac, self.ac_tables[c.ac].as_ref()) {
+                (false, _) => None,
+                (true, Some(spec)) => Some(Huffman::new(&spec.counts, &spec.values)?.with_skip_table()),
+                (true, None) => return Err(corrupt("scan uses an undefined Huffman table")),
+            };
+            tables.push((Huffman::new(&dc.counts, &dc.values)?, ac));
+        }
 
         let plan: Vec<ScanPlan> = comps
             .iter()
@@ -607,12 +663,14 @@ impl Decoder {
         for my in 0..mcus_y {
             for mx in 0..mcus_x as usize {
                 for &(k, start, mh) in &blocks {
-                    let (Some(&(Some(dc_table), ac_table)), Some(pred)) = (tables.get(k), preds.get_mut(k)) else {
-                        return Err(corrupt("scan uses an undefined Huffman table"));
+                    let (Some((dc_table, ac_table)), Some(pred)) = (tables.get(k), preds.get_mut(k)) else {
+                        return Err(Error::Internal("scan component".into()));
                     };
                     *pred = pred.wrapping_add(dc_diff(&mut bits, dc_table)?);
                     if let Some(ac_table) = ac_table {
-                        skip_ac_symbols(&mut bits, ac_table)?;
+                        if let Some(skip) = ac_table.skip.as_deref() {
+                            skip_ac_symbols(&mut bits, ac_table, skip)?;
+                        }
                     }
                     if let Some(slot) = row_buf.get_mut(start + mx * mh) {
                         *slot = *pred;
@@ -727,7 +785,7 @@ fn dc_diff(bits: &mut Bits, table: &Huffman) -> Result<i32, Error> {
 /// magnitude bits without building the value (one table lookup per coefficient for codes up to
 /// [`LOOKUP_BITS`] long). The bit buffer is kept in locals so it stays in registers.
 #[inline(always)]
-fn skip_ac_symbols(bits: &mut Bits, table: &Huffman) -> Result<(), Error> {
+fn skip_ac_symbols(bits: &mut Bits, table: &Huffman, skip: &[u16; 1 << SKIP_BITS]) -> Result<(), Error> {
     let mut k = 1u32;
     let (mut buf, mut count) = (bits.buf, bits.count);
     while k < 64 {
@@ -736,9 +794,9 @@ fn skip_ac_symbols(bits: &mut Bits, table: &Huffman) -> Result<(), Error> {
             bits.refill();
             (buf, count) = (bits.buf, bits.count);
         }
-        let entry = table.skip[(buf >> (64 - LOOKUP_BITS)) as usize] as u32;
+        let entry = skip[(buf >> (64 - SKIP_BITS)) as usize] as u32;
         if entry != 0 {
-            // Code and magnitude bits together: at most 9 + 15 bits, and 32 are buffered.
+            // Codes and magnitude bits together: at most 12 + 15 bits, and 32 are buffered.
             let n = entry & 31;
             buf <<= n;
             count -= n;
@@ -769,8 +827,8 @@ pub fn decode_dc(bytes: &[u8], max_pixels: u64) -> Result<Working, Error> {
     }
     let mut pos = 2;
     let mut qdc = [0u32; 4];
-    let mut dc_tables: [Option<Huffman>; 4] = [None, None, None, None];
-    let mut ac_tables: [Option<Huffman>; 4] = [None, None, None, None];
+    let mut dc_tables: [Option<HuffSpec>; 4] = [None, None, None, None];
+    let mut ac_tables: [Option<HuffSpec>; 4] = [None, None, None, None];
     let mut restart_interval = 0u32;
     let mut adobe_transform = None;
     let mut decoder: Option<Decoder> = None;
@@ -801,7 +859,8 @@ pub fn decode_dc(bytes: &[u8], max_pixels: u64) -> Result<Working, Error> {
                     let counts = p.get(1..17).ok_or_else(|| corrupt("short DHT"))?;
                     let n: usize = counts.iter().map(|&c| c as usize).sum();
                     let values = p.get(17..17 + n).ok_or_else(|| corrupt("short DHT"))?;
-                    let table = Huffman::new(counts, values)?;
+                    let mut table = HuffSpec { counts: [0; 16], values: values.to_vec() };
+                    table.counts.copy_from_slice(counts);
                     let (class, th) = (tc_th >> 4, (tc_th & 15) as usize);
                     if th > 3 || class > 1 {
                         return Err(corrupt("DHT table index"));

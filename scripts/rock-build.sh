@@ -7,7 +7,7 @@
 #
 # `prosodyctl install` runs luarocks with HOME set to Prosody's data folder (and, started as root, as the prosody
 # user), so a Rust toolchain installed with rustup for your own user is not found by default. Set CARGO (and
-# RUSTUP_HOME for rustup) to point at one the installing user can run; see README.md, "Install with prosodyctl".
+# RUSTUP_HOME for rustup) to point at one the installing user can run; see "With prosodyctl install" in README.md.
 set -eu
 
 fail() {
@@ -38,7 +38,7 @@ find_cargo() {
 	done
 	fail "cargo (Rust $(rust_version) or newer) not found for user $(id -un) with HOME=$HOME." \
 		"Install Rust (https://rustup.rs) where this user can run it, or set CARGO=/path/to/cargo" \
-		"(and RUSTUP_HOME for a rustup toolchain); see README.md, 'Install with prosodyctl'."
+		"(and RUSTUP_HOME for a rustup toolchain); see 'With prosodyctl install' in prosody-native's README.md."
 }
 
 build() {

@@ -136,3 +136,67 @@ describe("media.cancel", function ()
 		assert.has_error(function () native.media.cancel("x"); end);
 	end);
 end);
+
+describe("media.probe_url", function ()
+	local bad = {
+		{ "a non-http URL", "file:///etc/passwd", {}, "Only http and https" };
+		{ "a URL with credentials", "http://user:pw@example.com/", {}, "credentials" };
+		{ "an unknown limit", "http://example.com/", { colour = "red" }, "unknown field 'colour'" };
+		{ "a negative limit", "http://example.com/", { max_bytes = -1 }, "non-negative integer" };
+		{ "a zero timeout", "http://example.com/", { timeout = 0 }, "timeout" };
+		{ "too many components", "http://example.com/", { components_x = 10 }, "" };
+		{ "more than 3 redirects", "http://example.com/", { max_redirects = 4 }, "max_redirects" };
+		{ "a malformed network", "http://example.com/", { allowed_networks = { "10.0.0.0/8", "ten" } }, "'ten'" };
+	};
+	for _, case in ipairs(bad) do
+		it("refuses " .. case[1] .. " before starting a job", function ()
+			local running = native.media.running();
+			local id, code, text = native.media.probe_url(case[2], case[3]);
+			assert.is_nil(id);
+			assert.equal("bad-request", code);
+			assert.matches(case[4], text, 1, true);
+			assert.equal(running, native.media.running());
+		end);
+	end
+
+	it("raises on a wrong argument type", function ()
+		assert.has_error(function () native.media.probe_url(nil, {}); end);
+		assert.has_error(function () native.media.probe_url("http://example.com/", "limits"); end);
+	end);
+
+	it("reports a blocked address as the job's error", function ()
+		local outcome, code = settle(jobs.track(owner, native.media.probe_url("http://169.254.169.254/latest/meta-data/", {})));
+		assert.same({ "rejected", "blocked" }, { outcome, code });
+	end);
+end);
+
+describe("media.lookup", function ()
+	it("answers nil for a URL that was never probed", function ()
+		assert.is_nil(native.media.lookup("http://example.com/never.png", {}));
+	end);
+
+	it("answers nil, code, text for malformed limits", function ()
+		local meta, code = native.media.lookup("http://example.com/", { max_pixels = "many" });
+		assert.is_nil(meta);
+		assert.equal("bad-request", code);
+	end);
+end);
+
+describe("media.check_networks and media.check_limits", function ()
+	it("returns the networks in canonical form", function ()
+		assert.same({ "127.0.0.1/32", "10.0.0.0/8", "fd00::/8" }, native.media.check_networks({ "127.0.0.1", "10.1.2.3/8", "fd12::/8" }));
+		assert.same({}, native.media.check_networks({}));
+	end);
+
+	it("names the first bad network", function ()
+		local nets, code, text = native.media.check_networks({ "10.0.0.0/8", "10.0.0.0/33" });
+		assert.is_nil(nets);
+		assert.equal("bad-request", code);
+		assert.equal("Prefix length /33 is longer than 32 bits", text);
+	end);
+
+	it("accepts the module's limits and refuses nonsense", function ()
+		assert.is_true(native.media.check_limits({ max_bytes = 1024; timeout = 2.5; cache_ttl = 0; allowed_networks = {} }));
+		assert.is_nil(native.media.check_limits({ connect_timeout = -1 }));
+	end);
+end);

@@ -216,13 +216,19 @@ local function result_layout(with_landing_page)
 end
 
 -- XEP-0401: the result carries uri, landing-url (when the server has a landing page) and expire.
-local result_forms = { [true] = result_layout(true); [false] = result_layout(false) };
+local result_form = result_layout(true);
+local result_form_without_page = result_layout(false);
 
 local function invite_result(invite)
+	-- Not result_forms[invite.landing_page ~= nil]: Lua 5.4.4 miscompiles a comparison used as an index (nil).
+	local layout = result_form_without_page;
+	if invite.landing_page then
+		layout = result_form;
+	end
 	return {
 		status = "completed";
 		result = {
-			layout = result_forms[invite.landing_page ~= nil];
+			layout = layout;
 			values = { uri = invite.uri; ["landing-url"] = invite.landing_page; expire = datetime.datetime(invite.expires) };
 		};
 	};

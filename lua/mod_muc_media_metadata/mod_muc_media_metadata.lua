@@ -55,7 +55,10 @@ local probe_limits = {
 	cache_size = cache_size;
 	cache_ttl = cache_ttl;
 };
-assert(native.media.check_limits(probe_limits));
+local limits_ok, limits_err, limits_text = native.media.check_limits(probe_limits);
+if not limits_ok then
+	error(("muc_media_metadata limits: %s (%s)"):format(limits_text, limits_err), 0);
+end
 
 -- Counters for mod_http_openmetrics (and any other statistics provider).
 local count_done = module:measure("probes_done", "rate");

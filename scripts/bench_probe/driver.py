@@ -59,7 +59,9 @@ def make_images():
 def run(name, cmd, env=None):
     """Runs one implementation over all images; returns {file name: result}."""
     print(f"  running {name} ...", file=sys.stderr, flush=True)
-    out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{name} failed ({out.returncode}):\n{out.stderr}")
     results = {}
     for line in out.stdout.splitlines():
         if line.startswith("{"):

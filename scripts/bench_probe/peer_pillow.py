@@ -34,7 +34,8 @@ def main():
         import fast_blurhash
 
         def encode(im):
-            return fast_blurhash.encode(im, 4, 3)
+            # It takes an ImageFile or raw RGB bytes; a converted, thumbnailed image is neither.
+            return fast_blurhash.encode(im.tobytes(), 4, 3, im.width, im.height)
 
     def probe(data):
         im = Image.open(io.BytesIO(data))
