@@ -80,7 +80,8 @@ struct Shared {
 /// The runtime and its shared state, created on first use in a process.
 struct Pool {
     pid: u32,
-    /// Nice value of the pool's threads.
+    /// Nice value of the pool's threads (checked by the tests).
+    #[cfg_attr(not(test), allow(dead_code))]
     priority: libc::c_int,
     runtime: Runtime,
     shared: Arc<Shared>,

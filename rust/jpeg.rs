@@ -244,10 +244,11 @@ struct Huffman {
     /// Indexed by the next `LOOKUP_BITS` bits: `len << 8 | symbol`, or 0 for a longer code.
     lookup: Box<[u16; 1 << LOOKUP_BITS]>,
     /// For skipping AC coefficients ([`Huffman::with_skip_table`]), indexed by the next [`SKIP_BITS`]
-    /// bits: the bits of one or two whole symbols (code and magnitude) that start there (`& 31`) and how
-    /// far they advance the coefficient index (`>> 5`: run + 1 each, 16 for ZRL, 64 for end of block),
-    /// or 0 when the first code is longer than `SKIP_BITS`.
-    skip: Option<Box<[u16; 1 << SKIP_BITS]>>,
+    /// bits, or 0 when the first code is longer than that. For one or two whole symbols (code and
+    /// magnitude bits) that start there: their bits (`& 31`) and how far they advance the coefficient
+    /// index (`>> 5 & 255`: run + 1 each, 16 for ZRL, 128 for end of block); then the same for the
+    /// first symbol alone (`>> 13 & 31`, `>> 18`), to undo the second when the first filled the block.
+    skip: Option<Box<[u32; 1 << SKIP_BITS]>>,
     /// For each length 1..=16: largest code of that length + 1 (0 when none), and the offset in `values`.
     max_code: [u32; 17],
     val_offset: [i32; 17],
@@ -314,20 +315,20 @@ impl Huffman {
         let advance = |symbol: u8| -> u32 {
             match (symbol & 15, symbol >> 4) {
                 (0, 15) => 16,
-                (0, _) => 64,
+                (0, _) => 128,
                 (_, run) => run as u32 + 1,
             }
         };
-        let mut skip = Box::new([0u16; 1 << SKIP_BITS]);
+        let mut skip = Box::new([0u32; 1 << SKIP_BITS]);
         for (pattern, slot) in skip.iter_mut().enumerate() {
             let bits = (pattern as u32) << (32 - SKIP_BITS);
             let Some((len, symbol)) = self.decode_prefix(bits, SKIP_BITS) else {
                 continue;
             };
-            let mut total = len + (symbol & 15) as u32;
-            let mut step = advance(symbol);
+            let (total1, step1) = (len + (symbol & 15) as u32, advance(symbol));
+            let (mut total, mut step) = (total1, step1);
             // A second whole symbol in the remaining bits, unless the first ended the block.
-            if step < 64 && total < SKIP_BITS {
+            if step < 128 && total < SKIP_BITS {
                 if let Some((len2, symbol2)) = self.decode_prefix(bits << total, SKIP_BITS - total) {
                     let total2 = total + len2 + (symbol2 & 15) as u32;
                     if total2 <= SKIP_BITS {
@@ -336,7 +337,7 @@ impl Huffman {
                     }
                 }
             }
-            *slot = (total | step << 5) as u16;
+            *slot = total | step << 5 | total1 << 13 | step1 << 18;
         }
         self.skip = Some(skip);
         self
@@ -785,34 +786,45 @@ fn dc_diff(bits: &mut Bits, table: &Huffman) -> Result<i32, Error> {
 /// magnitude bits without building the value (one table lookup per coefficient for codes up to
 /// [`LOOKUP_BITS`] long). The bit buffer is kept in locals so it stays in registers.
 #[inline(always)]
-fn skip_ac_symbols(bits: &mut Bits, table: &Huffman, skip: &[u16; 1 << SKIP_BITS]) -> Result<(), Error> {
+fn skip_ac_symbols(bits: &mut Bits, table: &Huffman, skip: &[u32; 1 << SKIP_BITS]) -> Result<(), Error> {
     let mut k = 1u32;
     let (mut buf, mut count) = (bits.buf, bits.count);
+    // The state before the last table step, to undo half of it (below).
+    let (mut prev_buf, mut prev_count, mut prev_k, mut last) = (buf, count, k, 0u32);
     while k < 64 {
         if count < 32 {
             (bits.buf, bits.count) = (buf, count);
             bits.refill();
             (buf, count) = (bits.buf, bits.count);
         }
-        let entry = skip[(buf >> (64 - SKIP_BITS)) as usize] as u32;
+        let entry = skip[(buf >> (64 - SKIP_BITS)) as usize];
         if entry != 0 {
             // Codes and magnitude bits together: at most 12 + 15 bits, and 32 are buffered.
+            (prev_buf, prev_count, prev_k, last) = (buf, count, k, entry);
             let n = entry & 31;
             buf <<= n;
             count -= n;
-            k += entry >> 5;
+            k += (entry >> 5) & 255;
         } else {
             (bits.buf, bits.count) = (buf, count);
             let symbol = bits.symbol(table)?;
             let (run, size) = ((symbol >> 4) as u32, (symbol & 15) as u32);
             bits.consume(size);
             (buf, count) = (bits.buf, bits.count);
+            last = 0;
             k += match (size, run) {
                 (0, 15) => 16,
-                (0, _) => 64,
+                (0, _) => 128,
                 _ => run + 1,
             };
         }
+    }
+    // A full block has no end-of-block symbol: if the first symbol of the last pair filled it, the
+    // second belongs to the next block. Undo it.
+    let total1 = (last >> 13) & 31;
+    if last != 0 && prev_k + (last >> 18) >= 64 && last & 31 != total1 {
+        buf = prev_buf << total1;
+        count = prev_count - total1;
     }
     (bits.buf, bits.count) = (buf, count);
     Ok(())
@@ -1034,6 +1046,7 @@ mod tests {
             "photo_progressive_scans.jpg",
             "photo_restart.jpg",
             "photo_optimized.jpg",
+            "photo_q100.jpg",
             "photo_exif6.jpg",
         ] {
             let got = decode_dc(&data(name), 1 << 30).unwrap_or_else(|e| panic!("{name}: {e}"));

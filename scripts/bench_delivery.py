@@ -120,7 +120,8 @@ async def bench_version(version: str, modules_dir: Path, media: ServerProcess, l
         server.register("alice", "pw")
         server.register("bob", "pw")
         result = {}
-        async with rig.connect(server, "alice@localhost", "pw") as alice, rig.connect(server, "bob@localhost", "pw") as bob:
+        alice_client = rig.connect(server, "alice@localhost", "pw")
+        async with alice_client as alice, rig.connect(server, "bob@localhost", "pw") as bob:
             await rig.create_room(alice, ROOM, "Alice", persistent=False)
             await rig.join_room(bob, ROOM, "Bob")
             photo = media.url("/photo.jpg")
@@ -139,23 +140,21 @@ async def bench_version(version: str, modules_dir: Path, media: ServerProcess, l
             result["cached_ms"] = statistics.median(cached)
 
             async with server.http_client() as http:
-                idle = (await http.get("/bench_loop_stall/start")).json()
-                await asyncio.sleep(1.0)  # an idle second: the loop's own floor  (bench only, no assertion)
-                idle = (await http.get("/bench_loop_stall/stop")).json()
-                result["idle_stall"] = idle
-
                 pid = server.pid
                 baseline_kib = rss_kib(pid, "VmRSS")
                 Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
                 await http.get("/bench_loop_stall/start")
                 urls = [f"{large[i % len(large)]}?n={i}" for i in range(CONCURRENT_PROBES)]
                 ms, stanza = await timed_delivery(alice, bob, urls, "twenty large images")
-                loaded = (await http.get("/bench_loop_stall/stop")).json()
-                result["load_stall"] = loaded
+                result["load_stall"] = (await http.get("/bench_loop_stall/stop")).json()
                 result["load_ms"] = ms
                 result["load_with_metadata"] = with_metadata(stanza)
                 result["baseline_kib"] = baseline_kib
                 result["peak_kib"] = rss_kib(pid, "VmHWM")
+                # The same time with nothing to do: how much the machine itself delays the loop.
+                await http.get("/bench_loop_stall/start")
+                await asyncio.sleep(ms / 1000)  # a benchmark phase of fixed length, not a wait for an event
+                result["idle_stall"] = (await http.get("/bench_loop_stall/stop")).json()
         return result
     finally:
         server.stop()
@@ -172,12 +171,18 @@ def report(version: str, r: dict, large_desc: str) -> None:
           f"{r['probed_ms']:.2f} ms (added {r['probed_ms'] - r['plain_ms']:.2f} ms, "
           f"x{r['probed_ms'] / r['plain_ms']:.1f}) | cached {r['cached_ms']:.2f} ms "
           f"(added {r['cached_ms'] - r['plain_ms']:.2f} ms)")
-    print(f"event loop, 1 ms timer lateness: idle max {idle['max_ms']:.2f} ms (p99 {idle['p99_ms']:.2f}) | "
-          f"{CONCURRENT_PROBES} large images ({large_desc}) probed at once: max {load['max_ms']:.2f} ms, "
-          f"p99 {load['p99_ms']:.2f} ms over {load['ticks']} ticks; "
-          f"{r['load_with_metadata']}/{CONCURRENT_PROBES} got metadata, delivered after {r['load_ms']:.0f} ms")
-    verdict = "met" if load["max_ms"] <= STALL_GOAL_MS else "MISSED"
-    print(f"  goal: no stall above {STALL_GOAL_MS:.0f} ms -> {verdict} (longest {load['max_ms']:.2f} ms)")
+    print(f"event loop, lateness of a 1 ms timer: while {CONCURRENT_PROBES} large images ({large_desc}) are probed "
+          f"at once, max {load['max_ms']:.2f} ms, p99 {load['p99_ms']:.2f} ms over {load['ticks']} ticks "
+          f"({r['load_with_metadata']}/{CONCURRENT_PROBES} got metadata, delivered after {r['load_ms']:.0f} ms) | "
+          f"idle for as long: max {idle['max_ms']:.2f} ms, p99 {idle['p99_ms']:.2f} ms")
+    if load["max_ms"] <= STALL_GOAL_MS:
+        verdict = "met"
+    elif idle["max_ms"] > STALL_GOAL_MS:
+        verdict = (f"MISSED, but inconclusive: this machine stalls the idle loop by {idle['max_ms']:.2f} ms "
+                   f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    else:
+        verdict = "MISSED"
+    print(f"  goal: no stall above {STALL_GOAL_MS:.0f} ms -> {verdict}")
     verdict = "met" if extra_mib <= bound_mib else "MISSED"
     print(f"memory: RSS {r['baseline_kib'] / 1024:.1f} MiB before, peak {r['peak_kib'] / 1024:.1f} MiB during the "
           f"probes (+{extra_mib:.1f} MiB)")

@@ -137,6 +137,22 @@ describe("mod_muc_media_metadata", function ()
 		assert.equal(url, sfs:get_child("sources"):get_child("url-data", "http://jabber.org/protocol/url-data").attr.target);
 	end);
 
+	it("keeps a file-sharing element the sender made for the URL and adds none", function ()
+		local m = load();
+		local url = server.url("/photo.png?own-sfs");
+		local stanza = message(url);
+		stanza:tag("file-sharing", { xmlns = xmlns_sfs }):tag("file", { xmlns = "urn:xmpp:file:metadata:0" })
+			:text_tag("name", "cat.png"):up()
+			:tag("sources"):tag("url-data", { xmlns = "http://jabber.org/protocol/url-data"; target = url }):up():up():up();
+		local status = fire_in_runner(m, { room = room(); stanza = stanza });
+		fakes.pump_until(function () return status.returned ~= nil; end);
+		local all = {};
+		for sfs in stanza:childtags("file-sharing", xmlns_sfs) do table.insert(all, sfs); end
+		assert.equal(1, #all);
+		assert.equal("cat.png", all[1]:get_child("file", "urn:xmpp:file:metadata:0"):get_child_text("name"));
+		assert.is_table(metadata_of(stanza:get_child("x", xmlns_oob)), "the seed's metadata is still added");
+	end);
+
 	it("can leave the XEP-0447 element out", function ()
 		local m = load({ muc_media_metadata_file_sharing = false });
 		local stanza = message(server.url("/photo.gif"));

@@ -1,9 +1,9 @@
 """A local HTTP server for the media metadata tests: serves images and edge cases, and records every connection.
 
 Use it in pytest as a context manager (`with MediaServer("127.0.0.1") as server: server.url("/photo.png")`), or run
-it as a script (for the busted specs and the benchmark): `python3 tests/media_server.py [HOST [URLPATH=FILE=TYPE ...]]`
-prints "PID PORT" and serves until killed. Binding another loopback address (127.0.0.2) gives a server that the module must never reach, and
-`connections` proves it.
+it as a script (for the busted specs and the benchmark):
+`python3 tests/media_server.py [HOST [URLPATH=FILE=TYPE ...]]` prints "PID PORT" and serves until killed. Binding
+another loopback address (127.0.0.2) gives a server that the module must never reach, and `connections` proves it.
 
 Paths:
   /photo.png /photo.jpg /photo.gif /photo.webp   the 76x52 photo fixtures of tests/data

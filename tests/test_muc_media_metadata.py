@@ -110,7 +110,12 @@ async def assert_responsive(server, client):
 
 @pytest.mark.parametrize(
     "path, mime",
-    [("/photo.png", "image/png"), ("/photo.jpg", "image/jpeg"), ("/photo.gif", "image/gif"), ("/photo.webp", "image/webp")],
+    [
+        ("/photo.png", "image/png"),
+        ("/photo.jpg", "image/jpeg"),
+        ("/photo.gif", "image/gif"),
+        ("/photo.webp", "image/webp"),
+    ],
 )
 async def test_image_gets_bytes_type_dimensions_and_blurhash_in_order(start_media_prosody, media, path, mime):
     server = start_media_prosody()
@@ -140,7 +145,8 @@ async def test_image_gets_a_file_sharing_element_with_blurhash_thumbnail(start_m
         [sfs] = msg.xml.findall(f"{{{XMLNS_SFS}}}file-sharing")
         file = sfs.find(f"{{{XMLNS_FILE}}}file")
         assert "image/png" == file.findtext(f"{{{XMLNS_FILE}}}media-type")
-        assert (str(PHOTO_SIZE[0]), str(PHOTO_SIZE[1])) == (file.findtext(f"{{{XMLNS_FILE}}}width"), file.findtext(f"{{{XMLNS_FILE}}}height"))
+        dimensions = (file.findtext(f"{{{XMLNS_FILE}}}width"), file.findtext(f"{{{XMLNS_FILE}}}height"))
+        assert (str(PHOTO_SIZE[0]), str(PHOTO_SIZE[1])) == dimensions
         assert dict(metadata_of(msg)[0])["bytes"] == file.findtext(f"{{{XMLNS_FILE}}}size")
         thumbnail = file.find(f"{{{XMLNS_THUMBS}}}thumbnail")
         assert "image/blurhash" == thumbnail.get("media-type")
@@ -280,7 +286,8 @@ async def test_oversized_file_gets_size_and_type_from_headers(start_media_prosod
     server = start_media_prosody({"muc_media_metadata_max_bytes": 64 * 1024})
     async with occupants(server) as (alice, bob):
         body = post(alice, media.url("/big.png"))
-        assert [[("bytes", str(BIG_BYTES)), ("type", "application/octet-stream")]] == metadata_of(await received(bob, body))
+        expected = [[("bytes", str(BIG_BYTES)), ("type", "application/octet-stream")]]
+        assert expected == metadata_of(await received(bob, body))
 
 
 async def test_oversized_body_without_length_gets_type_only(start_media_prosody, media):

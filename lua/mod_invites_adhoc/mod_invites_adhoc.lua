@@ -143,7 +143,7 @@ local function open_invites(username)
 	end
 	table.sort(open, function (a, b)
 		if a.record.created ~= b.record.created then return a.record.created < b.record.created; end
-		return a.token < b.token;
+		return (a.record.serial or 0) < (b.record.serial or 0);
 	end);
 	return open, records;
 end
@@ -169,6 +169,12 @@ local function remember(username, invite, record)
 	local ok;
 	if not err then
 		records = records or {};
+		-- Creation order within one second (created_at has whole seconds)
+		local serial = 0;
+		for _, other in pairs(records) do
+			serial = math.max(serial, other.serial or 0);
+		end
+		record.serial = serial + 1;
 		records[invite.token] = record;
 		ok, err = created_store:set(username, records);
 	end

@@ -39,7 +39,6 @@ local xmlns_url_data = "http://jabber.org/protocol/url-data";
 
 local networks, networks_err, networks_text = native.media.check_networks(allowed_networks);
 if not networks then
-	module:log("error", "Invalid muc_media_metadata_allowed_networks: %s", networks_text);
 	error(("muc_media_metadata_allowed_networks: %s (%s)"):format(networks_text, networks_err), 0);
 end
 

@@ -5,7 +5,7 @@
 // and size from metadata() (header only), a resize to fit 64x64 (the working size of ours; libvips
 // shrinks JPEG on load in the DCT domain), then the BlurHash 4x3.
 "use strict";
-const { readFileSync } = require("node:fs");
+const { readFileSync, writeFileSync } = require("node:fs");
 const sharp = require("sharp");
 const { encode } = require("blurhash");
 
@@ -29,19 +29,23 @@ async function main() {
 const [seconds, ...files] = process.argv.slice(2);
 for (const path of files) {
   const data = readFileSync(path);
+  writeFileSync("/proc/self/clear_refs", "5"); // reset the peak RSS to the current RSS
   const rssBefore = statusKib("VmRSS:");
   const first = await probe(data);
   const rssGrowth = Math.max(0, statusKib("VmHWM:") - rssBefore);
   const times = [];
   const start = performance.now();
+  const cpuStart = process.cpuUsage();
   while (times.length < 5 || (performance.now() - start < seconds * 1000 && times.length < 1000)) {
     const t = performance.now();
     await probe(data);
     times.push(performance.now() - t);
   }
+  const cpu = process.cpuUsage(cpuStart);
+  const cpuMs = (cpu.user + cpu.system) / 1000 / times.length;
   times.sort((a, b) => a - b);
   const median = times.length % 2 ? times[(times.length - 1) / 2] : (times[times.length / 2 - 1] + times[times.length / 2]) / 2;
-  console.log(JSON.stringify({ file: path, median_ms: median, min_ms: times[0], runs: times.length,
+  console.log(JSON.stringify({ file: path, median_ms: median, min_ms: times[0], cpu_ms: cpuMs, runs: times.length,
     rss_growth_kib: rssGrowth, ...first }));
 }
 }

@@ -56,6 +56,8 @@ base.save(p("photo_420.jpg"), quality=90, subsampling=2)
 base.save(p("photo_422.jpg"), quality=90, subsampling=1)
 base.save(p("photo_444.jpg"), quality=90, subsampling=0)
 base.save(p("photo_optimized.jpg"), quality=90, optimize=True)
+# Quality 100: many blocks whose last coefficient is non-zero, which end without an EOB symbol.
+base.save(p("photo_q100.jpg"), quality=100, subsampling=0)
 base.save(p("photo_progressive.jpg"), quality=90, progressive=True)
 base.save(p("photo_progressive_444.jpg"), quality=90, progressive=True, subsampling=0)
 base.convert("L").save(p("photo_gray.jpg"), quality=90)
