@@ -55,7 +55,7 @@ rocks:
 run: deps $(LIBRARY)
 	$(PYTHON) scripts/run.py
 
-test: deps $(LIBRARY) test-rust test-lua test-integration
+test: deps $(LIBRARY) lint test-rust test-lua test-integration
 
 test-rust:
 	$(CARGO) test --all-targets

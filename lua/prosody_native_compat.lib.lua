@@ -3,7 +3,8 @@
 -- Load with `local compat = module:require("prosody_native_compat")`.
 -- - Prosody 13 renamed its libraries to prosody.util.* (the old names still load, with a warning).
 -- - Prosody 13 has roles and permissions (module:may); 0.12 only knows admins.
--- - Prosody 13 bounds numeric options itself; 0.12 does not.
+-- - Prosody 13 bounds numeric options itself and reads periods ("2 days"); 0.12 does not.
+-- - Prosody 0.12's mod_invites fails on contact-only tokens (invites_get_fails_on_contact_tokens).
 
 local compat = {};
 

@@ -317,7 +317,10 @@ impl Shrinker {
         if y >= self.src_h || plane >= self.planes || rx == 0 {
             return;
         }
-        let by = self.row_bin.get(y as usize).map_or_else(|| self.bin_y(y), |&b| b as usize);
+        let by = self
+            .row_bin
+            .get(y as usize)
+            .map_or_else(|| self.bin_y(y), |&b| b as usize);
         let covered = (values.len() as u64 * rx as u64).min(self.src_w as u64) as u32;
         let (rx, planes) = (rx as u64, self.planes);
         for j in 0..self.dst_w as usize {
@@ -340,8 +343,12 @@ impl Shrinker {
             };
             if rx > 1 {
                 // Trim the parts of the first and last samples outside [x0, x1).
-                sum -= run.first().map_or(0, |&v| v as i64 * (x0 - first as u64 * rx) as i64);
-                sum -= run.last().map_or(0, |&v| v as i64 * ((last as u64 + 1) * rx - x1) as i64);
+                sum -= run
+                    .first()
+                    .map_or(0, |&v| v as i64 * (x0 - first as u64 * rx) as i64);
+                sum -= run
+                    .last()
+                    .map_or(0, |&v| v as i64 * ((last as u64 + 1) * rx - x1) as i64);
             }
             let bin = (by * self.dst_w as usize + j) * planes + plane;
             if let (Some(s), Some(w)) = (self.sums.get_mut(bin), self.weights.get_mut(bin)) {
@@ -821,7 +828,7 @@ mod tests {
 
     #[test]
     fn sample_rows_match_single_samples() {
-        let values: Vec<i32> = (0..77).map(|v| (v * 37 % 255) as i32).collect();
+        let values: Vec<i32> = (0..77).map(|v| v * 37 % 255).collect();
         for (width, rx) in [(300u32, 4u32), (150, 2), (77, 1), (230, 3), (1000, 1)] {
             let mut rows = Shrinker::for_blocks(width * 8, 16, 8, 2).unwrap();
             let mut samples = Shrinker::for_blocks(width * 8, 16, 8, 2).unwrap();

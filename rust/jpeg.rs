@@ -279,7 +279,6 @@ impl Huffman {
                     for slot in lookup.iter_mut().skip(first).take(1 << shift) {
                         *slot = entry;
                     }
-
                 }
                 code += 1;
                 k += 1;
@@ -610,7 +609,9 @@ impl Decoder {
         // (DC table, AC table with its skip table) per scan component, built from the definitions.
         let mut tables: Vec<(Huffman, Option<Huffman>)> = Vec::with_capacity(comps.len());
         for c in &comps {
-            let dc = self.dc_tables[c.dc].as_ref().ok_or_else(|| corrupt("scan uses an undefined Huffman table"))?;
+            let dc = self.dc_tables[c.dc]
+                .as_ref()
+                .ok_or_else(|| corrupt("scan uses an undefined Huffman table"))?;
             let ac = match (skip_ac, self.ac_tables[c.ac].as_ref()) {
                 (false, _) => None,
                 (true, Some(spec)) => Some(Huffman::new(&spec.counts, &spec.values)?.with_skip_table()),
@@ -718,7 +719,10 @@ impl Decoder {
     /// The working image: averaged planes converted to RGB.
     fn finish(self) -> Result<Working, Error> {
         let (w, h) = self.shrinker.dims();
-        let mut means = self.shrinker.means().ok_or_else(|| corrupt("image data missing"))?;
+        let mut means = self
+            .shrinker
+            .means()
+            .ok_or_else(|| corrupt("image data missing"))?;
         let n = self.frame.components.len();
         for px in means.chunks_exact_mut(n) {
             for (v, scale) in px.iter_mut().zip(self.scale) {
@@ -777,7 +781,11 @@ fn dc_diff(bits: &mut Bits, table: &Huffman) -> Result<i32, Error> {
         return Err(corrupt("DC magnitude"));
     }
     // At least 32 - 16 bits remain after a slow-path code; code + magnitude fit the buffer.
-    let value = if size == 0 { 0 } else { ((bits.buf << len) >> (64 - size)) as u32 };
+    let value = if size == 0 {
+        0
+    } else {
+        ((bits.buf << len) >> (64 - size)) as u32
+    };
     bits.consume(len + size);
     Ok(extend(value, size))
 }
@@ -871,7 +879,10 @@ pub fn decode_dc(bytes: &[u8], max_pixels: u64) -> Result<Working, Error> {
                     let counts = p.get(1..17).ok_or_else(|| corrupt("short DHT"))?;
                     let n: usize = counts.iter().map(|&c| c as usize).sum();
                     let values = p.get(17..17 + n).ok_or_else(|| corrupt("short DHT"))?;
-                    let mut table = HuffSpec { counts: [0; 16], values: values.to_vec() };
+                    let mut table = HuffSpec {
+                        counts: [0; 16],
+                        values: values.to_vec(),
+                    };
                     table.counts.copy_from_slice(counts);
                     let (class, th) = (tc_th >> 4, (tc_th & 15) as usize);
                     if th > 3 || class > 1 {

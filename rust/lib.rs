@@ -15,6 +15,9 @@
 //! ## Where to start reading
 //! - [`error`]: the one error type and its codes.
 //! - [`validate`]: URIs, JIDs, nicknames, titles and hues, as checked before anything is stored.
+//! - [`probe`]: media bytes to MIME type, header dimensions and BlurHash, decoding only under explicit
+//!   limits; [`jpeg`] (DC-only JPEG decoding) and [`blurhash`] (bounded-memory downsizing and encoding)
+//!   serve it.
 //! - `lua` (feature `lua54`): the only module that imports mlua; each function converts, calls the core and
 //!   maps the result.
 //!

@@ -545,6 +545,10 @@ fn decode_gif(bytes: &[u8], limits: &ProbeLimits) -> Result<Working, Error> {
         frame.width as u32,
         frame.height as u32,
     );
+    // The frame may be larger than the screen; its pixels are decoded all the same, so it is limited too.
+    if !limits.allows(fw.max(1), fh.max(1)) {
+        return Err(Error::TooLarge("GIF frame has too many pixels".into()));
+    }
     let (interlaced, transparent) = (frame.interlaced, frame.transparent);
     let palette = frame
         .palette
@@ -826,6 +830,19 @@ mod tests {
         l.max_alloc = 1 << 20;
         let info = probe(&data("bomb.png"), &l).unwrap();
         assert_eq!(None, info.blurhash);
+    }
+
+    #[test]
+    fn a_gif_frame_larger_than_its_screen_is_limited_too() {
+        // 16x16 screen, one 65535x65535 frame (its LZW data cut short).
+        let mut gif = b"GIF89a\x10\0\x10\0\x80\0\0\0\0\0\xff\xff\xff".to_vec();
+        gif.extend_from_slice(b"\x2c\0\0\0\0\xff\xff\xff\xff\0\x02\x02\x4c\x01\0\x3b");
+        let info = probe(&gif, &limits()).unwrap();
+        assert_eq!((Some(16), Some(16), None), (info.width, info.height, info.blurhash));
+        let mut small = limits();
+        small.max_pixels = 1000;
+        assert!(matches!(decode_gif(&gif, &small), Err(Error::TooLarge(_))));
+        assert!(matches!(decode_gif(&gif, &limits()), Err(Error::TooLarge(_))));
     }
 
     #[test]

@@ -134,7 +134,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
     server.start(check_modules=False)
-    print_info(server, creds, host_modules, muc_modules)
+    print_info(server, creds, CORE_HOST_MODULES + host_modules, muc_modules)
     code = server.wait()
     print(f"Prosody stopped (exit code {code}).", flush=True)
     return code

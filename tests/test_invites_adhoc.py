@@ -53,9 +53,13 @@ register_stanza_plugin(Presence, PreAuth)
 def start(start_prosody):
     """start(**host_options): a server with the invite modules on localhost and the users of PASSWORDS."""
 
-    def start_with(*, extra_hosts=None, global_options=None, **host_options):
+    def start_with(*, modules=MODULES, storage="internal", extra_hosts=None, global_options=None, **host_options):
         server = start_prosody(
-            host_modules=MODULES, host_options=host_options, extra_hosts=extra_hosts, global_options=global_options
+            host_modules=modules,
+            host_options=host_options,
+            extra_hosts=extra_hosts,
+            global_options=global_options,
+            storage=storage,
         )
         for user, password in PASSWORDS.items():
             server.register(user, password)
@@ -193,8 +197,10 @@ async def test_ours_is_loaded_instead_of_core_module(start):
     server = start()
     async with login(server, "admin") as admin:
         commands = await listed_commands(admin)
-    # Core's mod_invites_adhoc has no list and revoke commands (nor, on 0.12, a password reset one).
+    # Core's mod_invites_adhoc has no list and revoke commands (nor, on 0.12, a password reset one)...
     assert OURS <= commands
+    # ...and only this file logs this line when it loads.
+    assert "prosody-native mod_invites_adhoc serving XEP-0401 commands" in server.log_text()
     assert not server.module_errors("invites_adhoc")
 
 
@@ -261,6 +267,13 @@ async def test_allow_user_invites_lets_users_invite_new_users(start):
     async with login(server, "alice") as alice:
         result = await create_contact_invite(alice)
     assert result["uri"].endswith(";ibr=y")
+
+
+async def test_no_ibr_without_invite_registration(start):
+    server = start(modules=["invites_adhoc"])  # no mod_invites_register: invitees cannot register in band
+    async with login(server, "admin") as admin:
+        result = await create_contact_invite(admin)
+    assert ";ibr=y" not in result["uri"]
 
 
 def grant_role(server, user, role):
@@ -604,3 +617,16 @@ async def test_revoke_with_nothing_open_says_so(start):
         command = await run_command(alice, HOST, REVOKE)
     assert command["status"] == "completed"
     assert command["notes"] == [("info", "You have no open invitations to revoke")]
+
+
+async def test_invites_work_on_sql_storage(start):
+    server = start(storage="sql")
+    async with login(server, "alice") as alice, login(server, "bob") as bob:
+        await fetch_rosters(alice, bob)
+        kept = await create_contact_invite(alice)
+        revoked = await create_contact_invite(alice)
+        await revoke(alice, token_of(revoked["uri"]))
+        assert [item["uri"] for item in await list_invites(alice)] == [kept["uri"]]
+        subscribe_with(bob, f"alice@{HOST}", token_of(kept["uri"]))
+        await bob.wait_for(match("presence", type="subscribed", from_=f"alice@{HOST}"))
+        assert await list_invites(alice) == []  # used

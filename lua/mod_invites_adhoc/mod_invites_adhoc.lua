@@ -93,6 +93,11 @@ if allow_user_invites then
 end
 compat.default_permission(module, "prosody:admin", ":unlimited-invites");
 
+-- XEP-0401: without in-band registration for invitees (mod_invites_register), a URI must not offer it.
+local function is_invite_registration_on()
+	return modulemanager.is_loaded(module.host, "invites_register");
+end
+
 -- Whether the actor's contact invites also let the invitee register here (ibr=y).
 local function may_invite_new_users(actor)
 	local roles = compat.legacy_roles(module, actor);
@@ -295,7 +300,7 @@ local function contact_command(_, data)
 	if not actor then return error_result(fail("remote-user")); end
 	local ok, quota_err = check_quota(actor, username);
 	if not ok then return error_result(quota_err); end
-	local allow_registration = may_invite_new_users(actor);
+	local allow_registration = is_invite_registration_on() and may_invite_new_users(actor);
 	local invite, err = invites.create_contact(username, allow_registration, { source = data.from });
 	if not invite then
 		module:log("error", "Cannot create a contact invite for %s: %s", actor, err);
@@ -603,7 +608,7 @@ if compat.invites_get_fails_on_contact_tokens then
 		local stanza = event.stanza;
 		local preauth = stanza.attr.type == "subscribe" and stanza:get_child("preauth", xmlns_pars);
 		local token = preauth and preauth.attr.token;
-		if not token or not modulemanager.is_loaded(module.host, "invites_register") then
+		if not token or not is_invite_registration_on() then
 			return;
 		end
 		local username, host = jid.split(stanza.attr.to);

@@ -39,7 +39,8 @@ unsafe impl GlobalAlloc for Counting {
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             if new_size >= layout.size() {
-                let live = LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size - layout.size();
+                let live =
+                    LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size - layout.size();
                 PEAK.fetch_max(live, Ordering::Relaxed);
             } else {
                 LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
@@ -84,7 +85,10 @@ fn json_str(s: &str) -> String {
 }
 
 fn main() {
-    let seconds: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2.0);
+    let seconds: f64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2.0);
     let limits = ProbeLimits::default();
     // Cargo passes `--bench` to bench targets; anything starting with `-` is not a file.
     for path in std::env::args().skip(1).filter(|a| !a.starts_with('-')) {
@@ -123,7 +127,11 @@ fn main() {
         let cpu_per_probe = (cpu_ms() - cpu_start) / times.len() as f64;
         times.sort_by(f64::total_cmp);
         let n = times.len();
-        let median = if n % 2 == 1 { times[n / 2] } else { (times[n / 2 - 1] + times[n / 2]) / 2.0 };
+        let median = if n % 2 == 1 {
+            times[n / 2]
+        } else {
+            (times[n / 2 - 1] + times[n / 2]) / 2.0
+        };
         println!(
             "{{\"file\":{},\"median_ms\":{median:.4},\"min_ms\":{:.4},\"cpu_ms\":{cpu_per_probe:.4},\"runs\":{},\"peak_alloc_bytes\":{peak_alloc},\
              \"rss_growth_kib\":{rss_growth},\"mime\":{},\"width\":{},\"height\":{},\"blurhash\":{}}}",

@@ -1,0 +1,28 @@
+#!/bin/sh
+# Short fuzzing run: each cargo-fuzz target under fuzz/ for FUZZ_SECONDS (default 30), its corpus seeded
+# from tests/data. Needs a nightly toolchain (rustup) and cargo-fuzz, which it installs when missing.
+# Without nightly it falls back to a long proptest run of the crate's "never panics" properties.
+set -eu
+cd "$(dirname "$0")/.."
+FUZZ_SECONDS=${FUZZ_SECONDS:-30}
+CARGO=${CARGO:-cargo}
+
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+	echo "no nightly toolchain: running the proptest properties with many cases instead" >&2
+	PROPTEST_CASES=${PROPTEST_CASES:-20000} exec "$CARGO" test --release --lib never_panic
+fi
+if ! "$CARGO" fuzz --version >/dev/null 2>&1; then
+	"$CARGO" install --locked cargo-fuzz
+fi
+for target in $(cd fuzz && "$CARGO" +nightly fuzz list); do
+	corpus=fuzz/corpus/$target
+	mkdir -p "$corpus"
+	# Seeds: the test images, each behind a selector byte (0: default limits).
+	for f in tests/data/*.jpg tests/data/*.png tests/data/*.gif tests/data/*.webp tests/data/*.avif; do
+		[ -f "$f" ] || continue
+		seed="$corpus/seed-$(basename "$f")"
+		[ -f "$seed" ] || { printf '\000' | cat - "$f" > "$seed"; }
+	done
+	echo "== fuzz: $target for ${FUZZ_SECONDS}s =="
+	(cd fuzz && "$CARGO" +nightly fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -max_len=65536)
+done
