@@ -14,10 +14,16 @@
 //!
 //! ## Where to start reading
 //! - [`error`]: the one error type and its codes.
-//! - [`validate`]: URIs, JIDs, nicknames, titles and hues, as checked before anything is stored.
-//! - [`probe`]: media bytes to MIME type, header dimensions and BlurHash, decoding only under explicit
-//!   limits; [`jpeg`] (DC-only JPEG decoding) and [`blurhash`] (bounded-memory downsizing and encoding)
-//!   serve it.
+//! - [`validate`]: URIs, JIDs, nicknames, titles, hues and hat attachments, checked before anything is stored
+//!   (mod_muc_hats_api, mod_muc_hats_adhoc).
+//! - [`token`] and [`kick`]: stateless scoped API tokens, constant-time secret comparison and the JSON body
+//!   of an HTTP kick (mod_http_muc_kick).
+//! - [`invite`]: form values of invitations and the per-user quota (mod_invites_adhoc).
+//! - Media (mod_muc_media_metadata): [`media`] ties one URL's job together: [`cache`] first, then a safe
+//!   fetch ([`fetch`], with [`netguard`] deciding which addresses may be contacted), then [`probe`] for the
+//!   MIME type, header dimensions and BlurHash, decoding only under explicit limits; [`jpeg`] (DC-only JPEG
+//!   decoding) and [`blurhash`] (bounded-memory downsizing and encoding) serve it. [`jobs`] runs such work on
+//!   worker threads and wakes Prosody's loop through a descriptor.
 //! - `lua` (feature `lua54`): the only module that imports mlua; each function converts, calls the core and
 //!   maps the result.
 //!
