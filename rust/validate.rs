@@ -55,8 +55,8 @@ fn is_reserved(b: u8) -> bool {
 }
 
 /// Checks that `bytes` is a URI with a scheme
-/// (RFC 3986 `URI = scheme ":" hier-part [ "?" query ] [ "#" fragment ]`), as hat ids must be. Only RFC 3986 characters and well-formed percent-escapes are allowed, so no spaces,
-/// controls or raw non-ASCII.
+/// (RFC 3986 `URI = scheme ":" hier-part [ "?" query ] [ "#" fragment ]`), as hat ids must be. Only
+/// RFC 3986 characters and well-formed percent-escapes are allowed, so no spaces, controls or raw non-ASCII.
 pub fn uri(bytes: &[u8]) -> Result<&str, Error> {
     if bytes.is_empty() {
         return Err(Error::bad_request("URI is empty"));
