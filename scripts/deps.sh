@@ -26,9 +26,11 @@ log() { printf 'deps: %s\n' "$*"; }
 
 # Debian packages: apt-get update only when something is missing and the lists do not offer it.
 install_apt_packages() {
-	local missing=()
+	local installed missing=()
+	installed=$(dpkg-query -W -f='${Package} ${Status}\n' "${APT_PACKAGES[@]}" 2>/dev/null \
+		| awk '/ install ok installed$/ {print $1}' || true)
 	for pkg in "${APT_PACKAGES[@]}"; do
-		dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+		grep -qx "$pkg" <<<"$installed" || missing+=("$pkg")
 	done
 	[ ${#missing[@]} -eq 0 ] && return
 	[ "$(id -u)" -eq 0 ] || { log "missing ${missing[*]}; run as root"; exit 1; }

@@ -8,7 +8,7 @@
 #                                          module:depends() on
 #   *.src.rock, manifest*, index.html      `luarocks pack` of each rockspec, `luarocks-admin make-manifest`
 #
-# Usage: scripts/rocks.sh [FOLDER]   (default build/rocks; emptied first)
+# Usage: scripts/rocks.sh [FOLDER]   (default build/rocks; a folder made by an earlier run is emptied first)
 #   ROCK_SOURCE_URL  where the tarball will be published, e.g. https://example.org/releases (default: the local
 #                    folder, file://...). The src rocks carry the tarball, so installing from them never fetches it.
 #   ROCK_HOMEPAGE    the project's home page, for the rockspecs' description (default: none).
@@ -17,9 +17,8 @@
 # The tarball is made from the working tree as it is: make releases from a clean checkout of the release tag.
 set -euo pipefail
 
+OUT=$(realpath -m "${1:-$(dirname "$0")/../build/rocks}")
 cd "$(dirname "$0")/.."
-ROOT=$PWD
-OUT=$(realpath -m "${1:-build/rocks}")
 LUAROCKS=${LUAROCKS:-luarocks}
 LUAROCKS_ADMIN=${LUAROCKS_ADMIN:-luarocks-admin}
 LUA_VERSION=5.4
@@ -140,6 +139,10 @@ make_tarball() {
 	rm -rf "$OUT/.stage"
 }
 
+# Emptied first, so it must be a folder this script made (or a new one).
+if [ -d "$OUT" ] && [ -n "$(ls -A "$OUT")" ] && [ ! -f "$OUT/manifest" ]; then
+	die "$OUT is not empty and holds no rock server; give a new folder"
+fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
 make_tarball
@@ -161,7 +164,7 @@ for spec in *.rockspec; do
 	"$LUAROCKS" --lua-version="$LUA_VERSION" lint "$spec" >/dev/null || die "$spec does not pass luarocks lint"
 	"$LUAROCKS" --lua-version="$LUA_VERSION" pack "$spec" >/dev/null || die "luarocks pack $spec failed"
 done
-# Installs use the src rocks; the tarball stays when it is the source URL, for `luarocks install <rockspec>`.
-if [ -n "${ROCK_SOURCE_URL:-}" ]; then rm -f "$TARBALL"; fi
+# The tarball stays: installs use the src rocks, but `luarocks install <rockspec>` fetches it from its URL, and a
+# release uploads it to ROCK_SOURCE_URL.
 "$LUAROCKS_ADMIN" make-manifest --lua-version="$LUA_VERSION" "$OUT" >/dev/null
 log "$OUT: $NAME ${MODULES[*]} ($ROCK_VERSION)"
