@@ -105,6 +105,7 @@ mod tests {
         assert_eq!("token-malformed", Error::TokenMalformed("x".into()).code());
         assert_eq!("token-invalid", Error::TokenInvalid("x".into()).code());
         assert_eq!("token-expired", Error::TokenExpired("x".into()).code());
+        assert_eq!("quota-exceeded", Error::QuotaExceeded("x".into()).code());
     }
 
     #[test]

@@ -838,7 +838,10 @@ mod tests {
         let mut gif = b"GIF89a\x10\0\x10\0\x80\0\0\0\0\0\xff\xff\xff".to_vec();
         gif.extend_from_slice(b"\x2c\0\0\0\0\xff\xff\xff\xff\0\x02\x02\x4c\x01\0\x3b");
         let info = probe(&gif, &limits()).unwrap();
-        assert_eq!((Some(16), Some(16), None), (info.width, info.height, info.blurhash));
+        assert_eq!(
+            (Some(16), Some(16), None),
+            (info.width, info.height, info.blurhash)
+        );
         let mut small = limits();
         small.max_pixels = 1000;
         assert!(matches!(decode_gif(&gif, &small), Err(Error::TooLarge(_))));

@@ -484,6 +484,10 @@ async def test_bad_form_values_are_refused_with_clear_errors(start):
 # --- Password reset -------------------------------------------------------------------------------------------------
 
 
+async def invitation_of_reset(admin, account):
+    return invitation(await run_command(admin, HOST, RESET, {"accountjid": account}))
+
+
 async def test_password_reset_invite_sets_a_new_password(start):
     server = start()
     async with login(server, "admin") as admin:
@@ -496,10 +500,6 @@ async def test_password_reset_invite_sets_a_new_password(start):
         await stream.register("alice", "newalicepw")
     async with login(server, "alice", "newalicepw"):
         pass
-
-
-async def invitation_of_reset(admin, account):
-    return invitation(await run_command(admin, HOST, RESET, {"accountjid": account}))
 
 
 async def test_password_reset_for_an_unknown_account_is_refused(start):
