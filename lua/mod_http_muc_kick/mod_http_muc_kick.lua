@@ -157,9 +157,7 @@ local allow_kicking_admins = module:get_option_boolean("http_muc_kick_allow_kick
 local max_body_size = compat.get_option_integer(module, "http_muc_kick_max_body_size", 4096, 256, 65536);
 local max_reason_length = compat.get_option_integer(module, "http_muc_kick_max_reason_length", 1000, 1, 10000);
 
-if module:get_option_string("component_module") ~= "muc" then
-	error("mod_http_muc_kick must be loaded on a MUC component (Component \"...\" \"muc\")", 0);
-end
+compat.check_host(module, "muc");
 if not authorization_header then
 	error("http_muc_kick_authorization_header is not set: refusing to serve kicks without authorization", 0);
 end

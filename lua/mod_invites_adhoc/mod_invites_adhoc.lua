@@ -7,6 +7,7 @@
 -- Every submitted value is checked by the native library before anything is created.
 
 local compat = module:require("prosody_native_compat");
+compat.check_host(module, "local");
 local native = module:require("prosody_native");
 local dataforms = compat.require("util.dataforms");
 local datetime = compat.require("util.datetime");
