@@ -105,6 +105,13 @@ function fakes.new_module(name, host, options)
 		return timer;
 	end
 	function m.depends() end
+	function m.get_host_type() return "component"; end
+	function m.get_option_string(_, key, default)
+		if key == "component_module" then return "muc"; end
+		local v = options[key]; if v == nil then return default; end return v;
+	end
+	local shared = {};
+	function m.shared(_, key) shared[key] = shared[key] or {}; return shared[key]; end
 	function m:add_item(key, value)
 		table.insert(self.items, { key = key; value = value });
 	end

@@ -402,3 +402,9 @@ async def test_malformed_allowed_network_stops_the_module_with_a_clear_message(s
     )
     [line] = server.module_errors("muc_media_metadata")
     assert "Prefix length /33 is longer than 32 bits" in line
+
+
+async def test_module_on_a_virtualhost_refuses_to_load_and_says_where_it_belongs(start_prosody):
+    server = start_prosody(host_modules=["muc_media_metadata"], check_modules=False)
+    [line] = server.module_errors("muc_media_metadata")
+    assert "only works on" in line

@@ -7,6 +7,7 @@
 -- file metadata and an XEP-0264 BlurHash thumbnail, which clients parse today. Results are cached per URL.
 
 local compat = module:require("prosody_native_compat");
+compat.check_host(module, "muc");
 local native = module:require("prosody_native");
 local jobs = module:require("prosody_native_jobs");
 local async = compat.require("util.async");
