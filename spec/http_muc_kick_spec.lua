@@ -63,6 +63,8 @@ local function load_module(options, module_host)
 	function module:provides(kind, item) provided[kind] = item; end
 	function module:add_item(kind, item) items[kind] = item; end
 	function module:log(level, format, ...) table.insert(logs, { level = level; text = format:format(...) }); end
+	local shared = {};
+	function module:shared(path) shared[path] = shared[path] or {}; return shared[path]; end
 	local env = setmetatable({
 		module = module;
 		prosody = { hosts = { [host] = {} } };
