@@ -7,6 +7,7 @@ BUSTED ?= $(LUA) /usr/bin/busted
 LUACHECK ?= luacheck
 PYTHON ?= .venv/bin/python
 PROSODY_VERSIONS ?= 0.12 13
+FUZZ_SECONDS ?= 20
 
 # Two ways to install: `make install MODULES_DIR=<a plugin_paths folder>` (modules, library and their READMEs only),
 # or for packagers `make install DESTDIR=<staging> PREFIX=/usr`, which adds the project docs under share/doc.
@@ -21,7 +22,7 @@ HELPERS := $(wildcard lua/*.lib.lua)
 MODULE_FILES := $(patsubst lua/%,%,$(shell find $(addprefix lua/,$(MODULES)) -type f -not -name '.*' 2>/dev/null))
 DOCS := README.md LICENSE
 
-.PHONY: all deps install uninstall rocks run test test-rust test-lua test-integration lint bench clean
+.PHONY: all deps install uninstall rocks run test test-rust test-lua test-integration test-fuzz lint bench clean
 
 all: $(LIBRARY)
 
@@ -55,10 +56,14 @@ rocks:
 run: deps $(LIBRARY)
 	$(PYTHON) scripts/run.py
 
-test: deps $(LIBRARY) lint test-rust test-lua test-integration
+test: deps $(LIBRARY) lint test-rust test-fuzz test-lua test-integration
 
 test-rust:
 	$(CARGO) test --all-targets
+
+# A short run of every cargo-fuzz target (image probing, address checks); see scripts/fuzz.sh.
+test-fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
 
 test-lua: $(LIBRARY)
 	$(BUSTED)
