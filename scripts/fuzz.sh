@@ -24,5 +24,15 @@ for target in $(cd fuzz && "$CARGO" +nightly fuzz list); do
 		[ -f "$seed" ] || { printf '\000' | cat - "$f" > "$seed"; }
 	done
 	echo "== fuzz: $target for ${FUZZ_SECONDS}s =="
-	(cd fuzz && "$CARGO" +nightly fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -max_len=65536)
+	# libFuzzer reports progress many times a second: keep it in a log, show it whole only on a failure.
+	log=fuzz/target/$target.log
+	mkdir -p fuzz/target
+	if (cd fuzz && "$CARGO" +nightly fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 \
+		-max_len=65536) > "$log" 2>&1; then
+		grep '^Done ' "$log"
+	else
+		cat "$log"
+		echo "fuzz: $target failed; the crashing input is in fuzz/artifacts/$target/" >&2
+		exit 1
+	fi
 done
