@@ -58,8 +58,8 @@ end
 -- Finds the room on this host and checks that the user has an affiliation with it.
 -- Returns room, bare user JID, or nil, code, text.
 local function find_affiliated(user_jid, room_jid)
-	if type(user_jid) ~= "string" or type(room_jid) ~= "string" then
-		return nil, "bad-request", "User and room JIDs must be strings";
+	if type(user_jid) ~= "string" then
+		return nil, "bad-request", "User JID must be a string";
 	end
 	local user_bare = jid.prep(jid.bare(user_jid));
 	if not user_bare then
