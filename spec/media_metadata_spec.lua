@@ -153,6 +153,22 @@ describe("mod_muc_media_metadata", function ()
 		assert.is_table(metadata_of(stanza:get_child("x", xmlns_oob)), "the seed's metadata is still added");
 	end);
 
+	it("adds one file-sharing element per URL, however often the message repeats it", function ()
+		local m = load();
+		local png, gif = server.url("/photo.png?repeated"), server.url("/photo.gif?repeated");
+		local stanza = message(png, gif, png);
+		local status = fire_in_runner(m, { room = room(); stanza = stanza });
+		fakes.pump_until(function () return status.returned ~= nil; end);
+		local targets = {};
+		for sfs in stanza:childtags("file-sharing", xmlns_sfs) do
+			table.insert(targets, sfs:get_child("sources"):get_child("url-data", "http://jabber.org/protocol/url-data").attr.target);
+		end
+		assert.same({ png, gif }, targets);
+		for oob in stanza:childtags("x", xmlns_oob) do
+			assert.is_table(metadata_of(oob), "every OOB element still gets the seed's metadata");
+		end
+	end);
+
 	it("can leave the XEP-0447 element out", function ()
 		local m = load({ muc_media_metadata_file_sharing = false });
 		local stanza = message(server.url("/photo.gif"));

@@ -116,26 +116,31 @@ local function file_sharing_element(url, meta)
 	return file_sharing;
 end
 
--- Whether the sender already described `url` with an XEP-0447 <file-sharing/>; theirs stays, we add none.
-local function has_file_sharing(stanza, url)
+-- The URLs that the sender already described with an XEP-0447 <file-sharing/>: theirs stays, we add none.
+local function described_urls(stanza)
+	local urls = {};
 	for file_sharing in stanza:childtags("file-sharing", xmlns_sfs) do
 		local sources = file_sharing:get_child("sources");
-		for url_data in (sources and sources:childtags("url-data", xmlns_url_data) or function () end) do
-			if url_data.attr.target == url then
-				return true;
+		if sources then
+			for url_data in sources:childtags("url-data", xmlns_url_data) do
+				if url_data.attr.target then
+					urls[url_data.attr.target] = true;
+				end
 			end
 		end
 	end
-	return false;
+	return urls;
 end
 
 local function add_metadata(stanza, probes)
+	local described = add_file_sharing and described_urls(stanza);
 	for _, probe in ipairs(probes) do
 		local meta = probe.meta;
 		if meta then
 			probe.oob:add_direct_child(metadata_element(meta));
-			if add_file_sharing and not has_file_sharing(stanza, probe.url) then
+			if described and not described[probe.url] then
 				stanza:add_direct_child(file_sharing_element(probe.url, meta));
+				described[probe.url] = true; -- one per URL, however often the message repeats it
 			end
 		end
 	end
