@@ -1,49 +1,84 @@
 -- Bench-only: measures how late Prosody's event loop runs a timer that asks to run every millisecond. The
 -- lateness of a tick is how long the loop was busy elsewhere (a stall); the benchmark reads the longest one while
--- mod_muc_media_metadata probes images. Never load this in production.
+-- mod_muc_media_metadata probes images. Load it on the MUC component, next to that module. Never load this in
+-- production.
+--
+-- Each tick is filed under what the loop did since the previous one, so that a stall can be told apart from
+-- the handling of the message itself:
+--   "arrival"   a groupchat message reached the room (parsing, every handler, the probes being started);
+--   "delivery"  a message was broadcast to the occupants (adding the metadata, serialising for each occupant);
+--   "message"   both, as for a message that is not held;
+--   "between"   neither: the loop only waited, and took the probes' results.
 --
 -- GET /bench_loop_stall/start  starts (or restarts) measuring
--- GET /bench_loop_stall/stop   stops and answers {"ticks": n, "max_ms": x, "p99_ms": y, "median_ms": z}
+-- GET /bench_loop_stall/stop   stops and answers {"ticks": n, "max_ms": x, "p99_ms": y, "median_ms": z,
+--                              "phases": {"between": {same fields}, ...}} (phases without ticks are left out)
 
 local compat = module:require("prosody_native_compat");
 local json = compat.require("util.json");
+local server = compat.require("net.server");
 local time = compat.require("util.time");
 
 local interval = 0.001;
 
-local running = false;
-local generation = 0;
-local expected_at;
-local lateness = {};
+local generation = 0; -- a tick of an earlier run finds it changed and stops
+local lateness = {}; -- phase -> lateness of each tick, in seconds
+local arrived, delivered = false, false; -- since the previous tick
 
-local function tick()
-	if not running then return; end
-	local now = time.monotonic();
-	table.insert(lateness, math.max(0, now - expected_at));
-	expected_at = now + interval;
-	return interval;
+local function phase()
+	if arrived and delivered then return "message"; end
+	if arrived then return "arrival"; end
+	if delivered then return "delivery"; end
+	return "between";
 end
 
+module:hook("muc-occupant-groupchat", function () arrived = true; end, 1000);
+module:hook("muc-broadcast-message", function () delivered = true; end, 1000);
+
+-- Ticks are plain net.server tasks that add themselves again: a repeating module timer would allocate a little
+-- on every tick, and at 1000 ticks a second that alone would bring on Prosody's garbage collector.
 local function start()
-	running = false; -- a timer of an earlier run stops at its next tick
 	generation = generation + 1;
 	local this_run = generation;
 	lateness = {};
-	running = true;
-	expected_at = time.monotonic() + interval;
-	module:add_timer(interval, function ()
+	arrived, delivered = false, false;
+	local expected_at = time.monotonic() + interval;
+	local function tick()
 		if generation ~= this_run then return; end
-		return tick();
-	end);
+		local now = time.monotonic();
+		local this_phase = phase();
+		arrived, delivered = false, false;
+		local list = lateness[this_phase];
+		if not list then
+			list = {};
+			lateness[this_phase] = list;
+		end
+		list[#list + 1] = math.max(0, now - expected_at);
+		expected_at = now + interval;
+		server.add_task(interval, tick);
+	end
+	server.add_task(interval, tick);
+end
+
+local function summary(list)
+	table.sort(list);
+	local n = #list;
+	local function at(q) return n > 0 and list[math.max(1, math.ceil(q * n))] * 1000 or 0; end
+	return { ticks = n; max_ms = at(1); p99_ms = at(0.99); median_ms = at(0.5) };
 end
 
 local function stop()
-	running = false;
 	generation = generation + 1;
-	table.sort(lateness);
-	local n = #lateness;
-	local function at(q) return n > 0 and lateness[math.max(1, math.ceil(q * n))] * 1000 or 0; end
-	return { ticks = n; max_ms = at(1); p99_ms = at(0.99); median_ms = at(0.5) };
+	local all, phases = {}, {};
+	for name, list in pairs(lateness) do
+		for _, late in ipairs(list) do
+			all[#all + 1] = late;
+		end
+		phases[name] = summary(list);
+	end
+	local result = summary(all);
+	result.phases = phases;
+	return result;
 end
 
 module:depends("http");
