@@ -8,7 +8,8 @@
 --   "arrival"   a groupchat message reached the room (parsing, every handler, the probes being started);
 --   "delivery"  a message was broadcast to the occupants (adding the metadata, serialising for each occupant);
 --   "message"   both, as for a message that is not held;
---   "between"   neither: the loop only waited, and took the probes' results.
+--   "between"   after an arrival, before its delivery: the loop only waited, and took the probes' results;
+--   "outside"   before the first arrival or after a delivery (answering the benchmark's own HTTP requests).
 --
 -- GET /bench_loop_stall/start  starts (or restarts) measuring
 -- GET /bench_loop_stall/stop   stops and answers {"ticks": n, "max_ms": x, "p99_ms": y, "median_ms": z,
@@ -21,39 +22,48 @@ local time = compat.require("util.time");
 
 local interval = 0.001;
 
+-- Everything a tick writes is allocated before measuring starts: a tick that grew a table would itself bring on
+-- Prosody's garbage collector (doubling a list of 1024 numbers allocates 32 KiB at once, and Prosody's default
+-- settings answer that with a whole collection cycle). A run longer than max_ticks grows the list after all.
+local max_ticks = 4096;
+local lateness, phase_at = {}, {}; -- per tick: its lateness in seconds, and its phase
+for i = 1, max_ticks do
+	lateness[i], phase_at[i] = 0, "outside";
+end
+local ticks = 0;
+
 local generation = 0; -- a tick of an earlier run finds it changed and stops
-local lateness = {}; -- phase -> lateness of each tick, in seconds
 local arrived, delivered = false, false; -- since the previous tick
+local waiting = false; -- a message has arrived and is not delivered yet
 
 local function phase()
 	if arrived and delivered then return "message"; end
 	if arrived then return "arrival"; end
 	if delivered then return "delivery"; end
-	return "between";
+	return waiting and "between" or "outside";
 end
 
 module:hook("muc-occupant-groupchat", function () arrived = true; end, 1000);
 module:hook("muc-broadcast-message", function () delivered = true; end, 1000);
 
 -- Ticks are plain net.server tasks that add themselves again: a repeating module timer would allocate a little
--- on every tick, and at 1000 ticks a second that alone would bring on Prosody's garbage collector.
+-- on every tick.
 local function start()
 	generation = generation + 1;
 	local this_run = generation;
-	lateness = {};
-	arrived, delivered = false, false;
+	ticks = 0;
+	arrived, delivered, waiting = false, false, false;
 	local expected_at = time.monotonic() + interval;
 	local function tick()
 		if generation ~= this_run then return; end
 		local now = time.monotonic();
-		local this_phase = phase();
-		arrived, delivered = false, false;
-		local list = lateness[this_phase];
-		if not list then
-			list = {};
-			lateness[this_phase] = list;
+		ticks = ticks + 1;
+		lateness[ticks] = math.max(0, now - expected_at);
+		phase_at[ticks] = phase();
+		if arrived or delivered then
+			waiting = arrived and not delivered;
 		end
-		list[#list + 1] = math.max(0, now - expected_at);
+		arrived, delivered = false, false;
 		expected_at = now + interval;
 		server.add_task(interval, tick);
 	end
@@ -69,11 +79,19 @@ end
 
 local function stop()
 	generation = generation + 1;
-	local all, phases = {}, {};
-	for name, list in pairs(lateness) do
-		for _, late in ipairs(list) do
-			all[#all + 1] = late;
+	local all, by_phase = {}, {};
+	for i = 1, ticks do
+		local name = phase_at[i];
+		local list = by_phase[name];
+		if not list then
+			list = {};
+			by_phase[name] = list;
 		end
+		list[#list + 1] = lateness[i];
+		all[i] = lateness[i];
+	end
+	local phases = {};
+	for name, list in pairs(by_phase) do
 		phases[name] = summary(list);
 	end
 	local result = summary(all);
