@@ -4,14 +4,15 @@
 -- shared instance (kept in package.loaded, like the native library itself); every later load returns it.
 --
 -- A native submit function (such as `native.media.probe_url`) starts a job on a worker thread and returns its
--- id at once. `jobs.track(module, id)` turns that id into a promise. Worker threads never touch Lua: a
--- finished job goes into the library's completion queue and makes its wake-up descriptor readable. This
--- helper watches that descriptor with `server.watchfd`; on the main thread it takes the finished jobs and
--- settles each waiting promise, found by job id. Nothing polls.
+-- id at once. `jobs.watch(module, callback, id)` asks for `callback` to run when that job is done. Worker
+-- threads never touch Lua: a finished job goes into the library's completion queue and makes its wake-up
+-- descriptor readable. This helper watches that descriptor with `server.watchfd`; on the main thread it takes
+-- the finished jobs and calls each one's callback, found by job id. Nothing polls.
 --
--- A promise resolves with the job's result table and rejects with its error code ("blocked", "timeout", ...);
--- `async.wait_for(promise)` therefore returns `result` or `nil, code`. When a module unloads (or reloads), its
--- jobs are cancelled in the library and their promises reject with "cancelled".
+-- The callback gets `true, result` (the job's result table) or `false, code` (its error code: "blocked",
+-- "timeout", ...). When a module unloads (or reloads), its jobs are cancelled in the library and their callbacks
+-- get `false, "cancelled"`. Callbacks rather than promises: a module waiting for 20 probes makes no 20
+-- promises, whose executors Prosody would run on a later tick of its loop.
 
 local library_name = "prosody_native_jobs";
 
@@ -22,7 +23,6 @@ if shared then return shared; end
 local native = module:require("prosody_native");
 local compat = module:require("prosody_native_compat");
 local server = compat.require("net.server");
-local promise = compat.require("util.promise");
 local logger = compat.require("util.logger");
 
 local log = logger.init("prosody_native_jobs");
@@ -32,27 +32,21 @@ local owner_item = "prosody-native-jobs";
 
 local jobs = {};
 
--- job id -> { owner = module, resolve = function, reject = function }. An entry exists from the moment the job
--- is tracked, but resolve and reject only once the promise's executor has run, which Prosody defers to the
--- next tick of its loop: a job that finishes in between leaves its outcome in `early` for the executor.
+-- job id -> { owner = module, callback = function }, from jobs.watch until the job is done or cancelled.
 local pending = {};
 local watcher; -- the server.watchfd handle, created with the first job
 local watched_events = setmetatable({}, { __mode = "k" }); -- events objects our unload handler is on
 local tracked_owners = setmetatable({}, { __mode = "k" }); -- modules that have had jobs
 
-local function settle(id, job, is_success, value)
-	if not job.resolve then
-		job.early = { is_success = is_success; value = value };
-		return;
-	end
-	local ok, err = pcall(is_success and job.resolve or job.reject, value);
+local function finish(id, job, is_success, value)
+	local ok, err = pcall(job.callback, is_success, value);
 	if not ok then
 		log("error", "Callback for native job %d of mod_%s failed: %s", id, job.owner.name, err);
 	end
 end
 
 -- Runs on the main thread when the wake-up descriptor is readable: takes every finished job (which also
--- drains the descriptor) and settles its promise. Jobs nobody waits for any more are dropped.
+-- drains the descriptor) and calls its callback. Jobs nobody waits for any more are dropped.
 local function on_readable()
 	local ok, done = pcall(native.media.take_results);
 	if not ok then
@@ -68,9 +62,9 @@ local function on_readable()
 			result.id = nil;
 			if result.error then
 				job.owner:log("debug", "Native job %d failed: %s (%s)", id, result.error, result.text);
-				settle(id, job, false, result.error);
+				finish(id, job, false, result.error);
 			else
-				settle(id, job, true, result);
+				finish(id, job, true, result);
 			end
 		end
 	end
@@ -92,7 +86,7 @@ local function ensure_watcher()
 	return true;
 end
 
---- Cancels every job of `owner` (a module): the library aborts them, their promises reject with "cancelled".
+--- Cancels every job of `owner` (a module): the library aborts them, their callbacks get `false, "cancelled"`.
 -- Returns how many there were.
 function jobs.cancel_all(owner)
 	local cancelled = {};
@@ -105,7 +99,7 @@ function jobs.cancel_all(owner)
 	for id, job in pairs(cancelled) do
 		pending[id] = nil;
 		native.media.cancel(id);
-		settle(id, job, false, "cancelled");
+		finish(id, job, false, "cancelled");
 		n = n + 1;
 	end
 	return n;
@@ -132,32 +126,27 @@ local function watch_owner(owner)
 	tracked_owners[owner] = true;
 end
 
---- Waits for job `id` of `owner` (a module). Takes the results of a native submit function as they are, so
--- `jobs.track(module, native.media.probe_url(url, limits))` works: when `id` is nil, `code` is the error.
--- Returns a promise that resolves with the job's result table or rejects with its error code; "cancelled"
--- when `owner` unloads first.
-function jobs.track(owner, id, code, text)
+--- Calls `callback(true, result)` or `callback(false, code)` once, on the main thread, when job `id` of `owner`
+-- (a module) is done; `callback(false, "cancelled")` if `owner` unloads first. Takes the results of a native
+-- submit function as they are, so `jobs.watch(module, callback, native.media.probe_url(url, limits))` works:
+-- when `id` is nil, `code` is the error, and the callback runs at once, before jobs.watch returns.
+function jobs.watch(owner, callback, id, code, text)
 	if not id then
 		owner:log("debug", "Native job not started: %s (%s)", code, text);
-		return promise.reject(code or "internal-error");
+		callback(false, code or "internal-error");
+		return;
 	end
 	local ok, err = ensure_watcher();
 	if not ok then
 		native.media.cancel(id);
-		return promise.reject(err);
+		callback(false, err);
+		return;
 	end
 	watch_owner(owner);
-	local job = { owner = owner };
-	pending[id] = job;
-	return promise.new(function (resolve, reject)
-		job.resolve, job.reject = resolve, reject;
-		if job.early then
-			settle(id, job, job.early.is_success, job.early.value);
-		end
-	end);
+	pending[id] = { owner = owner; callback = callback };
 end
 
---- Number of jobs whose promise is waiting, of `owner` or of everyone.
+--- Number of jobs whose callback has not run yet, of `owner` or of everyone.
 function jobs.pending_count(owner)
 	local n = 0;
 	for _, job in pairs(pending) do

@@ -4,7 +4,7 @@
 //! whose threads never touch Lua. When it finishes, its result (plain [`Fields`] or an [`Error`]) goes into the
 //! completion queue and the wake-up descriptor ([`wakeup_fd`], an eventfd on Linux and a pipe elsewhere) becomes
 //! readable. Prosody's loop watches that descriptor with `server.watchfd`; on the main thread Lua calls
-//! [`take_results`] and settles each waiting promise by job id. Nothing polls.
+//! [`take_results`] and calls each waiting callback by job id. Nothing polls.
 //!
 //! Fork safety: Prosody daemonizes by forking after its modules are loaded, and a fork keeps only the calling
 //! thread. The runtime is therefore created on first use, and the pool remembers the pid it was created in:

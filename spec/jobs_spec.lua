@@ -1,17 +1,18 @@
--- The job seam: native worker jobs, the wake-up descriptor, and the once-per-process Lua helper that settles
--- promises by job id (lua/prosody_native_jobs.lib.lua).
+-- The job seam: native worker jobs, the wake-up descriptor, and the once-per-process Lua helper that calls each
+-- job's callback by job id (lua/prosody_native_jobs.lib.lua).
 local fakes = require "media_fakes";
 local native = require "prosody_native";
 
 local owner = fakes.new_module("jobs_test", "muc.example.org");
 local jobs = fakes.load_lib("prosody_native_jobs", owner);
 
--- Settles `p` by pumping the fake server loop; returns "resolved", value or "rejected", reason.
-local function settle(p)
-	local outcome, value;
-	p:next(function (v) outcome, value = "resolved", v; end, function (e) outcome, value = "rejected", e; end);
-	fakes.pump_until(function () return outcome ~= nil; end);
-	return outcome, value;
+-- Watches the job that a submit function's results `...` name, and pumps the fake server loop until its callback
+-- has run; returns what the callback got: true, result or false, code.
+local function outcome_of(...)
+	local done, ok, value = false, nil, nil;
+	jobs.watch(owner, function (o, v) done, ok, value = true, o, v; end, ...);
+	fakes.pump_until(function () return done; end);
+	return ok, value;
 end
 
 describe("media.wakeup_fd", function ()
@@ -48,60 +49,46 @@ describe("prosody_native_jobs", function ()
 	end);
 
 	it("watches the wake-up descriptor with server.watchfd", function ()
-		settle(jobs.track(owner, native.media.test_job("echo", "x")));
+		outcome_of(native.media.test_job("echo", "x"));
 		assert.same({ native.media.wakeup_fd() }, fakes.watched_fds());
 	end);
 
-	it("resolves a job's promise with its result table", function ()
-		local outcome, value = settle(jobs.track(owner, native.media.test_job("echo", "hi")));
-		assert.equal("resolved", outcome);
-		assert.same({ value = "hi" }, value);
+	it("calls back with true and the job's result table", function ()
+		assert.same({ true, { value = "hi" } }, { outcome_of(native.media.test_job("echo", "hi")) });
 	end);
 
-	it("rejects with the error code of a failed job", function ()
-		assert.same({ "rejected", "bad-request" }, { settle(jobs.track(owner, native.media.test_job("error"))) });
+	it("calls back with false and the error code of a failed job", function ()
+		assert.same({ false, "bad-request" }, { outcome_of(native.media.test_job("error")) });
 	end);
 
 	it("turns a panic on a worker thread into internal-error, and the pool lives on", function ()
-		assert.same({ "rejected", "internal-error" }, { settle(jobs.track(owner, native.media.test_job("panic"))) });
-		assert.same({ "resolved", { value = "after" } }, { settle(jobs.track(owner, native.media.test_job("echo", "after"))) });
+		assert.same({ false, "internal-error" }, { outcome_of(native.media.test_job("panic")) });
+		assert.same({ true, { value = "after" } }, { outcome_of(native.media.test_job("echo", "after")) });
 	end);
 
-	it("settles a job that finished before its promise's executor ran", function ()
-		-- Prosody runs promise executors on the next tick; the wake-up can come first.
-		local outcome;
-		jobs.track(owner, native.media.test_job("echo", "early")):next(function (r) outcome = r.value; end);
-		local socket = require "socket";
-		local deadline = socket.gettime() + 10;
-		while not fakes.pump_fds(0.2) do
-			assert(socket.gettime() < deadline, "the job did not finish");
-		end
-		assert.is_nil(outcome);
-		fakes.run_ticks();
-		assert.equal("early", outcome);
+	it("calls back at once, before returning, with a submit error", function ()
+		local got;
+		jobs.watch(owner, function (ok, code) got = { ok, code }; end, native.media.probe_url("gopher://example.com/", {}));
+		assert.same({ false, "bad-request" }, got);
 		assert.equal(0, jobs.pending_count());
 	end);
 
-	it("passes a submit error straight through as a rejection", function ()
-		local outcome, code = settle(jobs.track(owner, native.media.probe_url("gopher://example.com/", {})));
-		assert.same({ "rejected", "bad-request" }, { outcome, code });
-	end);
-
-	it("settles many jobs in one wake-up, each by its own id", function ()
-		local values = {};
+	it("calls back for many jobs of one wake-up, each by its own id, once", function ()
+		local values, calls = {}, 0;
 		for i = 1, 20 do
-			jobs.track(owner, native.media.test_job("echo", tostring(i))):next(function (r) values[i] = r.value; end);
+			jobs.watch(owner, function (_, r) values[i] = r.value; calls = calls + 1; end, native.media.test_job("echo", tostring(i)));
 		end
 		fakes.pump_until(function () return jobs.pending_count() == 0; end);
 		for i = 1, 20 do
 			assert.equal(tostring(i), values[i]);
 		end
+		assert.equal(20, calls);
 	end);
 
 	it("keeps running other callbacks when one raises", function ()
 		local ran = false;
-		jobs.track(owner, native.media.test_job("echo", "a")):next(function () error("callback bug"); end);
-		jobs.track(owner, native.media.test_job("echo", "b")):next(function () ran = true; end);
+		jobs.watch(owner, function () error("callback bug"); end, native.media.test_job("echo", "a"));
+		jobs.watch(owner, function () ran = true; end, native.media.test_job("echo", "b"));
 		fakes.pump_until(function () return ran; end);
 		assert.is_true(ran);
 	end);
@@ -110,16 +97,15 @@ describe("prosody_native_jobs", function ()
 		local leaving = fakes.new_module("leaving", "muc.example.org");
 		local staying = fakes.new_module("staying", "muc.example.org");
 		local running_before = native.media.running();
-		local slow = jobs.track(leaving, native.media.test_job("sleep", 3600));
-		local other = jobs.track(staying, native.media.test_job("sleep", 0.05));
+		local slow, other;
+		jobs.watch(leaving, function (ok, v) slow = { ok, v }; end, native.media.test_job("sleep", 3600));
+		jobs.watch(staying, function (ok, v) other = { ok, v }; end, native.media.test_job("sleep", 0.05));
 		assert.equal(running_before + 2, native.media.running());
-		local outcome, reason;
-		slow:next(nil, function (e) outcome, reason = "rejected", e; end);
 		leaving:unload();
-		fakes.run_ticks();
-		assert.same({ "rejected", "cancelled" }, { outcome, reason });
+		assert.same({ false, "cancelled" }, slow);
 		assert.equal(0, jobs.pending_count(leaving));
-		assert.same({ "resolved", {} }, { settle(other) });
+		fakes.pump_until(function () return other ~= nil; end);
+		assert.same({ true, {} }, other);
 		assert.equal(running_before, native.media.running(), "the cancelled job no longer runs");
 	end);
 end);
@@ -165,8 +151,7 @@ describe("media.probe_url", function ()
 	end);
 
 	it("reports a blocked address as the job's error", function ()
-		local outcome, code = settle(jobs.track(owner, native.media.probe_url("http://169.254.169.254/latest/meta-data/", {})));
-		assert.same({ "rejected", "blocked" }, { outcome, code });
+		assert.same({ false, "blocked" }, { outcome_of(native.media.probe_url("http://169.254.169.254/latest/meta-data/", {})) });
 	end);
 end);
 

@@ -11,7 +11,6 @@ compat.check_host(module, "muc");
 local native = module:require("prosody_native");
 local jobs = module:require("prosody_native_jobs");
 local async = compat.require("util.async");
-local promise = compat.require("util.promise");
 local st = compat.require("util.stanza");
 
 local hold_timeout = compat.get_option_number(module, "muc_media_metadata_timeout", 5, 0.1, 60);
@@ -161,10 +160,21 @@ local function count_outcome(probe, outcome)
 	end
 end
 
--- Starts the probes of `probes` that the cache cannot answer; returns a promise that resolves when all have
--- settled or `hold_timeout` has passed, whichever is first. Returns nil when nothing needs waiting for.
-local function start_probes(probes)
-	local waiting = {};
+-- Starts the probes of `probes` that the cache cannot answer, and calls `on_settled()` once all of them have
+-- finished or `hold_timeout` has passed, whichever is first. Returns false, and never calls `on_settled`, when
+-- nothing needs waiting for.
+local function start_probes(probes, on_settled)
+	local remaining, timer = 0, nil;
+	local function settle()
+		if timer then timer:stop(); end
+		for _, probe in ipairs(probes) do
+			if not probe.counted then
+				module:log("debug", "Metadata for %s not ready within %gs, delivering without it", probe.url, hold_timeout);
+				count_outcome(probe, "held-too-long");
+			end
+		end
+		on_settled();
+	end
 	for _, probe in ipairs(probes) do
 		local cached = native.media.lookup(probe.url, probe_limits);
 		if cached then
@@ -172,34 +182,29 @@ local function start_probes(probes)
 			count_cache_hits();
 			count_outcome(probe, "done");
 		else
-			local job = jobs.track(module, native.media.probe_url(probe.url, probe_limits)):next(function (meta)
-				probe.meta = meta;
-				if meta.cached then count_cache_hits(); end
-				count_outcome(probe, "done");
-			end, function (code)
-				module:log("debug", "No metadata for %s: %s", probe.url, code);
-				count_outcome(probe, code);
-			end);
-			table.insert(waiting, job);
+			remaining = remaining + 1;
+			jobs.watch(module, function (ok, result)
+				if ok then
+					probe.meta = result;
+					if result.cached then count_cache_hits(); end
+					count_outcome(probe, "done");
+				else
+					module:log("debug", "No metadata for %s: %s", probe.url, result);
+					count_outcome(probe, result);
+				end
+				remaining = remaining - 1;
+				if remaining == 0 and timer then -- no timer yet: still starting, or already delivered
+					settle();
+				end
+			end, native.media.probe_url(probe.url, probe_limits));
 		end
 	end
-	if #waiting == 0 then return nil; end
-	local timer;
-	local timed_out = promise.new(function (resolve)
-		timer = module:add_timer(hold_timeout, function ()
-			resolve("timeout");
-		end);
+	if remaining == 0 then return false; end
+	timer = module:add_timer(hold_timeout, function ()
+		timer = nil;
+		settle();
 	end);
-	return promise.race({ promise.all(waiting), timed_out }):next(function ()
-		timer:stop();
-		for _, probe in ipairs(probes) do
-			if not probe.counted then
-				module:log("debug", "Metadata for %s not ready within %gs, delivering without it", probe.url, hold_timeout);
-				count_outcome(probe, "held-too-long");
-			end
-		end
-		return true;
-	end);
+	return true;
 end
 
 -- Removes what only this module may add, so that a client cannot pass off its own values as the server's.
@@ -234,27 +239,29 @@ module:hook("muc-occupant-groupchat", function (event)
 	end
 	strip_spoofed(stanza);
 	local probes = collect_probes(stanza);
-	local all_settled = start_probes(probes);
-	if not all_settled then
-		add_metadata(stanza, probes);
-		return;
-	end
 	if async.ready() then
 		-- c2s and s2s stanzas are handled in an async runner: waiting here holds this message (and the
 		-- sender's next ones, keeping their order) while the loop serves everyone else.
-		async.wait_for(all_settled);
+		local wait, done = async.waiter();
+		if start_probes(probes, done) then
+			wait();
+		end
 		add_metadata(stanza, probes);
 		return;
 	end
 	-- Not in a runner (a component connection, a module sending): hold the message ourselves and finish what
 	-- core's handle_groupchat_to_room would have done once this event returned.
 	local room, occupant = event.room, event.occupant;
-	all_settled:next(function ()
+	local held = start_probes(probes, function ()
 		add_metadata(stanza, probes);
 		local from = stanza.attr.from;
 		stanza.attr.from = occupant and occupant.nick or room.jid;
 		room:broadcast_message(stanza);
 		stanza.attr.from = from;
 	end);
+	if not held then
+		add_metadata(stanza, probes);
+		return;
+	end
 	return true;
 end, -100);
