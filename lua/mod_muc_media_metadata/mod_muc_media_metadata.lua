@@ -166,7 +166,10 @@ end
 local function start_probes(probes, on_settled)
 	local remaining, timer = 0, nil;
 	local function settle()
-		if timer then timer:stop(); end
+		if timer then
+			timer:stop();
+			timer = nil;
+		end
 		for _, probe in ipairs(probes) do
 			if not probe.counted then
 				module:log("debug", "Metadata for %s not ready within %gs, delivering without it", probe.url, hold_timeout);
@@ -201,7 +204,7 @@ local function start_probes(probes, on_settled)
 	end
 	if remaining == 0 then return false; end
 	timer = module:add_timer(hold_timeout, function ()
-		timer = nil;
+		timer = nil; -- it has fired: nothing to stop
 		settle();
 	end);
 	return true;
