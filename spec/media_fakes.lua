@@ -1,7 +1,7 @@
 -- Stand-ins for the parts of Prosody that the job helper and mod_muc_media_metadata touch, for busted specs:
 -- a net.server whose watchfd is served by `pump`, a module object that records hooks, options, timers,
 -- counters and items, and loaders that run our Lua files in that module's environment. Prosody's own pure-Lua
--- utilities (util.promise, util.async, util.stanza, util.events) are used as they are, from the system's 0.12.
+-- utilities (util.async, util.stanza, util.events) are used as they are, from the system's 0.12.
 
 package.path = "/usr/lib/prosody/?.lua;" .. package.path;
 package.cpath = "/usr/lib/prosody/?.so;" .. package.cpath;
@@ -23,17 +23,6 @@ package.loaded["net.server"] = {
 
 fakes.prosody = { hosts = {}; events = events.new() };
 
--- Like Prosody's startup (util.startup), promise executors run on the next tick of the loop, not at once.
-local ticks = {};
-require "util.promise".set_nexttick(function (f) table.insert(ticks, f); end);
-
---- Runs what was deferred to the next tick, as the loop's timers would.
-function fakes.run_ticks()
-	while #ticks > 0 do
-		table.remove(ticks, 1)();
-	end
-end
-
 --- The descriptors watched so far (fd numbers).
 function fakes.watched_fds()
 	local fds = {};
@@ -43,9 +32,9 @@ function fakes.watched_fds()
 	return fds;
 end
 
---- Waits up to `timeout` seconds for a watched descriptor to become readable and runs its callback, without
--- running deferred ticks. Returns whether one did.
-function fakes.pump_fds(timeout)
+--- Waits up to `timeout` seconds for a watched descriptor to become readable and runs its callback, as the
+-- server loop would. Returns whether one did.
+function fakes.pump(timeout)
 	local sockets = {};
 	for _, watch in ipairs(watched) do
 		table.insert(sockets, { watch = watch; getfd = function () return watch.fd; end; dirty = function () return false; end });
@@ -56,14 +45,6 @@ function fakes.pump_fds(timeout)
 		s.watch.onreadable(s.watch);
 	end
 	return #readable > 0;
-end
-
---- One turn of the loop: deferred ticks, then readable descriptors (waiting up to `timeout`), then ticks again.
-function fakes.pump(timeout)
-	fakes.run_ticks();
-	local any = fakes.pump_fds(timeout);
-	fakes.run_ticks();
-	return any;
 end
 
 --- Pumps until `done()` is true; fails after `timeout` seconds (default 10) instead of hanging.
