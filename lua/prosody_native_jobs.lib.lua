@@ -53,7 +53,7 @@ local function on_readable()
 		log("error", "Could not take native job results: %s", done);
 		return;
 	end
-	log("debug", "Took %d finished native jobs (%d still waited for)", #done, jobs.pending_count());
+	log("debug", "Took %d finished native jobs", #done);
 	for _, result in ipairs(done) do
 		local id = result.id;
 		local job = pending[id];
