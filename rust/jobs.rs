@@ -258,7 +258,11 @@ fn worker_thread_setup() {
             libc::sigdelset(&mut set, synchronous);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        // Pid 0 is the calling thread. Lowering one's own policy needs no privilege.
+    }
+    // Pid 0 is the calling thread. Lowering one's own policy needs no privilege. SCHED_IDLE is Linux's.
+    #[cfg(target_os = "linux")]
+    // SAFETY: a plain libc call with a local parameter; a failure leaves the normal policy in place.
+    unsafe {
         let idle = libc::sched_param { sched_priority: 0 };
         libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle);
     }
@@ -440,6 +444,7 @@ pub(crate) mod tests {
     }
 
     /// Whether the calling thread blocks the signals Prosody handles, and whether it runs under SCHED_IDLE.
+    #[cfg(target_os = "linux")]
     fn thread_state() -> Fields {
         // SAFETY: reads the calling thread's signal mask into a local set, and its scheduling policy.
         let (blocked, policy) = unsafe {
@@ -457,6 +462,7 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[cfg(target_os = "linux")]
     fn worker_threads_block_signals_and_yield_the_cpu() {
         let id = submit(async {
             let io = thread_state();
