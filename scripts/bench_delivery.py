@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import os
 import random
 import shutil
@@ -197,10 +196,6 @@ async def bench_version(version: str, gc: dict | None, modules_dir: Path, media:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def lua_table(options: dict) -> str:
-    return "{ " + "; ".join(f"{k} = {json.dumps(v)}" for k, v in options.items()) + " }"
-
-
 def report(version: str, gc: dict | None, r: dict, large_desc: str) -> None:
     cpus = min(max((os.cpu_count() or 1) - 1, 1), 4)  # rust/jobs.rs cpu_slots()
     bound_mib = (FETCH_CONCURRENCY * MAX_BYTES + cpus * MAX_DECODE_MEMORY) / 2**20
@@ -211,7 +206,7 @@ def report(version: str, gc: dict | None, r: dict, large_desc: str) -> None:
     arrival = phases.get("arrival", {"max_ms": 0.0})["max_ms"]
     delivery = phases.get("delivery", {"max_ms": 0.0})["max_ms"]
     unprobed = r["unprobed_stall"]["phases"].get("message", {"max_ms": 0.0})["max_ms"]
-    print(f"\n== mod_muc_media_metadata on Prosody {version}, gc = {lua_table(gc) if gc else 'default'} ==")
+    print(f"\n== mod_muc_media_metadata on Prosody {version}, gc = {rig.lua(gc) if gc else 'default'} ==")
     print(f"delivery, median of {DELAY_ROUNDS}: plain message {r['plain_ms']:.2f} ms | one image URL, probed "
           f"{r['probed_ms']:.2f} ms (added {r['probed_ms'] - r['plain_ms']:.2f} ms, "
           f"x{r['probed_ms'] / r['plain_ms']:.1f}) | cached {r['cached_ms']:.2f} ms "
