@@ -172,4 +172,35 @@ function compat.add_shell_command(module, command)
 	return true;
 end
 
+-- A value as it stands in an audit line: bare when it is a plain word, else quoted with every control character,
+-- quote and backslash escaped, so that a nickname or reason can never forge a second line or a field.
+local function audit_value(value)
+	local s = tostring(value);
+	if s ~= "" and not s:find("[%c%s\"\\=]") then
+		return s;
+	end
+	return '"' .. (s:gsub("[%c\"\\]", function (c)
+		if c == "\"" or c == "\\" then return "\\" .. c; end
+		return ("\\x%02x"):format(c:byte());
+	end)) .. '"';
+end
+
+--- Logs one audit line at info for a state change, or for a refused attempt that matters to security:
+--   compat.audit(module, "hat-added", { actor = "alice@example.org"; room = "lobby@rooms.example.org"; ... })
+-- Every module writes the same shape, which a log filter (fail2ban, a SIEM) can match:
+--   AUDIT <action> key=value key="quoted value" ...
+-- `action` is a kebab-case word; keys come sorted, absent (nil) values are left out. Never pass secrets.
+function compat.audit(module, action, fields)
+	local keys = {};
+	for key in pairs(fields or {}) do
+		table.insert(keys, key);
+	end
+	table.sort(keys);
+	local parts = { "AUDIT", action };
+	for _, key in ipairs(keys) do
+		table.insert(parts, key .. "=" .. audit_value(fields[key]));
+	end
+	module:log("info", "%s", table.concat(parts, " "));
+end
+
 return compat;

@@ -2,7 +2,8 @@
 # Installs everything that building, testing and running prosody-native needs on Debian 12, as root.
 # Idempotent and fast when all is there: each step runs only when its result is missing or its input changed.
 #
-#   apt packages      Prosody 0.12 (system), Lua 5.4, busted, luacheck, LuaDBI SQLite3, ...
+#   apt packages      Prosody 0.12 (system), Lua 5.4, busted, luacheck, LuaDBI SQLite3 and PostgreSQL, a PostgreSQL
+#                     server (the rig runs its own cluster in a temporary folder; the system's is never started), ...
 #   .deps/prosody13/  Prosody 13 from bookworm-backports, unpacked beside the system's 0.12 (never installed)
 #   .deps/bin/        prosody13 and prosodyctl13 wrappers that run it from there
 #   .venv/            Python venv for the integration tests, from tests/requirements.txt
@@ -14,6 +15,7 @@ DEPS=$ROOT/.deps
 
 APT_PACKAGES=(
 	prosody lua5.4 liblua5.4-dev lua-busted lua-check luarocks lua-dbi-sqlite3
+	postgresql lua-dbi-postgresql
 	# Prosody 13's Depends and Recommends that bookworm has (it needs nothing from backports but itself)
 	lua-expat lua-filesystem lua-bitop lua-sec lua-socket lua-event lua-readline lua-unbound libicu72 libssl3 ssl-cert
 )

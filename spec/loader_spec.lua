@@ -163,3 +163,44 @@ describe("compat.check_host", function ()
 		assert.matches("not hg:4f2a1b", module.logged[1], 1, true);
 	end);
 end);
+
+describe("compat.audit", function ()
+	local compat = dofile("lua/prosody_native_compat.lib.lua");
+
+	local function audit(action, fields)
+		local module = { logged = {} };
+		function module:log(level, message, ...)
+			table.insert(self.logged, level .. ": " .. message:format(...));
+		end
+		compat.audit(module, action, fields);
+		return module.logged;
+	end
+
+	it("logs one info line with the fields sorted by key and nil ones left out", function ()
+		assert.same({ "info: AUDIT hat-added actor=alice@example.org room=lobby@rooms.example.org" },
+			audit("hat-added", { room = "lobby@rooms.example.org"; actor = "alice@example.org"; title = nil }));
+	end);
+
+	local quoted = {
+		{ "two words", '"two words"' };
+		{ "", '""' };
+		{ 'say "hi"', '"say \\"hi\\""' };
+		{ "a=b", '"a=b"' };
+		{ "back\\slash", '"back\\\\slash"' };
+		{ "line\nAUDIT forged x=1", '"line\\x0aAUDIT forged x=1"' };
+		{ " Spammer ", '" Spammer "' };
+	};
+	for _, case in ipairs(quoted) do
+		it(("quotes and escapes %q so it stays one field of one line"):format(case[1]), function ()
+			local logged = audit("kick", { nickname = case[1] });
+			assert.equal(1, #logged);
+			assert.equal("info: AUDIT kick nickname=" .. case[2], logged[1]);
+			assert.is_nil(logged[1]:find("\n"));
+		end);
+	end
+
+	it("writes numbers and booleans as words", function ()
+		assert.same({ "info: AUDIT invite-created remaining=3 reset=true" },
+			audit("invite-created", { remaining = 3; reset = true }));
+	end);
+end);

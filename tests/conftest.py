@@ -35,13 +35,27 @@ def modules_dir(tmp_path_factory):
     return target
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """One private PostgreSQL cluster for the session, started on first use (storage="postgres")."""
+    server = rig.PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def start_prosody(request, prosody_version, modules_dir, tmp_path):
-    """Factory: start_prosody(host_modules=..., muc_options=..., ...) -> a started rig.Prosody, stopped at teardown."""
+    """Factory: start_prosody(host_modules=..., muc_options=..., ...) -> a started rig.Prosody, stopped at teardown.
+    storage="postgres" gives the server a new database in the session's PostgreSQL cluster."""
     servers: list[rig.Prosody] = []
     request.node.prosody_servers = servers  # for the log tail on failure
 
     def start(*, daemonize: bool = False, check_modules: bool = True, **options) -> rig.Prosody:
+        if options.get("storage") == "postgres":
+            options["sql"] = request.getfixturevalue("postgres").create_database()
         server = rig.Prosody(prosody_version, tmp_path / f"prosody{len(servers)}", modules_dir, **options)
         servers.append(server)
         server.start(daemonize=daemonize, check_modules=check_modules)

@@ -10,9 +10,11 @@ import contextlib
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -39,6 +41,7 @@ MUC_HOST = "conference.localhost"
 ADMIN = f"admin@{HOST}"
 CORE_MODULES = ["roster", "saslauth", "disco", "ping", "posix"]
 SQL = {"driver": "SQLite3", "database": "prosody.sqlite"}
+STORAGES = ("internal", "sql", "postgres")  # sql is SQLite3 in the data folder; postgres needs a PostgresServer
 
 
 # --- Config rendering -------------------------------------------------------------------------------------------
@@ -67,10 +70,15 @@ def lua(value: Any) -> str:
     raise TypeError(f"no Lua literal for {type(value).__name__}")
 
 
-def base_options(workdir: Path, c2s_port: int, http_port: int, plugin_dir: Path | None, storage: str) -> dict:
-    """Global options of a private loopback server: everything inside workdir, no TLS, no s2s."""
-    if storage not in ("internal", "sql"):
-        raise ValueError(f"storage must be 'internal' or 'sql', not {storage!r}")
+def base_options(
+    workdir: Path, c2s_port: int, http_port: int, plugin_dir: Path | None, storage: str, sql: dict | None = None
+) -> dict:
+    """Global options of a private loopback server: everything inside workdir, no TLS, no s2s. `sql` is the
+    connection of storage "postgres" (PostgresServer.create_database)."""
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {', '.join(STORAGES)}, not {storage!r}")
+    if (storage == "postgres") != (sql is not None):
+        raise ValueError("storage 'postgres', and only it, needs the sql connection of a PostgresServer")
     options = {
         "run_as_root": True,  # tests and CI run as root; Prosody refuses to otherwise
         "data_path": str(workdir / "data"),
@@ -90,11 +98,13 @@ def base_options(workdir: Path, c2s_port: int, http_port: int, plugin_dir: Path 
         "authentication": "internal_hashed",
         "c2s_require_encryption": False,
         "allow_unencrypted_plain_auth": True,
-        "storage": storage,
+        "storage": "sql" if storage == "postgres" else storage,
         "modules_enabled": list(CORE_MODULES),
     }
     if storage == "sql":
         options["sql"] = dict(SQL)
+    elif storage == "postgres":
+        options["sql"] = dict(sql)
     if plugin_dir is not None:
         options["plugin_paths"] = [str(plugin_dir)]
     return options
@@ -168,6 +178,7 @@ class Prosody:
         muc_options: dict | None = None,
         extra_hosts: dict[str, dict] | None = None,
         storage: str = "internal",
+        sql: dict | None = None,
         ports: tuple[int, int] | None = None,
         console: bool = False,
     ):
@@ -189,7 +200,8 @@ class Prosody:
         self.console = console  # True: Prosody's stdout goes to the terminal (run.py), else to console.log
         self._proc: subprocess.Popen | None = None
 
-        self._options = base_options(self.dir, self.c2s_port, self.http_port, plugin_dir, storage)
+        self.storage = storage
+        self._options = base_options(self.dir, self.c2s_port, self.http_port, plugin_dir, storage, sql)
         self._options["modules_enabled"] += list(global_modules)
         self._options.update(global_options or {})
         self._sections = (
@@ -436,6 +448,69 @@ def _is_zombie(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------------------------
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster for storage "postgres": Debian's server binaries, `initdb` into `workdir`,
+    listening on a free loopback port with trust authentication, run as the `postgres` user (initdb refuses root).
+    Its folder is a new one under the system's temp folder, since pytest's (mode 700, root's) is closed to that user;
+    stop() removes it. The system's own cluster is never touched. Each Prosody gets a database of its own
+    (`create_database`)."""
+
+    USER = "postgres"
+
+    def __init__(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="prosody-native-postgres-"))
+        self.data = self.dir / "data"
+        self.log_path = self.dir / "postgres.log"
+        self.port = free_port()
+        self._databases = 0
+        bindirs = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+        if not bindirs:
+            raise RuntimeError("PostgreSQL server binaries are missing: run `make deps` (Debian's postgresql package)")
+        self.bin = bindirs[-1]
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        as_postgres = ["runuser", "-u", self.USER, "--"] if os.geteuid() == 0 else []
+        proc = subprocess.run(
+            [*as_postgres, *args], cwd="/", capture_output=True, text=True, timeout=TIMEOUT * 2, check=False
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(args[:2])} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        return proc
+
+    def start(self) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, self.USER, self.USER)
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", self.USER, "--auth=trust", "-E", "UTF8",
+                  "--no-sync")
+        options = f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories='' -c fsync=off"
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log_path), "-o", options,
+                  "-w", "-t", str(int(TIMEOUT)), "start")
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop", check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Runs SQL as the superuser; returns psql's unaligned output."""
+        return self._run(
+            str(self.bin / "psql"),
+            "-h", "127.0.0.1", "-p", str(self.port), "-U", self.USER, "-d", database, "-At", "-v", "ON_ERROR_STOP=1",
+            "-c", sql,
+        ).stdout
+
+    def create_database(self) -> dict:
+        """A new empty database; returns the `sql` option that points Prosody's mod_storage_sql at it."""
+        self._databases += 1
+        name = f"prosody{self._databases}"
+        self.psql(f"CREATE DATABASE {name}")
+        return {"driver": "PostgreSQL", "database": name, "host": "127.0.0.1", "port": self.port,
+                "username": self.USER, "password": ""}
 
 
 # --- XMPP clients -----------------------------------------------------------------------------------------------

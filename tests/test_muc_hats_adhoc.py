@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+
+import rig
 from slixmpp.exceptions import IqError
 
 from rig import all_of, connect, create_room, has_status, join_room, match, run_command
@@ -502,7 +504,7 @@ async def test_both_command_sets_see_the_same_hats(server):
         assert [] == await assigned(alice)
 
 
-@pytest.mark.parametrize("storage", ["internal", "sql"])
+@pytest.mark.parametrize("storage", rig.STORAGES)
 async def test_catalogue_and_assignments_survive_a_restart(start_prosody, storage):
     server = start_prosody(muc_modules=["muc_hats_adhoc"], storage=storage)
     for user in ("alice", "bob", "carol"):

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+import rig
+
 from rig import connect, create_room, join_room, match, all_of
 
 XMLNS_HATS = "urn:xmpp:hats:0"
@@ -127,7 +129,7 @@ async def test_set_user_hats_replaces_the_wardrobe(start_hats_server):
         assert ["urn:example:b"] == list(hats)
 
 
-@pytest.mark.parametrize("storage", ["internal", "sql"])
+@pytest.mark.parametrize("storage", rig.STORAGES)
 async def test_hats_survive_a_restart(start_hats_server, storage):
     server = start_hats_server(storage)
     async with connect(server, "alice@localhost", "alicepw") as alice, \

@@ -2,12 +2,14 @@
 
 import pytest
 
+import rig
+
 from rig import all_of, connect, create_room, has_status, join_room, match, room_exists
 
 ROOM = "lounge@conference.localhost"
 
 
-@pytest.mark.parametrize("storage", ["internal", "sql"])
+@pytest.mark.parametrize("storage", rig.STORAGES)
 async def test_persistent_room_carries_groupchat_and_survives_restart(start_prosody, storage):
     prosody = start_prosody(storage=storage)
     alice = prosody.register("alice", "alice-pw")
