@@ -41,6 +41,13 @@ MUC_HOST = "conference.localhost"
 ADMIN = f"admin@{HOST}"
 CORE_MODULES = ["roster", "saslauth", "disco", "ping", "posix"]
 SQL = {"driver": "SQLite3", "database": "prosody.sqlite"}
+# Global options and module that make a server export its metrics at /metrics (Prosody's mod_http_openmetrics, which
+# answers loopback only), collected at each scrape: start_prosody(global_modules=METRICS_MODULES,
+# global_options=METRICS_OPTIONS, ...), then `await prosody.metrics()`.
+METRICS_MODULES = ["http_openmetrics"]
+METRICS_OPTIONS = {"statistics": "internal", "statistics_interval": "manual"}
+_METRIC_LINE = re.compile(r'^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})? (\S+)')
+_METRIC_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
 STORAGES = ("internal", "sql", "postgres")  # sql is SQLite3 in the data folder; postgres needs a PostgresServer
 
 
@@ -434,12 +441,48 @@ class Prosody:
         """URL on the loopback HTTP port; without a Host header naming another host, Prosody serves localhost's."""
         return f"http://127.0.0.1:{self.http_port}/{path.lstrip('/')}"
 
+    async def metrics(self) -> Metrics:
+        """The server's /metrics, parsed (it must run with METRICS_MODULES and METRICS_OPTIONS)."""
+        async with self.http_client() as http:
+            response = await http.get("/metrics")
+        response.raise_for_status()
+        return Metrics(response.text)
+
     def http_client(self, host: str | None = None, **kwargs) -> httpx.AsyncClient:
         """An httpx client on this server; `host` (default localhost) selects the Prosody host of the route."""
         headers = {"Host": host or HOST, **kwargs.pop("headers", {})}
         return httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{self.http_port}", headers=headers, timeout=TIMEOUT, **kwargs
         )
+
+
+class Metrics(dict):
+    """Samples of an OpenMetrics text: (sample name, frozenset of (label, value)) -> float; plus the HELP and UNIT
+    lines by family name. `value(name, **labels)` finds one sample."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+        self.help: dict[str, str] = {}
+        self.unit: dict[str, str] = {}
+        for line in text.splitlines():
+            if line.startswith("# HELP ") or line.startswith("# UNIT "):
+                _, kind, family, *rest = line.split(" ", 3)
+                (self.help if kind == "HELP" else self.unit)[family] = rest[0] if rest else ""
+                continue
+            found = _METRIC_LINE.match(line)
+            if not found or line.startswith("#"):
+                continue
+            name, labels, value = found.groups()
+            self[(name, frozenset(_METRIC_LABEL.findall(labels or "")))] = float(value)
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """The sample `name` whose labels include `labels` (exactly one must match), or None when none does."""
+        wanted = set(labels.items())
+        found = [v for (n, ls), v in self.items() if n == name and wanted <= ls]
+        if len(found) > 1:
+            raise AssertionError(f"{len(found)} samples of {name} match {labels}; name more labels")
+        return found[0] if found else None
 
 
 def _is_zombie(pid: int) -> bool:
