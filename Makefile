@@ -27,7 +27,7 @@ DOCS := README.md LICENSE
 all: $(LIBRARY)
 
 # The Lua module is Cargo's cdylib under the name Lua's loader expects.
-$(LIBRARY): Cargo.toml $(wildcard rust/*.rs)
+$(LIBRARY): Cargo.toml Cargo.lock $(shell find rust -name '*.rs')
 	$(CARGO) build --release --features lua54
 	mkdir -p build
 	cp target/release/libprosody_native.so $@

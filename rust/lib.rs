@@ -19,27 +19,22 @@
 //! - [`token`] and [`kick`]: stateless scoped API tokens, constant-time secret comparison and the JSON body
 //!   of an HTTP kick (mod_http_muc_kick).
 //! - [`invite`]: form values of invitations and the per-user quota (mod_invites_adhoc).
-//! - Media (mod_muc_media_metadata): [`media`] ties one URL's job together: [`cache`] first, then a safe
-//!   fetch ([`fetch`], with [`netguard`] deciding which addresses may be contacted), then [`probe`] for the
-//!   MIME type, header dimensions and BlurHash, decoding only under explicit limits; [`jpeg`] (DC-only JPEG
-//!   decoding) and [`blurhash`] (bounded-memory downsizing and encoding) serve it. [`jobs`] runs such work on
-//!   worker threads and wakes Prosody's loop through a descriptor.
+//! - Media (mod_muc_media_metadata), the folder [`media`]: its `mod.rs` ties one URL's job together:
+//!   [`media::cache`] first, then a safe fetch ([`media::fetch`], with [`media::netguard`] deciding which
+//!   addresses may be contacted), then [`media::probe`] for the MIME type, header dimensions and BlurHash,
+//!   decoding only under explicit limits; [`media::jpeg`] (DC-only JPEG decoding) and [`media::blurhash`]
+//!   (bounded-memory downsizing and encoding) serve it. [`jobs`] runs such work on worker threads and wakes
+//!   Prosody's loop through a descriptor.
 //! - `lua` (feature `lua54`): the only module that imports mlua; each function converts, calls the core and
 //!   maps the result.
 //!
 //! Without the `lua54` feature the crate is plain Rust, which is how `cargo test` and the benchmarks use it.
 
-pub mod blurhash;
-pub mod cache;
 pub mod error;
-pub mod fetch;
 pub mod invite;
 pub mod jobs;
-pub mod jpeg;
 pub mod kick;
 pub mod media;
-pub mod netguard;
-pub mod probe;
 pub mod token;
 pub mod validate;
 

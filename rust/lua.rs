@@ -391,7 +391,7 @@ fn read_media_limits(table: Option<LuaTable>) -> LuaResult<Result<crate::media::
 }
 
 /// A list of CIDR strings as an address policy.
-fn read_networks(value: &LuaValue) -> LuaResult<Result<crate::netguard::Policy, Error>> {
+fn read_networks(value: &LuaValue) -> LuaResult<Result<crate::media::netguard::Policy, Error>> {
     let LuaValue::Table(list) = value else {
         return Ok(Err(Error::bad_request(
             "allowed_networks must be a list of strings like \"10.0.0.0/8\"",
@@ -409,7 +409,7 @@ fn read_networks(value: &LuaValue) -> LuaResult<Result<crate::netguard::Policy, 
             }
         }
     }
-    Ok(crate::netguard::Policy::parse(&networks))
+    Ok(crate::media::netguard::Policy::parse(&networks))
 }
 
 /// Job result fields as a flat Lua table.

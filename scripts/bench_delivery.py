@@ -50,7 +50,7 @@ STALL_GOAL_MS = 5.0
 TUNED_GC = {"mode": "incremental", "threshold": 150, "speed": 200}  # the module README's suggestion
 MAX_BYTES = 16 * 1024 * 1024
 MAX_DECODE_MEMORY = 64 * 1024 * 1024
-FETCH_CONCURRENCY = 8  # rust/media.rs FETCH_CONCURRENCY
+FETCH_CONCURRENCY = 8  # rust/media/mod.rs FETCH_CONCURRENCY
 PHOTO = ROOT / ".bench/root/usr/share/backgrounds/mate/abstract/Elephants_3840x2160.jpg"
 
 

@@ -1,4 +1,4 @@
-//! Fuzzes the address checks of fetching (rust/netguard.rs) and URL acceptance (rust/fetch.rs): no input panics,
+//! Fuzzes the address checks of fetching (rust/media/netguard.rs) and URL acceptance (rust/media/fetch.rs): no input panics,
 //! a parsed network prints back to itself and contains its own address, an IPv4-mapped IPv6 address is judged
 //! exactly as its IPv4 address, the policy agrees with the blocklist, an allow-list entry always admits its
 //! address, and every accepted URL is http or https with a host and no credentials.
@@ -7,8 +7,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use libfuzzer_sys::fuzz_target;
-use prosody_native::fetch::parse_url;
-use prosody_native::netguard::{blocked_reason, canonical, Cidr, Policy};
+use prosody_native::media::fetch::parse_url;
+use prosody_native::media::netguard::{blocked_reason, canonical, Cidr, Policy};
 
 fn check_address(ip: IpAddr) {
     let strict = Policy::default();

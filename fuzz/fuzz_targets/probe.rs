@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use prosody_native::probe::{probe, sniff, ProbeLimits};
+use prosody_native::media::probe::{probe, sniff, ProbeLimits};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, bytes)) = data.split_first() else {

@@ -9,7 +9,7 @@
 //!
 //! `cargo bench --bench media -- FILE...`; `BENCH_SECONDS` sets the time spent per file (default 2).
 
-use prosody_native::probe::{probe, ProbeLimits};
+use prosody_native::media::probe::{probe, ProbeLimits};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

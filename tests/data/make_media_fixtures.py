@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerates the media fixtures of rust/blurhash.rs, rust/jpeg.rs and rust/probe.rs.
+"""Regenerates the media fixtures of rust/media/blurhash.rs, rust/media/jpeg.rs and rust/media/probe.rs.
 
 Usage: make_media_fixtures.py PHOTO_DIR OUT_DIR, where PHOTO_DIR holds real photos (the `nature` folder
 of Debian's mate-backgrounds package: /usr/share/backgrounds/mate/nature). Needs Pillow, blurhash-python

@@ -19,8 +19,8 @@
 //! Truncated or corrupt entropy data is an error (no BlurHash), never a panic: the bit reader pads with
 //! zeros past the data and the decoder reports any block that used padding.
 
-use crate::blurhash::{Shrinker, Working};
 use crate::error::Error;
+use crate::media::blurhash::{Shrinker, Working};
 
 /// What the markers before the first scan say about a JPEG.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -839,7 +839,7 @@ fn skip_ac_symbols(bits: &mut Bits, table: &Huffman, skip: &[u32; 1 << SKIP_BITS
 }
 
 /// Decodes the DC coefficients of a JPEG into the working image of a [`Shrinker`] (at most
-/// [`crate::blurhash::WORKING_SIZE`] on the long side, in stored orientation), refusing images of more
+/// [`crate::media::blurhash::WORKING_SIZE`] on the long side, in stored orientation), refusing images of more
 /// than `max_pixels` pixels before reading any entropy-coded data.
 pub fn decode_dc(bytes: &[u8], max_pixels: u64) -> Result<Working, Error> {
     if bytes.get(0..2) != Some(&[0xFF, SOI]) {

@@ -1,5 +1,5 @@
-//! Media metadata for a URL: the cache, then a safe fetch ([`crate::fetch`]), then a probe of the bytes
-//! ([`crate::probe`]) on a CPU thread, all as one job of the worker pool ([`crate::jobs`]).
+//! Media metadata for a URL: the cache, then a safe fetch ([`crate::media::fetch`]), then a probe of the bytes
+//! ([`crate::media::probe`]) on a CPU thread, all as one job of the worker pool ([`crate::jobs`]).
 //!
 //! What a URL yields ([`MediaMeta`]): `bytes` (the body's length, or the `Content-Length` of a body too large
 //! to download), `type` (from the magic bytes for an image, else from `Content-Type`), and for an image that
@@ -9,18 +9,25 @@
 //! decoding runs on [`jobs::cpu_slots`] threads under the probe limits. The HTTP clients, the cache and the
 //! download slots belong to the process that created them and are rebuilt after a fork, like the pool.
 
+pub mod blurhash;
+pub mod cache;
+pub mod fetch;
+pub mod jpeg;
+pub mod netguard;
+pub mod probe;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::cache::{Cache, Lookup};
 use crate::error::Error;
-use crate::fetch::{self, FetchLimits, Fetched, Fetcher};
 use crate::jobs::{self, Field, Fields, JobId};
-use crate::netguard::Policy;
-use crate::probe::{self, ProbeLimits};
+use cache::{Cache, Lookup};
+use fetch::{FetchLimits, Fetched, Fetcher};
+use netguard::Policy;
+use probe::ProbeLimits;
 
 /// Most downloads in flight at once; more probes wait for a slot (still within their time limit).
 pub const FETCH_CONCURRENCY: usize = 8;
@@ -296,7 +303,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fetch::tests::{Answer, TestServer};
+    use crate::media::fetch::tests::{Answer, TestServer};
     use std::sync::atomic::Ordering;
 
     fn png(width: u32, height: u32) -> Vec<u8> {

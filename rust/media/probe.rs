@@ -6,7 +6,7 @@
 //!   whose pixels are refused.
 //! - Pixels are decoded only for JPEG, PNG, GIF and WebP, only when the header's width x height is within
 //!   [`ProbeLimits::max_pixels`], and never into a full-size bitmap when it can be helped: JPEG is read
-//!   at 1/8 scale from its DC coefficients ([`crate::jpeg`]), PNG and GIF are streamed row by row into a
+//!   at 1/8 scale from its DC coefficients ([`crate::media::jpeg`]), PNG and GIF are streamed row by row into a
 //!   [`Shrinker`]; only WebP (whose decoder has no row API) needs a whole frame, refused beyond
 //!   [`ProbeLimits::max_alloc`].
 //! - A recognised image whose pixels cannot be decoded safely (too many pixels, truncated, malformed,
@@ -17,9 +17,9 @@
 //! they describe the picture as viewers (browsers, chat clients) display it. Other formats' EXIF is not
 //! read. Transparent pixels are composited over white.
 
-use crate::blurhash::{self, Layout, Shrinker, Working};
 use crate::error::Error;
-use crate::jpeg;
+use crate::media::blurhash::{self, Layout, Shrinker, Working};
+use crate::media::jpeg;
 use std::io::Cursor;
 
 /// The limits a probe runs under, passed in by the caller on every call.

@@ -3,7 +3,7 @@
 //!
 //! Modelled on Synapse's `url_preview_ip_range_blacklist` and Mastodon's private-address check. Every address
 //! a host name resolves to, every IP literal in a URL and every redirect target goes through
-//! [`Policy::check`]; the connection is then made to the checked address only (see [`crate::fetch`]), so DNS
+//! [`Policy::check`]; the connection is then made to the checked address only (see [`crate::media::fetch`]), so DNS
 //! rebinding cannot slip an internal address in between check and connect.
 //!
 //! Blocked: unspecified, loopback, RFC 1918 private, CGNAT (100.64.0.0/10), link-local (169.254.0.0/16,

@@ -21,7 +21,7 @@ use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, ETAG
 use reqwest::{Client, StatusCode, Url};
 
 use crate::error::Error;
-use crate::netguard::Policy;
+use crate::media::netguard::Policy;
 
 /// Most redirect hops any fetch follows.
 pub const MAX_REDIRECTS: u32 = 3;
