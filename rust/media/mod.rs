@@ -9,10 +9,8 @@
 //! decoding runs on [`jobs::cpu_slots`] threads under the probe limits. The HTTP clients, the cache and the
 //! download slots belong to the process that created them and are rebuilt after a fork, like the pool.
 
-pub mod blurhash;
 pub mod cache;
 pub mod fetch;
-pub mod jpeg;
 pub mod netguard;
 pub mod probe;
 
@@ -105,7 +103,7 @@ impl MediaLimits {
             self.probe.components_y,
             self.fetch.max_bytes,
             self.probe.max_pixels,
-            self.probe.max_alloc,
+            self.probe.max_decode_memory,
             allowed.join(" ")
         )
     }

@@ -1,18 +1,23 @@
-//! JPEG header parser and DC-only decoder: dimensions from the frame header, and a 1/8-scale image (one
-//! pixel per 8x8 block) from the DC coefficients alone, which is all a BlurHash needs.
+//! JPEG, streamed: the header's dimensions as soon as the frame header arrives, and a 1/8-scale image
+//! (one pixel per 8x8 block) from the DC coefficients alone, which is all a BlurHash needs, decoded as the
+//! entropy-coded data arrives.
 //!
 //! The DC coefficient of a block is eight times the mean of its 64 samples, so the DC coefficients are an
 //! exact box-filtered 1/8-scale image, with no inverse DCT. Only what that image needs is read:
 //! - sequential (baseline and extended Huffman) scans: every block's DC is Huffman-decoded and its AC
 //!   symbols are skipped (their lengths are read from the lookup table, their values never built);
 //! - progressive scans: only the first DC scan of each component is decoded (successive approximation
-//!   `Al > 0` is undone by shifting; the refinement bits are below what a BlurHash can show), and reading
-//!   stops as soon as every component has its DC, normally after the first scan, a few percent of the
-//!   file. AC scans are never parsed.
+//!   `Al > 0` is undone by shifting; the refinement bits are below what a BlurHash can show), and the
+//!   decoder is done as soon as every component has its DC, normally after the first scan, a few percent of
+//!   the file: the caller stops downloading there. AC scans are skipped unparsed.
 //!
-//! Samples go straight into a [`Shrinker`], one plane per component, so memory is a few kilobytes
-//! whatever the image size. Chroma is upsampled at block level (a chroma block counts for every luma
-//! block it covers) and colour conversion (YCbCr, RGB, grey, Adobe CMYK/YCCK) is done on the averaged
+//! [`JpegStream`] takes the bytes in chunks of any size. It keeps only what it cannot use yet: a marker
+//! segment it needs whole (at most 64 KiB: tables, frame and scan headers, EXIF), or the last
+//! [`SCAN_MARGIN`] bytes of entropy-coded data (an MCU is never decoded unless the bytes it could need have
+//! arrived, or the marker that ends the scan has, so a chunk boundary never changes a result). Segments it does not need are skipped as they
+//! arrive. Samples go straight into a [`Shrinker`], one plane per component, so memory is a few hundred
+//! kilobytes whatever the image size. Chroma is upsampled at block level (a chroma block counts for every
+//! luma block it covers) and colour conversion (YCbCr, RGB, grey, Adobe CMYK/YCCK) is done on the averaged
 //! working image. Restart intervals (DRI/RSTn), 4:4:4, 4:2:2, 4:2:0 and any integer sampling ratios are
 //! handled. Arithmetic coding, lossless, hierarchical and 12-bit JPEGs give dimensions but no pixels.
 //!
@@ -20,7 +25,7 @@
 //! zeros past the data and the decoder reports any block that used padding.
 
 use crate::error::Error;
-use crate::media::blurhash::{Shrinker, Working};
+use crate::media::probe::blurhash::{Shrinker, Working};
 
 /// What the markers before the first scan say about a JPEG.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,12 +40,12 @@ pub struct Header {
     pub precision: u8,
     /// The SOFn marker's `n`: 0/1 sequential, 2 progressive, 3 lossless, 5..=7 hierarchical, 9.. arithmetic.
     pub process: u8,
-    /// EXIF orientation (1..=8), 1 when absent.
+    /// EXIF orientation (1..=8), 1 when absent or when the EXIF segment follows the frame header.
     pub orientation: u8,
 }
 
 impl Header {
-    /// Whether [`decode_dc`] can decode this process: 8-bit Huffman sequential or progressive.
+    /// Whether [`JpegStream`] can decode this process: 8-bit Huffman sequential or progressive.
     pub fn is_decodable(&self) -> bool {
         self.precision == 8 && matches!(self.process, 0..=2) && self.width > 0 && self.height > 0
     }
@@ -55,6 +60,11 @@ const DRI: u8 = 0xDD;
 const APP1: u8 = 0xE1;
 const APP14: u8 = 0xEE;
 
+/// Entropy-coded bytes that must have arrived before an MCU is decoded (unless the data has ended): more
+/// than the most one MCU can take (10 blocks of at most 64 codes of 16 + 11 bits, every byte stuffed, is
+/// under 4.4 KiB) plus the bit reader's look-ahead.
+pub const SCAN_MARGIN: usize = 8 << 10;
+
 fn corrupt(what: &str) -> Error {
     Error::bad_request(format!("corrupt JPEG: {what}"))
 }
@@ -62,32 +72,6 @@ fn corrupt(what: &str) -> Error {
 /// Big-endian u16 at `at`, if present.
 fn be16(bytes: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]))
-}
-
-/// Walks the marker segments: yields (marker, payload, offset just past the payload). The entropy-coded
-/// data after SOS is not skipped here; [`next_marker`] does that.
-fn segment(bytes: &[u8], pos: usize) -> Result<(u8, &[u8], usize), Error> {
-    let mut p = pos;
-    // Markers may be preceded by any number of 0xFF fill bytes.
-    while bytes.get(p) == Some(&0xFF) && bytes.get(p + 1) == Some(&0xFF) {
-        p += 1;
-    }
-    if bytes.get(p) != Some(&0xFF) {
-        return Err(corrupt("expected a marker"));
-    }
-    let marker = *bytes.get(p + 1).ok_or_else(|| corrupt("truncated marker"))?;
-    p += 2;
-    if matches!(marker, SOI | EOI | 0xD0..=0xD7 | 0x01) {
-        return Ok((marker, &[], p));
-    }
-    let len = be16(bytes, p).ok_or_else(|| corrupt("truncated segment length"))? as usize;
-    if len < 2 {
-        return Err(corrupt("segment length below 2"));
-    }
-    let payload = bytes
-        .get(p + 2..p + len)
-        .ok_or_else(|| corrupt("truncated segment"))?;
-    Ok((marker, payload, p + len))
 }
 
 /// Offset of the next marker (other than RSTn and stuffed zeros) at or after `pos`: the end of an
@@ -146,34 +130,6 @@ fn exif_orientation(payload: &[u8]) -> Option<u8> {
     None
 }
 
-/// Reads the markers up to the frame header (SOFn): dimensions, process and EXIF orientation.
-pub fn read_header(bytes: &[u8]) -> Result<Header, Error> {
-    if bytes.get(0..2) != Some(&[0xFF, SOI]) {
-        return Err(Error::UnsupportedFormat("not a JPEG".into()));
-    }
-    let mut pos = 2;
-    let mut orientation = 1;
-    loop {
-        let (marker, payload, next) = segment(bytes, pos)?;
-        match marker {
-            APP1 => orientation = exif_orientation(payload).unwrap_or(orientation),
-            0xC0..=0xCF if !matches!(marker, DHT | 0xC8 | 0xCC) => {
-                let frame = Frame::parse(marker, payload)?;
-                return Ok(Header {
-                    width: frame.width,
-                    height: frame.height,
-                    components: frame.components.len() as u8,
-                    precision: frame.precision,
-                    process: marker - 0xC0,
-                    orientation,
-                });
-            }
-            SOS | EOI => return Err(corrupt("no frame header before the scan")),
-            _ => {}
-        }
-        pos = next;
-    }
-}
 
 /// One component of the frame header.
 #[derive(Debug, Clone, Copy)]
@@ -194,7 +150,7 @@ struct Frame {
 }
 
 impl Frame {
-    fn parse(_marker: u8, p: &[u8]) -> Result<Frame, Error> {
+    fn parse(p: &[u8]) -> Result<Frame, Error> {
         let precision = *p.first().ok_or_else(|| corrupt("short frame header"))?;
         let height = be16(p, 1).ok_or_else(|| corrupt("short frame header"))? as u32;
         let width = be16(p, 3).ok_or_else(|| corrupt("short frame header"))? as u32;
@@ -343,11 +299,22 @@ impl Huffman {
     }
 }
 
+
 /// Bits looked up at once when skipping AC coefficients (a 4096-entry table per AC table).
 const SKIP_BITS: u32 = 12;
 
+/// The bit reader's state between two chunks of input.
+#[derive(Debug, Clone, Copy, Default)]
+struct BitState {
+    buf: u64,
+    count: u32,
+    padded: u32,
+    at_marker: bool,
+}
+
 /// Reads entropy-coded bits MSB first, undoing 0xFF00 stuffing, and stops at a marker; past the data it
-/// supplies zeros and counts them so the decoder can tell truncation.
+/// supplies zeros and counts them so the decoder can tell truncation. `pos` never points inside a stuffed
+/// pair or past a marker, so the next marker is always at or after it.
 struct Bits<'a> {
     data: &'a [u8],
     pos: usize,
@@ -359,14 +326,24 @@ struct Bits<'a> {
 }
 
 impl<'a> Bits<'a> {
-    fn new(data: &'a [u8], pos: usize) -> Bits<'a> {
+    /// A reader of `data` from `pos` in `state`.
+    fn resume(data: &'a [u8], pos: usize, state: BitState) -> Bits<'a> {
         Bits {
             data,
             pos,
-            buf: 0,
-            count: 0,
-            padded: 0,
-            at_marker: false,
+            buf: state.buf,
+            count: state.count,
+            padded: state.padded,
+            at_marker: state.at_marker,
+        }
+    }
+
+    fn state(&self) -> BitState {
+        BitState {
+            buf: self.buf,
+            count: self.count,
+            padded: self.padded,
+            at_marker: self.at_marker,
         }
     }
 
@@ -452,17 +429,24 @@ impl<'a> Bits<'a> {
         Err(corrupt("bad Huffman code"))
     }
 
-    /// Moves to the byte after the restart marker that must follow the current interval.
-    fn restart(&mut self) -> Result<(), Error> {
+    /// Moves to the byte after the restart marker that must follow the current interval. `Ok(false)`
+    /// when the data seen so far ends before any marker (`more` coming: wait for it).
+    fn restart(&mut self, more: bool) -> Result<bool, Error> {
         if self.overrun() {
             return Err(corrupt("truncated before a restart marker"));
         }
         // Everything up to the marker has been read into the buffer; find the marker itself.
-        let at = next_marker_or_rst(self.data, self.pos).ok_or_else(|| corrupt("missing restart marker"))?;
+        let Some(at) = next_marker_or_rst(self.data, self.pos) else {
+            return if more {
+                Ok(false)
+            } else {
+                Err(corrupt("missing restart marker"))
+            };
+        };
         match self.data.get(at + 1) {
             Some(0xD0..=0xD7) => {
-                *self = Bits::new(self.data, at + 2);
-                Ok(())
+                *self = Bits::resume(self.data, at + 2, BitState::default());
+                Ok(true)
             }
             _ => Err(corrupt("missing restart marker")),
         }
@@ -501,18 +485,24 @@ fn extend(value: u32, size: u32) -> i32 {
     }
 }
 
-/// State of the decoder across the segments of one image.
+
+/// Tables and settings from the marker segments, kept across scans.
+#[derive(Default)]
+struct Tables {
+    qdc: [u32; 4],
+    /// Huffman table definitions as read (DC, AC), built into tables only by the scans that use them.
+    dc: [Option<HuffSpec>; 4],
+    ac: [Option<HuffSpec>; 4],
+    restart_interval: u32,
+    adobe_transform: Option<u8>,
+}
+
+/// The image being decoded, from the frame header on.
 struct Decoder {
     frame: Frame,
     hmax: u32,
     vmax: u32,
     progressive: bool,
-    qdc: [u32; 4],
-    /// Huffman table definitions as read (DC, AC), built into tables only by the scans that use them.
-    dc_tables: [Option<HuffSpec>; 4],
-    ac_tables: [Option<HuffSpec>; 4],
-    restart_interval: u32,
-    adobe_transform: Option<u8>,
     /// Components whose DC has been fully decoded.
     done: Vec<bool>,
     /// Per component: sample value per unit of DC prediction (quantiser and successive approximation).
@@ -531,14 +521,387 @@ struct ScanPlan {
     bh: u32,
     rx: u32,
     ry: u32,
-    q: u32,
 }
 
-/// One component of a scan with its tables.
-struct ScanComponent {
-    index: usize,
-    dc: usize,
-    ac: usize,
+/// A scan being decoded: its tables and layout, and where it has got to.
+struct Scan {
+    /// (DC table, AC table with its skip table) per scan component.
+    tables: Vec<(Huffman, Option<Huffman>)>,
+    plan: Vec<ScanPlan>,
+    /// One MCU row of DC predictions per component and block row (`segments`, starts in `row_buf`), and each
+    /// block of an MCU as (component, segment start + column in the MCU, blocks per MCU across).
+    segments: Vec<usize>,
+    blocks: Vec<(usize, usize, usize)>,
+    row_buf: Vec<i32>,
+    preds: [i32; 4],
+    mcus_x: u32,
+    /// The next MCU.
+    mx: u32,
+    my: u32,
+    restart_interval: u32,
+    /// MCUs left in the current restart interval.
+    mcus_left: u32,
+    /// MCUs left in the scan.
+    remaining: u64,
+    /// The interval has ended: a restart marker comes next.
+    restart_pending: bool,
+    bits: BitState,
+}
+
+/// Where the stream is.
+enum Phase {
+    /// Before the SOI marker.
+    Start,
+    /// At a marker (or fill bytes before one).
+    Markers,
+    /// Inside a segment nobody needs: this many bytes to go.
+    Skip(usize),
+    /// In the entropy-coded data of a scan that is decoded.
+    Scan(Box<Scan>),
+    /// In the entropy-coded data of a scan that is not needed (or just finished), up to the next marker.
+    SkipScan,
+    /// Finished: `outcome` says how.
+    Done,
+}
+
+/// A JPEG decoded as its bytes arrive: [`JpegStream::feed`] them in chunks of any size, then
+/// [`JpegStream::finish`] at the end of the data. The header is known once the frame header has arrived,
+/// and the decoder is done ([`JpegStream::is_done`]) as soon as it has every component's DC (or knows it
+/// will get no pixels): whatever follows need not be fetched.
+pub struct JpegStream {
+    max_pixels: u64,
+    /// Input kept for later: an incomplete segment, or the end of the entropy-coded data seen so far.
+    pending: Vec<u8>,
+    phase: Phase,
+    orientation: u8,
+    header: Option<Header>,
+    tables: Tables,
+    decoder: Option<Decoder>,
+    /// Set when done: the working image (in stored orientation), or why there is none.
+    outcome: Option<Result<Working, Error>>,
+}
+
+impl JpegStream {
+    /// A decoder that gives pixels only for images of at most `max_pixels` pixels (checked on the frame
+    /// header, before any entropy-coded data is read).
+    pub fn new(max_pixels: u64) -> JpegStream {
+        JpegStream {
+            max_pixels,
+            pending: Vec::new(),
+            phase: Phase::Start,
+            orientation: 1,
+            header: None,
+            tables: Tables::default(),
+            decoder: None,
+            outcome: None,
+        }
+    }
+
+    /// The header, once the frame header has arrived.
+    pub fn header(&self) -> Option<&Header> {
+        self.header.as_ref()
+    }
+
+    /// Whether the decoder needs no more bytes: it has every component's DC, or it knows it will get no
+    /// pixels (malformed data, an undecodable process, too many pixels).
+    pub fn is_done(&self) -> bool {
+        self.outcome.is_some()
+    }
+
+    /// Takes the next bytes of the file.
+    pub fn feed(&mut self, data: &[u8]) {
+        if self.outcome.is_some() {
+            return;
+        }
+        if self.pending.is_empty() {
+            let used = self.run(data, false);
+            if self.outcome.is_none() {
+                self.pending.extend_from_slice(data.get(used..).unwrap_or_default());
+            }
+        } else {
+            let mut input = std::mem::take(&mut self.pending);
+            input.extend_from_slice(data);
+            let used = self.run(&input, false);
+            input.drain(..used.min(input.len()));
+            self.pending = input;
+        }
+        if self.outcome.is_some() {
+            self.pending = Vec::new();
+        }
+    }
+
+    /// Ends the data: decodes what was kept back, and returns the working image (in stored orientation),
+    /// or why there is none.
+    pub fn finish(&mut self) -> Result<Working, Error> {
+        if self.outcome.is_none() {
+            let input = std::mem::take(&mut self.pending);
+            self.run(&input, true);
+        }
+        self.outcome
+            .take()
+            .unwrap_or_else(|| Err(corrupt("the data ends early")))
+    }
+
+    fn fail(&mut self, e: Error) {
+        self.phase = Phase::Done;
+        self.outcome = Some(Err(e));
+    }
+
+    /// Processes `input` as far as it can; returns how many bytes it used. `end`: nothing follows.
+    fn run(&mut self, input: &[u8], end: bool) -> usize {
+        match self.step(input, end) {
+            Ok(used) => used,
+            Err(e) => {
+                self.fail(e);
+                input.len()
+            }
+        }
+    }
+
+    fn step(&mut self, input: &[u8], end: bool) -> Result<usize, Error> {
+        let mut pos = 0usize;
+        let need_more = |what: &str| -> Result<(), Error> {
+            if end {
+                Err(corrupt(what))
+            } else {
+                Ok(())
+            }
+        };
+        loop {
+            match &mut self.phase {
+                Phase::Done => return Ok(input.len()),
+                Phase::Start => {
+                    match input.get(pos..pos + 2) {
+                        Some([0xFF, SOI]) => {}
+                        Some(_) => return Err(Error::UnsupportedFormat("not a JPEG".into())),
+                        None if end => return Err(Error::UnsupportedFormat("not a JPEG".into())),
+                        None => return Ok(pos),
+                    }
+                    pos += 2;
+                    self.phase = Phase::Markers;
+                }
+                Phase::Skip(left) => {
+                    let n = (*left).min(input.len() - pos);
+                    pos += n;
+                    *left -= n;
+                    if *left > 0 {
+                        need_more("truncated segment")?;
+                        return Ok(pos);
+                    }
+                    self.phase = Phase::Markers;
+                }
+                Phase::SkipScan => match next_marker(input, pos) {
+                    Some(at) => {
+                        pos = at;
+                        self.phase = Phase::Markers;
+                    }
+                    None => {
+                        need_more("truncated after a scan")?;
+                        // Keep a last 0xFF: it may start the marker.
+                        return Ok(if input.last() == Some(&0xFF) {
+                            input.len() - 1
+                        } else {
+                            input.len()
+                        });
+                    }
+                },
+                Phase::Scan(scan) => {
+                    let decoder = self
+                        .decoder
+                        .as_mut()
+                        .ok_or_else(|| Error::Internal("scan without a decoder".into()))?;
+                    match scan.decode(decoder, input, pos, end)? {
+                        (at, false) => return Ok(at),
+                        (at, true) => {
+                            pos = at;
+                            if decoder.done.iter().all(|&d| d) {
+                                let decoder = self
+                                    .decoder
+                                    .take()
+                                    .ok_or_else(|| Error::Internal("decoder vanished".into()))?;
+                                let working = decoder.finish(self.tables.adobe_transform);
+                                self.phase = Phase::Done;
+                                self.outcome = Some(working);
+                                return Ok(input.len());
+                            }
+                            self.phase = Phase::SkipScan;
+                        }
+                    }
+                }
+                Phase::Markers => {
+                    // Markers may be preceded by any number of 0xFF fill bytes.
+                    while input.get(pos) == Some(&0xFF) && input.get(pos + 1) == Some(&0xFF) {
+                        pos += 1;
+                    }
+                    let Some(&[first, marker]) = input.get(pos..pos + 2) else {
+                        need_more("truncated marker")?;
+                        return Ok(pos);
+                    };
+                    if first != 0xFF {
+                        return Err(corrupt("expected a marker"));
+                    }
+                    if matches!(marker, SOI | EOI | 0xD0..=0xD7 | 0x01) {
+                        pos += 2;
+                        if marker == EOI {
+                            return Err(corrupt(if self.header.is_some() {
+                                "image ends before every component is decoded"
+                            } else {
+                                "no frame header before the end of the image"
+                            }));
+                        }
+                        continue;
+                    }
+                    let Some(len) = be16(input, pos + 2) else {
+                        need_more("truncated segment length")?;
+                        return Ok(pos);
+                    };
+                    let len = len as usize;
+                    if len < 2 {
+                        return Err(corrupt("segment length below 2"));
+                    }
+                    if !self.wants(marker) {
+                        pos += 4;
+                        self.phase = Phase::Skip(len - 2);
+                        continue;
+                    }
+                    let Some(payload) = input.get(pos + 4..pos + 2 + len) else {
+                        need_more("truncated segment")?;
+                        return Ok(pos);
+                    };
+                    pos += 2 + len;
+                    self.segment(marker, payload)?;
+                }
+            }
+        }
+    }
+
+    /// Whether the payload of a `marker` segment is needed (whole) rather than skipped.
+    fn wants(&self, marker: u8) -> bool {
+        match marker {
+            // EXIF orientation only counts before the frame header.
+            APP1 => self.header.is_none(),
+            APP14 | DQT | DHT | DRI | SOS => true,
+            0xC0..=0xCF => !matches!(marker, 0xC8 | 0xCC),
+            _ => false,
+        }
+    }
+
+    /// Handles a whole marker segment.
+    fn segment(&mut self, marker: u8, payload: &[u8]) -> Result<(), Error> {
+        let tables = &mut self.tables;
+        match marker {
+            APP1 => self.orientation = exif_orientation(payload).unwrap_or(self.orientation),
+            APP14 if payload.starts_with(b"Adobe") => tables.adobe_transform = payload.get(11).copied(),
+            APP14 => {}
+            DQT => {
+                let mut p = payload;
+                while let Some(&pq_tq) = p.first() {
+                    let (sixteen, tq) = (pq_tq >> 4 != 0, (pq_tq & 15) as usize);
+                    let size = if sixteen { 128 } else { 64 };
+                    let table = p.get(1..1 + size).ok_or_else(|| corrupt("short DQT"))?;
+                    let dc = if sixteen {
+                        u16::from_be_bytes([table[0], table[1]])
+                    } else {
+                        table[0] as u16
+                    };
+                    *tables.qdc.get_mut(tq).ok_or_else(|| corrupt("DQT table index"))? = dc as u32;
+                    p = &p[1 + size..];
+                }
+            }
+            DHT => {
+                let mut p = payload;
+                while let Some(&tc_th) = p.first() {
+                    let counts = p.get(1..17).ok_or_else(|| corrupt("short DHT"))?;
+                    let n: usize = counts.iter().map(|&c| c as usize).sum();
+                    let values = p.get(17..17 + n).ok_or_else(|| corrupt("short DHT"))?;
+                    let mut table = HuffSpec {
+                        counts: [0; 16],
+                        values: values.to_vec(),
+                    };
+                    table.counts.copy_from_slice(counts);
+                    let (class, th) = (tc_th >> 4, (tc_th & 15) as usize);
+                    if th > 3 || class > 1 {
+                        return Err(corrupt("DHT table index"));
+                    }
+                    let slot = if class == 0 {
+                        &mut tables.dc[th]
+                    } else {
+                        &mut tables.ac[th]
+                    };
+                    *slot = Some(table);
+                    p = &p[17 + n..];
+                }
+            }
+            DRI => tables.restart_interval = be16(payload, 0).ok_or_else(|| corrupt("short DRI"))? as u32,
+            SOS => {
+                let decoder = self
+                    .decoder
+                    .as_mut()
+                    .ok_or_else(|| corrupt("scan before frame header"))?;
+                self.phase = match Scan::start(decoder, &self.tables, payload)? {
+                    Some(scan) => Phase::Scan(Box::new(scan)),
+                    None => Phase::SkipScan,
+                };
+            }
+            _ => self.frame_header(marker, payload)?,
+        }
+        Ok(())
+    }
+
+    /// Handles a frame header (SOFn): the dimensions, then a decoder when this JPEG can be decoded.
+    fn frame_header(&mut self, marker: u8, payload: &[u8]) -> Result<(), Error> {
+        if self.header.is_some() {
+            return Err(corrupt("second frame header"));
+        }
+        let frame = Frame::parse(payload)?;
+        self.header = Some(Header {
+            width: frame.width,
+            height: frame.height,
+            components: frame.components.len() as u8,
+            precision: frame.precision,
+            process: marker - 0xC0,
+            orientation: self.orientation,
+        });
+        if !matches!(marker, 0xC0..=0xC2) {
+            return Err(Error::UnsupportedFormat(
+                "lossless, hierarchical or arithmetic JPEG".into(),
+            ));
+        }
+        if frame.precision != 8 {
+            return Err(Error::UnsupportedFormat(format!("{}-bit JPEG", frame.precision)));
+        }
+        if frame.width == 0 || frame.height == 0 {
+            return Err(corrupt("zero dimension"));
+        }
+        if frame.width as u64 * frame.height as u64 > self.max_pixels {
+            return Err(Error::TooLarge(format!(
+                "{}x{} JPEG has more than {} pixels",
+                frame.width, frame.height, self.max_pixels
+            )));
+        }
+        let hmax = frame.components.iter().map(|c| c.h).max().unwrap_or(1);
+        let vmax = frame.components.iter().map(|c| c.v).max().unwrap_or(1);
+        if frame
+            .components
+            .iter()
+            .any(|c| hmax % c.h != 0 || vmax % c.v != 0)
+        {
+            return Err(Error::UnsupportedFormat(
+                "non-integer JPEG sampling ratios".into(),
+            ));
+        }
+        let shrinker = Shrinker::for_blocks(frame.width, frame.height, 8, frame.components.len())?;
+        self.decoder = Some(Decoder {
+            done: vec![false; frame.components.len()],
+            scale: [1.0; 4],
+            frame,
+            hmax,
+            vmax,
+            progressive: marker == 0xC2,
+            shrinker,
+        });
+        Ok(())
+    }
 }
 
 impl Decoder {
@@ -549,175 +912,8 @@ impl Decoder {
         (w.div_ceil(8), h.div_ceil(8))
     }
 
-    /// Decodes one scan starting at `pos` (just past the SOS header).
-    fn scan(&mut self, bytes: &[u8], pos: usize, sos: &[u8]) -> Result<(), Error> {
-        let ns = *sos.first().ok_or_else(|| corrupt("short scan header"))? as usize;
-        if ns == 0 || ns > 4 {
-            return Err(corrupt("scan component count"));
-        }
-        let mut comps = Vec::with_capacity(ns);
-        for i in 0..ns {
-            let s = sos
-                .get(1 + i * 2..3 + i * 2)
-                .ok_or_else(|| corrupt("short scan header"))?;
-            let index = self
-                .frame
-                .components
-                .iter()
-                .position(|c| c.id == s[0])
-                .ok_or_else(|| corrupt("scan names an unknown component"))?;
-            comps.push(ScanComponent {
-                index,
-                dc: (s[1] >> 4) as usize & 3,
-                ac: (s[1] & 15) as usize & 3,
-            });
-        }
-        let tail = sos
-            .get(1 + ns * 2..4 + ns * 2)
-            .ok_or_else(|| corrupt("short scan header"))?;
-        let (ss, ah, al) = (tail[0], tail[2] >> 4, (tail[2] & 15) as u32);
-        if self.progressive && (ss != 0 || ah != 0) {
-            // AC scans and DC refinement: nothing a 1/8-scale image needs.
-            return Ok(());
-        }
-        if comps.iter().all(|c| self.done.get(c.index) == Some(&true)) {
-            return Ok(());
-        }
-        let skip_ac = !self.progressive;
-        for c in &comps {
-            if self.dc_tables[c.dc].is_none() || (skip_ac && self.ac_tables[c.ac].is_none()) {
-                return Err(corrupt("scan uses an undefined Huffman table"));
-            }
-        }
-
-        // MCU geometry: interleaved scans cover the padded MCU grid, single-component scans the
-        // component's own blocks.
-        let (mcus_x, mcus_y) = if ns == 1 {
-            let c = &self.frame.components[comps[0].index];
-            self.blocks_of(c)
-        } else {
-            (
-                self.frame.width.div_ceil(8 * self.hmax),
-                self.frame.height.div_ceil(8 * self.vmax),
-            )
-        };
-        let mut preds = [0i32; 4];
-        let mut bits = Bits::new(bytes, pos);
-        let total = mcus_x as u64 * mcus_y as u64;
-        let shift = if self.progressive { al.min(15) } else { 0 };
-        // (DC table, AC table to skip with) per scan component.
-        // (DC table, AC table with its skip table) per scan component, built from the definitions.
-        let mut tables: Vec<(Huffman, Option<Huffman>)> = Vec::with_capacity(comps.len());
-        for c in &comps {
-            let dc = self.dc_tables[c.dc]
-                .as_ref()
-                .ok_or_else(|| corrupt("scan uses an undefined Huffman table"))?;
-            let ac = match (skip_ac, self.ac_tables[c.ac].as_ref()) {
-                (false, _) => None,
-                (true, Some(spec)) => Some(Huffman::new(&spec.counts, &spec.values)?.with_skip_table()),
-                (true, None) => return Err(corrupt("scan uses an undefined Huffman table")),
-            };
-            tables.push((Huffman::new(&dc.counts, &dc.values)?, ac));
-        }
-
-        let plan: Vec<ScanPlan> = comps
-            .iter()
-            .map(|sc| {
-                let c = &self.frame.components[sc.index];
-                let (bw, bh) = self.blocks_of(c);
-                let (mh, mv) = if ns == 1 { (1, 1) } else { (c.h, c.v) };
-                ScanPlan {
-                    index: sc.index,
-                    mh,
-                    mv,
-                    bw,
-                    bh,
-                    rx: self.hmax / c.h,
-                    ry: self.vmax / c.v,
-                    q: self.qdc[c.tq],
-                }
-            })
-            .collect();
-
-        // One MCU row of DC predictions per component and block row (`segments`, in one buffer), and
-        // each block of an MCU as (component, segment start + column in the MCU, blocks per MCU across).
-        let mut segments = Vec::new();
-        let mut blocks: Vec<(usize, usize, usize)> = Vec::new();
-        let mut len = 0usize;
-        for (k, p) in plan.iter().enumerate() {
-            for _ in 0..p.mv {
-                segments.push(len);
-                for h in 0..p.mh as usize {
-                    blocks.push((k, len + h, p.mh as usize));
-                }
-                len += mcus_x as usize * p.mh as usize;
-            }
-        }
-        let mut row_buf = vec![0i32; len];
-        for p in &plan {
-            // Mean sample of a block: DC * q / 8, level-shifted by 128 (in `finish`).
-            if let Some(scale) = self.scale.get_mut(p.index) {
-                *scale = p.q as f32 * (1u32 << shift) as f32 / 8.0;
-            }
-        }
-        let mut mcus_left = self.restart_interval;
-        let mut remaining = total;
-        for my in 0..mcus_y {
-            for mx in 0..mcus_x as usize {
-                for &(k, start, mh) in &blocks {
-                    let (Some((dc_table, ac_table)), Some(pred)) = (tables.get(k), preds.get_mut(k)) else {
-                        return Err(Error::Internal("scan component".into()));
-                    };
-                    *pred = pred.wrapping_add(dc_diff(&mut bits, dc_table)?);
-                    if let Some(ac_table) = ac_table {
-                        if let Some(skip) = ac_table.skip.as_deref() {
-                            skip_ac_symbols(&mut bits, ac_table, skip)?;
-                        }
-                    }
-                    if let Some(slot) = row_buf.get_mut(start + mx * mh) {
-                        *slot = *pred;
-                    }
-                }
-                remaining -= 1;
-                if self.restart_interval > 0 && remaining > 0 {
-                    mcus_left -= 1;
-                    if mcus_left == 0 {
-                        bits.restart()?;
-                        preds = [0; 4];
-                        mcus_left = self.restart_interval;
-                    }
-                }
-            }
-            if bits.overrun() {
-                return Err(corrupt("truncated entropy data"));
-            }
-            let mut segment = segments.iter();
-            for p in &plan {
-                for v in 0..p.mv {
-                    let start = *segment.next().ok_or_else(|| Error::Internal("segment".into()))?;
-                    let by = my * p.mv + v;
-                    if by >= p.bh {
-                        continue;
-                    }
-                    // Raw predictions: the scaling to sample values is affine, so it is applied to the
-                    // means (`finish`).
-                    let preds = row_buf.get(start..start + p.bw as usize).unwrap_or_default();
-                    for dy in 0..p.ry {
-                        self.shrinker.add_sample_row(p.index, by * p.ry + dy, preds, p.rx);
-                    }
-                }
-            }
-        }
-        for c in &comps {
-            if let Some(d) = self.done.get_mut(c.index) {
-                *d = true;
-            }
-        }
-        Ok(())
-    }
-
     /// The working image: averaged planes converted to RGB.
-    fn finish(self) -> Result<Working, Error> {
+    fn finish(self, adobe_transform: Option<u8>) -> Result<Working, Error> {
         let (w, h) = self.shrinker.dims();
         let mut means = self
             .shrinker
@@ -732,7 +928,7 @@ impl Decoder {
         let ids: Vec<u8> = self.frame.components.iter().map(|c| c.id).collect();
         let mut rgb = Vec::with_capacity(w as usize * h as usize * 3);
         for px in means.chunks_exact(n) {
-            let out = match (n, self.adobe_transform) {
+            let out = match (n, adobe_transform) {
                 (1, _) => [px[0]; 3],
                 (3, Some(0)) => [px[0], px[1], px[2]],
                 (3, None) if ids == b"RGB" => [px[0], px[1], px[2]],
@@ -752,6 +948,210 @@ impl Decoder {
             rgb.extend(out.iter().map(|v| v.clamp(0.0, 255.0)));
         }
         Ok(self.shrinker.working_with(rgb))
+    }
+}
+
+impl Scan {
+    /// Prepares the scan of an SOS header, or `None` for a scan that adds nothing the DC image needs
+    /// (progressive AC and refinement scans, components already decoded).
+    fn start(decoder: &mut Decoder, tables: &Tables, sos: &[u8]) -> Result<Option<Scan>, Error> {
+        let ns = *sos.first().ok_or_else(|| corrupt("short scan header"))? as usize;
+        if ns == 0 || ns > 4 {
+            return Err(corrupt("scan component count"));
+        }
+        // (component index, DC table, AC table) per scan component.
+        let mut comps = Vec::with_capacity(ns);
+        for i in 0..ns {
+            let s = sos
+                .get(1 + i * 2..3 + i * 2)
+                .ok_or_else(|| corrupt("short scan header"))?;
+            let index = decoder
+                .frame
+                .components
+                .iter()
+                .position(|c| c.id == s[0])
+                .ok_or_else(|| corrupt("scan names an unknown component"))?;
+            comps.push((index, (s[1] >> 4) as usize & 3, (s[1] & 15) as usize & 3));
+        }
+        let tail = sos
+            .get(1 + ns * 2..4 + ns * 2)
+            .ok_or_else(|| corrupt("short scan header"))?;
+        let (ss, ah, al) = (tail[0], tail[2] >> 4, (tail[2] & 15) as u32);
+        if decoder.progressive && (ss != 0 || ah != 0) {
+            // AC scans and DC refinement: nothing a 1/8-scale image needs.
+            return Ok(None);
+        }
+        if comps.iter().all(|c| decoder.done.get(c.0) == Some(&true)) {
+            return Ok(None);
+        }
+        let skip_ac = !decoder.progressive;
+        let undefined = || corrupt("scan uses an undefined Huffman table");
+        let mut huffman = Vec::with_capacity(ns);
+        for &(_, dc, ac) in &comps {
+            let dc = tables.dc[dc].as_ref().ok_or_else(undefined)?;
+            let ac = match (skip_ac, tables.ac[ac].as_ref()) {
+                (false, _) => None,
+                (true, Some(spec)) => Some(Huffman::new(&spec.counts, &spec.values)?.with_skip_table()),
+                (true, None) => return Err(undefined()),
+            };
+            huffman.push((Huffman::new(&dc.counts, &dc.values)?, ac));
+        }
+
+        // MCU geometry: interleaved scans cover the padded MCU grid, single-component scans the
+        // component's own blocks.
+        let (mcus_x, mcus_y) = if ns == 1 {
+            decoder.blocks_of(&decoder.frame.components[comps[0].0])
+        } else {
+            (
+                decoder.frame.width.div_ceil(8 * decoder.hmax),
+                decoder.frame.height.div_ceil(8 * decoder.vmax),
+            )
+        };
+        let plan: Vec<ScanPlan> = comps
+            .iter()
+            .map(|&(index, _, _)| {
+                let c = &decoder.frame.components[index];
+                let (bw, bh) = decoder.blocks_of(c);
+                let (mh, mv) = if ns == 1 { (1, 1) } else { (c.h, c.v) };
+                ScanPlan {
+                    index,
+                    mh,
+                    mv,
+                    bw,
+                    bh,
+                    rx: decoder.hmax / c.h,
+                    ry: decoder.vmax / c.v,
+                }
+            })
+            .collect();
+        let mut segments = Vec::new();
+        let mut blocks = Vec::new();
+        let mut len = 0usize;
+        for (k, p) in plan.iter().enumerate() {
+            for _ in 0..p.mv {
+                segments.push(len);
+                for h in 0..p.mh as usize {
+                    blocks.push((k, len + h, p.mh as usize));
+                }
+                len += mcus_x as usize * p.mh as usize;
+            }
+        }
+        let shift = if decoder.progressive { al.min(15) } else { 0 };
+        for p in &plan {
+            // Mean sample of a block: DC * q / 8, level-shifted by 128 (in `finish`).
+            let q = decoder.frame.components[p.index].tq;
+            if let Some(scale) = decoder.scale.get_mut(p.index) {
+                *scale = tables.qdc[q] as f32 * (1u32 << shift) as f32 / 8.0;
+            }
+        }
+        Ok(Some(Scan {
+            tables: huffman,
+            plan,
+            segments,
+            blocks,
+            row_buf: vec![0; len],
+            preds: [0; 4],
+            mcus_x,
+            mx: 0,
+            my: 0,
+            restart_interval: tables.restart_interval,
+            mcus_left: tables.restart_interval,
+            remaining: mcus_x as u64 * mcus_y as u64,
+            restart_pending: false,
+            bits: BitState::default(),
+        }))
+    }
+
+    /// Decodes MCUs of `input` from `pos` while the bytes they could need have arrived (all of them when
+    /// `end`), feeding each finished MCU row to the decoder's shrinker. Returns where it stopped and
+    /// whether the scan is complete.
+    fn decode(
+        &mut self,
+        decoder: &mut Decoder,
+        input: &[u8],
+        pos: usize,
+        end: bool,
+    ) -> Result<(usize, bool), Error> {
+        let mut bits = Bits::resume(input, pos, self.bits);
+        // Once a marker is in sight, every byte the scan can use has arrived.
+        let mut marker_ahead = end;
+        while self.remaining > 0 {
+            if self.restart_pending {
+                if !bits.restart(!end)? {
+                    self.bits = bits.state();
+                    return Ok((bits.pos, false));
+                }
+                self.preds = [0; 4];
+                self.mcus_left = self.restart_interval;
+                self.restart_pending = false;
+            }
+            if !marker_ahead && input.len() - bits.pos.min(input.len()) < SCAN_MARGIN {
+                marker_ahead = next_marker(input, bits.pos).is_some();
+                if !marker_ahead {
+                    self.bits = bits.state();
+                    return Ok((bits.pos, false));
+                }
+            }
+            let mx = self.mx as usize;
+            for &(k, start, mh) in &self.blocks {
+                let (Some((dc_table, ac_table)), Some(pred)) = (self.tables.get(k), self.preds.get_mut(k)) else {
+                    return Err(Error::Internal("scan component".into()));
+                };
+                *pred = pred.wrapping_add(dc_diff(&mut bits, dc_table)?);
+                if let Some(ac_table) = ac_table {
+                    if let Some(skip) = ac_table.skip.as_deref() {
+                        skip_ac_symbols(&mut bits, ac_table, skip)?;
+                    }
+                }
+                if let Some(slot) = self.row_buf.get_mut(start + mx * mh) {
+                    *slot = *pred;
+                }
+            }
+            self.remaining -= 1;
+            if self.restart_interval > 0 && self.remaining > 0 {
+                self.mcus_left -= 1;
+                if self.mcus_left == 0 {
+                    self.restart_pending = true;
+                }
+            }
+            self.mx += 1;
+            if self.mx == self.mcus_x {
+                if bits.overrun() {
+                    return Err(corrupt("truncated entropy data"));
+                }
+                self.flush_row(decoder)?;
+                self.mx = 0;
+                self.my += 1;
+            }
+        }
+        for p in &self.plan {
+            if let Some(d) = decoder.done.get_mut(p.index) {
+                *d = true;
+            }
+        }
+        self.bits = bits.state();
+        Ok((bits.pos, true))
+    }
+
+    /// Adds the finished MCU row `my` of predictions to the shrinker.
+    fn flush_row(&self, decoder: &mut Decoder) -> Result<(), Error> {
+        let mut segment = self.segments.iter();
+        for p in &self.plan {
+            for v in 0..p.mv {
+                let start = *segment.next().ok_or_else(|| Error::Internal("segment".into()))?;
+                let by = self.my * p.mv + v;
+                if by >= p.bh {
+                    continue;
+                }
+                // Raw predictions: the scaling to sample values is affine, so it is applied to the
+                // means (`finish`).
+                let preds = self.row_buf.get(start..start + p.bw as usize).unwrap_or_default();
+                for dy in 0..p.ry {
+                    decoder.shrinker.add_sample_row(p.index, by * p.ry + dy, preds, p.rx);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -838,141 +1238,24 @@ fn skip_ac_symbols(bits: &mut Bits, table: &Huffman, skip: &[u32; 1 << SKIP_BITS
     Ok(())
 }
 
-/// Decodes the DC coefficients of a JPEG into the working image of a [`Shrinker`] (at most
-/// [`crate::media::blurhash::WORKING_SIZE`] on the long side, in stored orientation), refusing images of more
-/// than `max_pixels` pixels before reading any entropy-coded data.
+
+/// Decodes the DC image of a whole JPEG in memory (in stored orientation), refusing images of more than
+/// `max_pixels` pixels before reading any entropy-coded data.
 pub fn decode_dc(bytes: &[u8], max_pixels: u64) -> Result<Working, Error> {
-    if bytes.get(0..2) != Some(&[0xFF, SOI]) {
-        return Err(Error::UnsupportedFormat("not a JPEG".into()));
-    }
-    let mut pos = 2;
-    let mut qdc = [0u32; 4];
-    let mut dc_tables: [Option<HuffSpec>; 4] = [None, None, None, None];
-    let mut ac_tables: [Option<HuffSpec>; 4] = [None, None, None, None];
-    let mut restart_interval = 0u32;
-    let mut adobe_transform = None;
-    let mut decoder: Option<Decoder> = None;
-    loop {
-        let (marker, payload, next) = segment(bytes, pos)?;
-        match marker {
-            DQT => {
-                let mut p = payload;
-                while let Some(&pq_tq) = p.first() {
-                    let (sixteen, tq) = (pq_tq >> 4 != 0, (pq_tq & 15) as usize);
-                    let size = if sixteen { 128 } else { 64 };
-                    let table = p.get(1..1 + size).ok_or_else(|| corrupt("short DQT"))?;
-                    let dc = if sixteen {
-                        u16::from_be_bytes([table[0], table[1]])
-                    } else {
-                        table[0] as u16
-                    };
-                    *qdc.get_mut(tq).ok_or_else(|| corrupt("DQT table index"))? = dc as u32;
-                    if let Some(d) = decoder.as_mut() {
-                        d.qdc = qdc;
-                    }
-                    p = &p[1 + size..];
-                }
-            }
-            DHT => {
-                let mut p = payload;
-                while let Some(&tc_th) = p.first() {
-                    let counts = p.get(1..17).ok_or_else(|| corrupt("short DHT"))?;
-                    let n: usize = counts.iter().map(|&c| c as usize).sum();
-                    let values = p.get(17..17 + n).ok_or_else(|| corrupt("short DHT"))?;
-                    let mut table = HuffSpec {
-                        counts: [0; 16],
-                        values: values.to_vec(),
-                    };
-                    table.counts.copy_from_slice(counts);
-                    let (class, th) = (tc_th >> 4, (tc_th & 15) as usize);
-                    if th > 3 || class > 1 {
-                        return Err(corrupt("DHT table index"));
-                    }
-                    let slot = match (decoder.as_mut(), class) {
-                        (Some(d), 0) => &mut d.dc_tables[th],
-                        (Some(d), _) => &mut d.ac_tables[th],
-                        (None, 0) => &mut dc_tables[th],
-                        (None, _) => &mut ac_tables[th],
-                    };
-                    *slot = Some(table);
-                    p = &p[17 + n..];
-                }
-            }
-            DRI => {
-                let ri = be16(payload, 0).ok_or_else(|| corrupt("short DRI"))? as u32;
-                restart_interval = ri;
-                if let Some(d) = decoder.as_mut() {
-                    d.restart_interval = ri;
-                }
-            }
-            APP14 if payload.starts_with(b"Adobe") => adobe_transform = payload.get(11).copied(),
-            0xC0..=0xC2 => {
-                if decoder.is_some() {
-                    return Err(corrupt("second frame header"));
-                }
-                let frame = Frame::parse(marker, payload)?;
-                if frame.precision != 8 {
-                    return Err(Error::UnsupportedFormat(format!("{}-bit JPEG", frame.precision)));
-                }
-                if frame.width == 0 || frame.height == 0 {
-                    return Err(corrupt("zero dimension"));
-                }
-                if frame.width as u64 * frame.height as u64 > max_pixels {
-                    return Err(Error::TooLarge(format!(
-                        "{}x{} JPEG has more than {max_pixels} pixels",
-                        frame.width, frame.height
-                    )));
-                }
-                let hmax = frame.components.iter().map(|c| c.h).max().unwrap_or(1);
-                let vmax = frame.components.iter().map(|c| c.v).max().unwrap_or(1);
-                if frame
-                    .components
-                    .iter()
-                    .any(|c| hmax % c.h != 0 || vmax % c.v != 0)
-                {
-                    return Err(Error::UnsupportedFormat(
-                        "non-integer JPEG sampling ratios".into(),
-                    ));
-                }
-                let shrinker = Shrinker::for_blocks(frame.width, frame.height, 8, frame.components.len())?;
-                decoder = Some(Decoder {
-                    done: vec![false; frame.components.len()],
-                    scale: [1.0; 4],
-                    frame,
-                    hmax,
-                    vmax,
-                    progressive: marker == 0xC2,
-                    qdc,
-                    dc_tables: std::mem::take(&mut dc_tables),
-                    ac_tables: std::mem::take(&mut ac_tables),
-                    restart_interval,
-                    adobe_transform,
-                    shrinker,
-                });
-            }
-            0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
-                return Err(Error::UnsupportedFormat(
-                    "lossless, hierarchical or arithmetic JPEG".into(),
-                ));
-            }
-            SOS => {
-                let d = decoder
-                    .as_mut()
-                    .ok_or_else(|| corrupt("scan before frame header"))?;
-                d.adobe_transform = adobe_transform;
-                d.scan(bytes, next, payload)?;
-                if d.done.iter().all(|&x| x) {
-                    return decoder
-                        .ok_or_else(|| Error::Internal("decoder vanished".into()))?
-                        .finish();
-                }
-                pos = next_marker(bytes, next).ok_or_else(|| corrupt("truncated after a scan"))?;
-                continue;
-            }
-            EOI => return Err(corrupt("image ends before every component is decoded")),
-            _ => {}
-        }
-        pos = next;
+    let mut stream = JpegStream::new(max_pixels);
+    stream.feed(bytes);
+    stream.finish()
+}
+
+/// Reads the markers of a whole JPEG in memory up to the frame header: dimensions, process and EXIF
+/// orientation.
+pub fn read_header(bytes: &[u8]) -> Result<Header, Error> {
+    let mut stream = JpegStream::new(0); // no pixels: done at the frame header
+    stream.feed(bytes);
+    let outcome = stream.finish();
+    match stream.header {
+        Some(header) => Ok(header),
+        None => Err(outcome.err().unwrap_or_else(|| corrupt("no frame header"))),
     }
 }
 
