@@ -311,8 +311,9 @@ fn kick_api(lua: &Lua) -> LuaResult<LuaTable> {
 
 // --- media ---
 
-/// Reads the limits table of `media.probe_url` and `media.lookup`: every field optional (defaults as in
-/// [`crate::media::MediaLimits::default`]), unknown fields and wrong types refused as `bad-request`.
+/// Reads the options table of `media.prober`: every field optional (defaults as in
+/// [`crate::media::MediaLimits::default`]), unknown fields and wrong types refused as `bad-request`. A new
+/// option is one more arm here and a field of the limits.
 fn read_media_limits(table: Option<LuaTable>) -> LuaResult<Result<crate::media::MediaLimits, Error>> {
     use std::time::Duration;
     let mut limits = crate::media::MediaLimits::default();
@@ -368,7 +369,8 @@ fn read_media_limits(table: Option<LuaTable>) -> LuaResult<Result<crate::media::
         let checked = match key.as_str() {
             "max_bytes" => count(&key, &value).map(|n| limits.fetch.max_bytes = n),
             "max_pixels" => count(&key, &value).map(|n| limits.probe.max_pixels = n),
-            "max_alloc" => count(&key, &value).map(|n| limits.probe.max_alloc = n),
+            "max_webp_pixels" => count(&key, &value).map(|n| limits.probe.max_webp_pixels = n),
+            "max_decode_memory" => count(&key, &value).map(|n| limits.probe.max_decode_memory = n),
             "components_x" => small(&key, &value).map(|n| limits.probe.components_x = n),
             "components_y" => small(&key, &value).map(|n| limits.probe.components_y = n),
             "max_redirects" => small(&key, &value).map(|n| limits.fetch.max_redirects = n),
@@ -432,38 +434,42 @@ fn media_wakeup_fd(lua: &Lua, _: ()) -> LuaResult<LuaMultiValue> {
     to_lua(lua, guard(crate::jobs::wakeup_fd))
 }
 
-/// Lua: `media.probe_url(url, limits)` -> job id, or nil, code, text when the URL or limits are malformed. The
-/// job's result arrives through `media.take_results()`: `{ id, bytes = ?, type, width = ?, height = ?,
-/// blurhash = ?, cached }` or `{ id, error = code, text }` with code "blocked", "fetch-failed", "timeout".
-fn media_probe_url(lua: &Lua, (url, limits): (LuaString, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
-    let limits = match read_media_limits(limits)? {
-        Ok(limits) => limits,
-        Err(e) => return to_lua::<()>(lua, Err(e)),
-    };
-    let url = url.to_string_lossy();
-    to_lua(lua, guard(|| crate::media::submit_probe(&url, limits)))
-}
+/// A configured prober, as Lua holds it (`media.prober(options)`).
+struct LuaProber(crate::media::Prober);
 
-/// Lua: `media.lookup(url, limits)` -> the fresh cached result table (as a job result, `cached = true`), or
-/// nil when there is none; nil, code, text for malformed limits.
-fn media_lookup(lua: &Lua, (url, limits): (LuaString, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
-    let limits = match read_media_limits(limits)? {
-        Ok(limits) => limits,
-        Err(e) => return to_lua::<()>(lua, Err(e)),
-    };
-    let url = url.to_string_lossy();
-    match guard(|| Ok(crate::media::lookup(&url, &limits))) {
-        Ok(Some(meta)) => fields_to_table(lua, &meta.to_fields(true))?.into_lua_multi(lua),
-        Ok(None) => LuaNil.into_lua_multi(lua),
-        Err(e) => to_lua::<()>(lua, Err(e)),
+impl LuaUserData for LuaProber {
+    fn add_methods<M: LuaUserDataMethods<Self>>(methods: &mut M) {
+        // `prober:probe(url)` -> job id, or nil, "bad-request", text for a malformed URL. The job's result
+        // arrives through `media.take_results()`: `{ id, bytes = ?, type, width = ?, height = ?, blurhash = ?,
+        // cached }` or `{ id, error = code, text }` with code "blocked", "fetch-failed", "timeout".
+        methods.add_method("probe", |lua, this, url: LuaString| {
+            let url = url.to_string_lossy();
+            to_lua(lua, guard(|| this.0.submit(&url)))
+        });
+        // `prober:lookup(url)` -> the fresh cached result table (as a job result, `cached = true`), or nil.
+        methods.add_method("lookup", |lua, this, url: LuaString| {
+            let url = url.to_string_lossy();
+            match guard(|| Ok(this.0.lookup(&url))) {
+                Ok(Some(meta)) => fields_to_table(lua, &meta.to_fields(true))?.into_lua_multi(lua),
+                Ok(None) => LuaNil.into_lua_multi(lua),
+                Err(e) => to_lua::<()>(lua, Err(e)),
+            }
+        });
     }
 }
 
-/// Lua: `media.check_limits(limits)` -> true, or nil, "bad-request", text: the check `media.probe_url` makes,
-/// for validating configuration at load time.
-fn media_check_limits(lua: &Lua, limits: Option<LuaTable>) -> LuaResult<LuaMultiValue> {
-    match read_media_limits(limits)? {
-        Ok(_) => true.into_lua_multi(lua),
+/// Lua: `media.prober(options)` -> a prober handle with `:probe(url)` and `:lookup(url)`, or nil,
+/// "bad-request", text for malformed options. The options are read and checked here, once; make a new
+/// prober when they change. Fields: `max_bytes`, `max_pixels`, `max_webp_pixels`, `max_decode_memory`,
+/// `components_x`, `components_y`, `max_redirects`, `connect_timeout`, `timeout`, `cache_size`, `cache_ttl`,
+/// `allowed_networks`.
+fn media_prober(lua: &Lua, options: Option<LuaTable>) -> LuaResult<LuaMultiValue> {
+    let limits = match read_media_limits(options)? {
+        Ok(limits) => limits,
+        Err(e) => return to_lua::<()>(lua, Err(e)),
+    };
+    match guard(|| crate::media::Prober::new(limits)) {
+        Ok(prober) => LuaProber(prober).into_lua_multi(lua),
         Err(e) => to_lua::<()>(lua, Err(e)),
     }
 }
@@ -550,13 +556,11 @@ fn media_test_job(lua: &Lua, (kind, value): (String, Option<LuaValue>)) -> LuaRe
 fn media_api(lua: &Lua) -> LuaResult<LuaTable> {
     let api = lua.create_table()?;
     api.set("wakeup_fd", lua.create_function(media_wakeup_fd)?)?;
-    api.set("probe_url", lua.create_function(media_probe_url)?)?;
-    api.set("lookup", lua.create_function(media_lookup)?)?;
+    api.set("prober", lua.create_function(media_prober)?)?;
     api.set("take_results", lua.create_function(media_take_results)?)?;
     api.set("cancel", lua.create_function(media_cancel)?)?;
     api.set("running", lua.create_function(media_running)?)?;
     api.set("check_networks", lua.create_function(media_check_networks)?)?;
-    api.set("check_limits", lua.create_function(media_check_limits)?)?;
     api.set("test_job", lua.create_function(media_test_job)?)?;
     Ok(api)
 }

@@ -8,16 +8,23 @@
 //! - Redirects are followed here, not by reqwest: at most [`MAX_REDIRECTS`] hops (or fewer, per the caller),
 //!   each one parsed and checked like the first URL.
 //! - No proxy (environment variables included), no cookies, no compression, no referrer.
-//! - The body is streamed and kept only up to the caller's byte limit: a larger `Content-Length` is not
-//!   downloaded at all, and a body that grows past the limit is dropped as soon as it does. The buffer never
-//!   grows beyond the limit.
-//! - A connect time limit and a total time limit (all hops and the body) end stalled servers.
+//! - Nothing is buffered here: [`Fetcher::open`] returns once the final answer's headers are in, and its
+//!   body is read chunk by chunk ([`Response::chunk`]) by the caller, who stops whenever it has what it
+//!   needs; dropping the [`Response`] closes the connection.
+//! - Every request asks for the first `max_bytes` only (`Range: bytes=0-<max_bytes - 1>`), so a server that
+//!   honours ranges never sends more than the transfer cap, and says the whole file's size in
+//!   `Content-Range`. A server that ignores the range answers 200 with the whole body, of which the caller
+//!   reads at most `max_bytes`.
+//! - The caller bounds the time: connect time here, the whole exchange with its own deadline.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH, LOCATION};
+use bytes::Bytes;
+use reqwest::header::{
+    HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_NONE_MATCH, LOCATION, RANGE,
+};
 use reqwest::{Client, StatusCode, Url};
 
 use crate::error::Error;
@@ -34,24 +41,24 @@ const MAX_ETAG_BYTES: usize = 256;
 
 const USER_AGENT: &str = concat!("prosody-native/", env!("CARGO_PKG_VERSION"), " (media metadata)");
 
-/// The limits of one fetch, passed in by the caller.
+/// The limits of one fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchLimits {
-    /// Largest body kept, in bytes.
+    /// The transfer cap: most body bytes read (and asked for, with a range).
     pub max_bytes: u64,
     /// Longest wait for a TCP (and TLS) connection to one address.
     pub connect_timeout: Duration,
-    /// Longest time for the whole fetch: every hop and the body.
+    /// Longest time for the whole fetch: every hop, the body, and probing it.
     pub timeout: Duration,
     /// Redirect hops followed, at most [`MAX_REDIRECTS`].
     pub max_redirects: u32,
 }
 
 impl Default for FetchLimits {
-    /// 16 MiB, 3 s to connect, 10 s in all, 3 redirects.
+    /// 32 MiB, 3 s to connect, 10 s in all, 3 redirects.
     fn default() -> Self {
         FetchLimits {
-            max_bytes: 16 << 20,
+            max_bytes: 32 << 20,
             connect_timeout: Duration::from_secs(3),
             timeout: Duration::from_secs(10),
             max_redirects: MAX_REDIRECTS,
@@ -59,21 +66,32 @@ impl Default for FetchLimits {
     }
 }
 
-/// What a fetch brought back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fetched {
+/// The final answer of a fetch, its body still to be read.
+#[derive(Debug)]
+pub struct Response {
     /// The URL that answered, after redirects.
     pub url: String,
     /// `true` for a `304 Not Modified` answer to `If-None-Match` (no body, no headers worth reading).
     pub not_modified: bool,
     /// The media type of `Content-Type` (`type/subtype`, lower case, parameters dropped), when well-formed.
     pub content_type: Option<String>,
-    /// The `Content-Length` header.
-    pub content_length: Option<u64>,
-    /// The whole body, or `None` when it is larger than the byte limit (or for `304`).
-    pub body: Option<Vec<u8>>,
+    /// The whole file's size as the server states it: the `Content-Length` of a 200, the total of a 206's
+    /// (or a 416's) `Content-Range`.
+    pub size: Option<u64>,
     /// The `ETag` header, for revalidation.
     pub etag: Option<String>,
+    body: Option<reqwest::Response>,
+}
+
+impl Response {
+    /// The next chunk of the body as it arrives, or `None` at its end. A body that ends before its
+    /// `Content-Length` is an error.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, Error> {
+        match self.body.as_mut() {
+            Some(body) => body.chunk().await.map_err(map_error),
+            None => Ok(None),
+        }
+    }
 }
 
 /// Checks that `s` is a URL this module may fetch: `http` or `https`, with a host and no credentials.
@@ -176,16 +194,11 @@ impl Fetcher {
         Ok(Fetcher { client, policy })
     }
 
-    /// Fetches `url` under `limits`, revalidating with `If-None-Match: etag` when one is given.
-    pub async fn fetch(&self, url: &str, limits: &FetchLimits, etag: Option<&str>) -> Result<Fetched, Error> {
+    /// Requests `url` under `limits` (revalidating with `If-None-Match: etag` when one is given), following
+    /// redirects, and returns the final answer once its headers are in. The caller sets the deadline.
+    pub async fn open(&self, url: &str, limits: &FetchLimits, etag: Option<&str>) -> Result<Response, Error> {
         let url = parse_url(url)?;
-        match tokio::time::timeout(limits.timeout, self.fetch_hops(url, limits, etag)).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout(format!(
-                "No complete answer within {} s",
-                limits.timeout.as_secs_f64()
-            ))),
-        }
+        self.fetch_hops(url, limits, etag).await
     }
 
     async fn fetch_hops(
@@ -193,14 +206,15 @@ impl Fetcher {
         mut url: Url,
         limits: &FetchLimits,
         etag: Option<&str>,
-    ) -> Result<Fetched, Error> {
+    ) -> Result<Response, Error> {
         let max_redirects = limits.max_redirects.min(MAX_REDIRECTS);
         let mut hops = 0;
         loop {
             if let Some(ip) = literal_ip(&url) {
                 self.policy.check(ip)?;
             }
-            let mut request = self.client.get(url.clone());
+            let range = format!("bytes=0-{}", limits.max_bytes.saturating_sub(1));
+            let mut request = self.client.get(url.clone()).header(RANGE, range);
             if let Some(etag) = etag.and_then(|e| HeaderValue::from_str(e).ok()) {
                 request = request.header(IF_NONE_MATCH, etag);
             }
@@ -221,57 +235,75 @@ impl Fetcher {
                 hops += 1;
                 continue;
             }
-            return read_response(url, response, limits).await;
+            return answer(url, response);
         }
     }
 }
 
-async fn read_response(
-    url: Url,
-    mut response: reqwest::Response,
-    limits: &FetchLimits,
-) -> Result<Fetched, Error> {
+/// The final answer: its headers read, its body left to the caller.
+fn answer(url: Url, response: reqwest::Response) -> Result<Response, Error> {
     let status = response.status();
     let headers = response.headers();
-    let mut fetched = Fetched {
+    let mut answer = Response {
         url: url.to_string(),
         not_modified: status == StatusCode::NOT_MODIFIED,
         content_type: media_type(headers),
-        content_length: headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok()),
-        body: None,
+        size: None,
         etag: etag(headers),
+        body: None,
     };
-    if fetched.not_modified {
-        return Ok(fetched);
-    }
-    if !status.is_success() {
-        return Err(Error::FetchFailed(format!("HTTP {status}")));
-    }
-    if fetched.content_length.is_some_and(|n| n > limits.max_bytes) {
-        return Ok(fetched); // not downloaded; dropping the response closes the connection
-    }
-    let cap = usize::try_from(limits.max_bytes).unwrap_or(usize::MAX);
-    // The declared length is reserved at once (no copies while growing); pages that a lying server never
-    // fills are never touched, so they cost address space, not memory.
-    let initial = fetched.content_length.unwrap_or(0).min(limits.max_bytes);
-    let mut body = Vec::with_capacity(usize::try_from(initial).unwrap_or(0));
-    while let Some(chunk) = response.chunk().await.map_err(map_error)? {
-        let needed = body.len().saturating_add(chunk.len());
-        if needed > cap {
-            return Ok(fetched);
+    match status {
+        StatusCode::NOT_MODIFIED => return Ok(answer),
+        StatusCode::PARTIAL_CONTENT => {
+            let (start, total) = content_range(headers)
+                .ok_or_else(|| Error::FetchFailed("HTTP 206 without a valid Content-Range".into()))?;
+            if start != Some(0) {
+                return Err(Error::FetchFailed("HTTP 206 for another range than asked".into()));
+            }
+            answer.size = total;
         }
-        if needed > body.capacity() {
-            // Grow geometrically, but never past the limit.
-            let target = body.capacity().saturating_mul(2).max(needed).min(cap);
-            body.reserve_exact(target - body.len());
+        StatusCode::RANGE_NOT_SATISFIABLE => {
+            // Only an empty file cannot satisfy a range that starts at 0.
+            return match content_range(headers) {
+                Some((None, Some(0))) => {
+                    answer.size = Some(0);
+                    Ok(answer)
+                }
+                _ => Err(Error::FetchFailed(format!("HTTP {status}"))),
+            };
         }
-        body.extend_from_slice(&chunk);
+        s if s.is_success() => answer.size = content_length(headers),
+        _ => return Err(Error::FetchFailed(format!("HTTP {status}"))),
     }
-    fetched.body = Some(body);
-    Ok(fetched)
+    answer.body = Some(response);
+    Ok(answer)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// `Content-Range: bytes <first>-<last>/<total>` (or `bytes */<total>`): the first byte (`None` for
+/// `*`) and the total (`None` when unknown, `*`).
+fn content_range(headers: &HeaderMap) -> Option<(Option<u64>, Option<u64>)> {
+    let value = headers.get(CONTENT_RANGE)?.to_str().ok()?.trim();
+    let (range, total) = value.strip_prefix("bytes ")?.split_once('/')?;
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    let first = match range.trim() {
+        "*" => None,
+        r => {
+            let (first, last) = r.split_once('-')?;
+            let (first, last): (u64, u64) = (first.parse().ok()?, last.parse().ok()?);
+            if last < first || total.is_some_and(|t| last >= t) {
+                return None;
+            }
+            Some(first)
+        }
+    };
+    Some((first, total))
 }
 
 /// `type/subtype` of `Content-Type`, lower case, when it is well-formed.
@@ -334,6 +366,8 @@ pub(crate) mod tests {
         pub headers: Vec<(String, String)>,
         pub body: Vec<u8>,
         pub content_length: bool,
+        /// A `Content-Length` other than the body's (a lying server).
+        pub declared_length: Option<u64>,
         pub stall: bool,
     }
 
@@ -344,6 +378,7 @@ pub(crate) mod tests {
                 headers: vec![("Content-Type".into(), content_type.into())],
                 body: body.to_vec(),
                 content_length: true,
+                declared_length: None,
                 stall: false,
             }
         }
@@ -354,6 +389,7 @@ pub(crate) mod tests {
                 headers: Vec::new(),
                 body: Vec::new(),
                 content_length: true,
+                declared_length: None,
                 stall: false,
             }
         }
@@ -368,29 +404,49 @@ pub(crate) mod tests {
             self.headers.push((name.into(), value.into()));
             self
         }
+
+        pub fn status_line(mut self, status: &'static str) -> Answer {
+            self.status = status;
+            self
+        }
     }
 
     /// A one-thread HTTP/1.0-style server on `ip`: answers by path from `route`, counts connections.
     pub struct TestServer {
         pub addr: SocketAddr,
         pub connections: Arc<AtomicUsize>,
+        /// The head of every request, as received.
+        pub requests: Arc<std::sync::Mutex<Vec<String>>>,
+        /// Body bytes written to the socket so far (by every connection).
+        pub sent: Arc<AtomicUsize>,
     }
 
     impl TestServer {
-        pub fn start(ip: &str, route: impl Fn(&str, &str) -> Answer + Send + 'static) -> TestServer {
+        pub fn start(ip: &str, route: impl Fn(&str, &str) -> Answer + Send + Sync + 'static) -> TestServer {
             let listener = TcpListener::bind((ip, 0)).unwrap();
             let addr = listener.local_addr().unwrap();
             let connections = Arc::new(AtomicUsize::new(0));
-            let counter = connections.clone();
+            let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sent = Arc::new(AtomicUsize::new(0));
+            let (counter, log, bytes) = (connections.clone(), requests.clone(), sent.clone());
+            let route = Arc::new(route);
             thread::spawn(move || {
                 for stream in listener.incoming() {
                     let Ok(stream) = stream else { continue };
                     counter.fetch_add(1, Ordering::SeqCst);
-                    let answer_for = |path: &str, inm: &str| route(path, inm);
-                    serve(stream, &answer_for);
+                    let (route, log, bytes) = (route.clone(), log.clone(), bytes.clone());
+                    // One thread per connection: a client that stops reading must not hold up the next.
+                    thread::spawn(move || {
+                        serve(stream, &|path: &str, inm: &str| route(path, inm), &log, &bytes)
+                    });
                 }
             });
-            TestServer { addr, connections }
+            TestServer {
+                addr,
+                connections,
+                requests,
+                sent,
+            }
         }
 
         pub fn url(&self, path: &str) -> String {
@@ -398,7 +454,12 @@ pub(crate) mod tests {
         }
     }
 
-    fn serve(mut stream: TcpStream, route: &dyn Fn(&str, &str) -> Answer) {
+    fn serve(
+        mut stream: TcpStream,
+        route: &dyn Fn(&str, &str) -> Answer,
+        log: &std::sync::Mutex<Vec<String>>,
+        sent: &AtomicUsize,
+    ) {
         let mut request = Vec::new();
         let mut buf = [0u8; 1024];
         while !request.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -408,6 +469,7 @@ pub(crate) mod tests {
             }
         }
         let text = String::from_utf8_lossy(&request).to_string();
+        log.lock().unwrap().push(text.clone());
         let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
         let inm = text
             .lines()
@@ -423,7 +485,8 @@ pub(crate) mod tests {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         if answer.content_length {
-            head.push_str(&format!("Content-Length: {}\r\n", answer.body.len()));
+            let declared = answer.declared_length.unwrap_or(answer.body.len() as u64);
+            head.push_str(&format!("Content-Length: {declared}\r\n"));
         }
         head.push_str("\r\n");
         let _ = stream.write_all(head.as_bytes());
@@ -431,7 +494,33 @@ pub(crate) mod tests {
             thread::sleep(Duration::from_secs(30));
             return;
         }
-        let _ = stream.write_all(&answer.body);
+        // Small writes into a small send buffer: what is counted is close to what the client took.
+        let _ = socket_send_buffer(&stream, 16 << 10);
+        for part in answer.body.chunks(16 << 10) {
+            if stream.write_all(part).is_err() {
+                return;
+            }
+            sent.fetch_add(part.len(), Ordering::SeqCst);
+        }
+    }
+
+    fn socket_send_buffer(stream: &TcpStream, bytes: libc::c_int) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: sets an integer socket option on a descriptor the stream owns.
+        let r = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     }
 
     fn run<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -440,6 +529,21 @@ pub(crate) mod tests {
             .build()
             .unwrap()
             .block_on(f)
+    }
+
+    /// Opens `url` and reads its whole body (at most `limits.max_bytes` of it).
+    async fn fetch_all(
+        fetcher: &Fetcher,
+        url: &str,
+        limits: &FetchLimits,
+        etag: Option<&str>,
+    ) -> Result<(Response, Vec<u8>), Error> {
+        let mut response = fetcher.open(url, limits, etag).await?;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            body.extend_from_slice(&chunk);
+        }
+        Ok((response, body))
     }
 
     fn loopback_fetcher() -> Fetcher {
@@ -487,28 +591,34 @@ pub(crate) mod tests {
         let server = TestServer::start("127.0.0.1", |_, _| {
             Answer::ok("text/plain; charset=utf-8", b"hello").header("ETag", "\"v1\"")
         });
-        let fetched =
-            run(loopback_fetcher().fetch(&server.url("/a.txt"), &FetchLimits::default(), None)).unwrap();
-        assert_eq!(Some(b"hello".to_vec()), fetched.body);
+        let (fetched, body) = run(fetch_all(
+            &loopback_fetcher(),
+            &server.url("/a.txt"),
+            &FetchLimits::default(),
+            None,
+        ))
+        .unwrap();
+        assert_eq!(b"hello".to_vec(), body);
         assert_eq!(Some("text/plain".into()), fetched.content_type);
-        assert_eq!(Some(5), fetched.content_length);
+        assert_eq!(Some(5), fetched.size);
         assert_eq!(Some("\"v1\"".into()), fetched.etag);
         assert!(!fetched.not_modified);
+        let request = server.requests.lock().unwrap()[0].to_ascii_lowercase();
+        assert!(request.contains("\r\nrange: bytes=0-33554431\r\n"), "{request}");
     }
 
     #[test]
     fn an_error_status_fails() {
         let server = TestServer::start("127.0.0.1", |_, _| Answer::status("404 Not Found"));
-        let err = run(loopback_fetcher().fetch(&server.url("/missing"), &FetchLimits::default(), None))
-            .unwrap_err();
+        let err =
+            run(loopback_fetcher().open(&server.url("/missing"), &FetchLimits::default(), None)).unwrap_err();
         assert_eq!(Error::FetchFailed("HTTP 404 Not Found".into()), err);
     }
 
     #[test]
     fn a_blocked_literal_address_is_never_contacted() {
         let blocked = TestServer::start("127.0.0.2", |_, _| Answer::ok("text/plain", b"secret"));
-        let err =
-            run(loopback_fetcher().fetch(&blocked.url("/"), &FetchLimits::default(), None)).unwrap_err();
+        let err = run(loopback_fetcher().open(&blocked.url("/"), &FetchLimits::default(), None)).unwrap_err();
         assert_eq!("blocked", err.code(), "{err}");
         assert_eq!(0, blocked.connections.load(Ordering::SeqCst));
     }
@@ -518,13 +628,19 @@ pub(crate) mod tests {
         let server = TestServer::start("127.0.0.1", |_, _| Answer::ok("text/plain", b"secret"));
         let url = format!("http://localhost:{}/", server.addr.port());
         let strict = Fetcher::new(Policy::default(), Duration::from_secs(5)).unwrap();
-        let err = run(strict.fetch(&url, &FetchLimits::default(), None)).unwrap_err();
+        let err = run(strict.open(&url, &FetchLimits::default(), None)).unwrap_err();
         assert_eq!("blocked", err.code(), "{err}");
         assert!(err.to_string().starts_with("localhost: Address "), "{err}");
         assert_eq!(0, server.connections.load(Ordering::SeqCst));
         // The same name through a policy that allows the address it resolves to.
-        let fetched = run(loopback_fetcher().fetch(&url, &FetchLimits::default(), None)).unwrap();
-        assert_eq!(Some(b"secret".to_vec()), fetched.body);
+        let (_, body) = run(fetch_all(
+            &loopback_fetcher(),
+            &url,
+            &FetchLimits::default(),
+            None,
+        ))
+        .unwrap();
+        assert_eq!(b"secret".to_vec(), body);
     }
 
     #[test]
@@ -541,11 +657,17 @@ pub(crate) mod tests {
             _ => Answer::status("404 Not Found"),
         });
         let fetcher = loopback_fetcher();
-        let fetched = run(fetcher.fetch(&server.url("/one"), &FetchLimits::default(), None)).unwrap();
-        assert_eq!(Some(b"here".to_vec()), fetched.body);
+        let (fetched, body) = run(fetch_all(
+            &fetcher,
+            &server.url("/one"),
+            &FetchLimits::default(),
+            None,
+        ))
+        .unwrap();
+        assert_eq!(b"here".to_vec(), body);
         assert_eq!(server.url("/final"), fetched.url);
 
-        let err = run(fetcher.fetch(&server.url("/loop"), &FetchLimits::default(), None)).unwrap_err();
+        let err = run(fetcher.open(&server.url("/loop"), &FetchLimits::default(), None)).unwrap_err();
         assert_eq!(Error::FetchFailed("More than 3 redirects".into()), err);
         let one_hop = FetchLimits {
             max_redirects: 1,
@@ -553,61 +675,75 @@ pub(crate) mod tests {
         };
         assert_eq!(
             "fetch-failed",
-            run(fetcher.fetch(&server.url("/one"), &one_hop, None))
+            run(fetcher.open(&server.url("/one"), &one_hop, None))
                 .unwrap_err()
                 .code()
         );
 
-        let err = run(fetcher.fetch(&server.url("/to-blocked"), &FetchLimits::default(), None)).unwrap_err();
+        let err = run(fetcher.open(&server.url("/to-blocked"), &FetchLimits::default(), None)).unwrap_err();
         assert_eq!("blocked", err.code());
         assert_eq!(0, blocked.connections.load(Ordering::SeqCst));
 
-        let err = run(fetcher.fetch(&server.url("/to-file"), &FetchLimits::default(), None)).unwrap_err();
+        let err = run(fetcher.open(&server.url("/to-file"), &FetchLimits::default(), None)).unwrap_err();
         assert_eq!("fetch-failed", err.code());
     }
 
     #[test]
-    fn a_body_over_the_limit_is_not_kept() {
+    fn a_partial_answer_gives_the_size_from_its_content_range() {
         let server = TestServer::start("127.0.0.1", |path, _| {
-            let mut a = Answer::ok("application/octet-stream", &[7u8; 5000]);
-            a.content_length = path == "/declared";
-            a
+            let answer = |range: &str| {
+                Answer::ok("image/png", &[7u8; 100])
+                    .header("Content-Range", range)
+                    .status_line("206 Partial Content")
+            };
+            match path {
+                "/known" => answer("bytes 0-99/123456"),
+                "/unknown" => answer("bytes 0-99/*"),
+                "/elsewhere" => answer("bytes 10-109/123456"),
+                "/garbage" => answer("bytes 0-99"),
+                "/empty" => {
+                    let mut a =
+                        Answer::status("416 Range Not Satisfiable").header("Content-Range", "bytes */0");
+                    a.content_length = false;
+                    a
+                }
+                _ => Answer::status("416 Range Not Satisfiable").header("Content-Range", "bytes */500"),
+            }
         });
         let limits = FetchLimits {
-            max_bytes: 4096,
+            max_bytes: 100,
             ..FetchLimits::default()
         };
         let fetcher = loopback_fetcher();
-        let declared = run(fetcher.fetch(&server.url("/declared"), &limits, None)).unwrap();
-        assert_eq!((None, Some(5000)), (declared.body, declared.content_length));
-        assert_eq!(Some("application/octet-stream".into()), declared.content_type);
-        let streamed = run(fetcher.fetch(&server.url("/streamed"), &limits, None)).unwrap();
-        assert_eq!((None, None), (streamed.body, streamed.content_length));
-        let exact = FetchLimits {
-            max_bytes: 5000,
-            ..FetchLimits::default()
-        };
-        let body = run(fetcher.fetch(&server.url("/streamed"), &exact, None))
-            .unwrap()
-            .body
-            .unwrap();
-        assert_eq!(5000, body.len());
-        assert!(body.capacity() <= 5000, "the buffer never grows past the limit");
+        let (known, body) = run(fetch_all(&fetcher, &server.url("/known"), &limits, None)).unwrap();
+        assert_eq!((Some(123_456), 100), (known.size, body.len()));
+        let (unknown, _) = run(fetch_all(&fetcher, &server.url("/unknown"), &limits, None)).unwrap();
+        assert_eq!(None, unknown.size);
+        let (empty, body) = run(fetch_all(&fetcher, &server.url("/empty"), &limits, None)).unwrap();
+        assert_eq!((Some(0), 0), (empty.size, body.len()));
+        for path in ["/elsewhere", "/garbage", "/unsatisfiable"] {
+            let err = run(fetcher.open(&server.url(path), &limits, None)).unwrap_err();
+            assert_eq!("fetch-failed", err.code(), "{path}: {err}");
+        }
+        let request = server.requests.lock().unwrap()[0].to_ascii_lowercase();
+        assert!(request.contains("\r\nrange: bytes=0-99\r\n"), "{request}");
     }
 
     #[test]
-    fn a_stalled_response_times_out() {
+    fn a_body_shorter_than_its_content_length_is_an_error() {
         let server = TestServer::start("127.0.0.1", |_, _| {
-            let mut a = Answer::ok("image/png", b"never sent");
-            a.stall = true;
+            let mut a = Answer::ok("image/png", &[1u8; 1000]);
+            a.declared_length = Some(5000);
             a
         });
-        let limits = FetchLimits {
-            timeout: Duration::from_millis(300),
-            ..FetchLimits::default()
-        };
-        let err = run(loopback_fetcher().fetch(&server.url("/stall"), &limits, None)).unwrap_err();
-        assert_eq!("timeout", err.code(), "{err}");
+        let err = run(fetch_all(
+            &loopback_fetcher(),
+            &server.url("/short"),
+            &FetchLimits::default(),
+            None,
+        ))
+        .unwrap_err();
+        assert_eq!("fetch-failed", err.code(), "{err}");
     }
 
     #[test]
@@ -617,7 +753,7 @@ pub(crate) mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let err = run(loopback_fetcher().fetch(
+        let err = run(loopback_fetcher().open(
             &format!("http://127.0.0.1:{port}/"),
             &FetchLimits::default(),
             None,
@@ -636,10 +772,16 @@ pub(crate) mod tests {
             }
         });
         let fetcher = loopback_fetcher();
-        let fresh = run(fetcher.fetch(&server.url("/"), &FetchLimits::default(), Some("\"v1\""))).unwrap();
+        let (fresh, body) = run(fetch_all(
+            &fetcher,
+            &server.url("/"),
+            &FetchLimits::default(),
+            Some("\"v1\""),
+        ))
+        .unwrap();
         assert!(fresh.not_modified);
-        assert_eq!(None, fresh.body);
-        let changed = run(fetcher.fetch(&server.url("/"), &FetchLimits::default(), Some("\"v0\""))).unwrap();
+        assert!(body.is_empty());
+        let changed = run(fetcher.open(&server.url("/"), &FetchLimits::default(), Some("\"v0\""))).unwrap();
         assert!(!changed.not_modified);
     }
 

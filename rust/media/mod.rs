@@ -1,31 +1,53 @@
-//! Media metadata for a URL: the cache, then a safe fetch ([`crate::media::fetch`]), then a probe of the bytes
-//! ([`crate::media::probe`]) on a CPU thread, all as one job of the worker pool ([`crate::jobs`]).
+//! Media metadata for a URL, probed while it downloads: the cache, then a safe fetch ([`fetch`], with
+//! [`netguard`] deciding which addresses may be contacted) whose body goes chunk by chunk into a streaming
+//! prober ([`probe`]), all as one job of the worker pool ([`crate::jobs`]).
 //!
-//! What a URL yields ([`MediaMeta`]): `bytes` (the body's length, or the `Content-Length` of a body too large
-//! to download), `type` (from the magic bytes for an image, else from `Content-Type`), and for an image that
-//! could be read its `width`, `height` and `blurhash`. A body over the byte limit is not decoded.
+//! The caller configures a [`Prober`] once (limits, networks, cache settings, the decode budget) and asks it
+//! for URLs: [`Prober::lookup`] answers from the cache without starting anything, [`Prober::submit`]
+//! starts a job whose result is [`MediaMeta::to_fields`] or an error (`blocked`, `fetch-failed`,
+//! `timeout`, ...).
 //!
-//! Resources are bounded: at most [`FETCH_CONCURRENCY`] downloads at once, each holding at most `max_bytes`;
-//! decoding runs on [`jobs::cpu_slots`] threads under the probe limits. The HTTP clients, the cache and the
-//! download slots belong to the process that created them and are rebuilt after a fork, like the pool.
+//! How a probe runs:
+//! - The body is read as it arrives, in batches of [`BATCH_BYTES`], each fed to the [`probe::StreamProbe`]
+//!   on a CPU thread ([`crate::jobs::blocking`]) while the kernel keeps receiving the next bytes. Nothing
+//!   holds the whole file.
+//! - The download stops as soon as the prober has its answer (a progressive JPEG's first scan, a PNG's last
+//!   row, any header for formats read for their dimensions) and the file's size is known: dropping the
+//!   answer closes the connection. Without a stated size (`Content-Length`, or the total of a
+//!   `Content-Range`), the rest of the body is read and counted, not kept, up to the cap.
+//! - `max_bytes` is a transfer cap: no more of the body is read (or asked for: requests carry a `Range`).
+//!   A file larger than the cap still gets its type and dimensions when its header arrives within it.
+//! - Decode memory comes from the prober's budget (`max_decode_memory`, shared by all its probes): each JPEG,
+//!   PNG or GIF takes [`probe::STREAM_DECODE_BYTES`], a WebP what its frame needs; a probe waits for its share
+//!   (within its time limit) and never exceeds the budget.
+//! - What a probe yields ([`MediaMeta`]): `bytes` (the size the server states, or the counted body), `type`
+//!   (from the magic bytes for a recognised format, else from `Content-Type`), and for an image its
+//!   `width` and `height` from the header and a `blurhash` when its pixels could be decoded.
+//! - One time limit covers the whole probe: connecting, redirects, the body and decoding it. When it passes
+//!   (or the body breaks off) after the format was recognised, the answer is what arrived so far, not
+//!   cached.
+//!
+//! At most [`FETCH_CONCURRENCY`] downloads run at once. The HTTP clients, the cache, the download slots and
+//! the decode budgets belong to the process that created them and are rebuilt after a fork, like the pool.
 
 pub mod cache;
 pub mod fetch;
 pub mod netguard;
 pub mod probe;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::Error;
 use crate::jobs::{self, Field, Fields, JobId};
 use cache::{Cache, Lookup};
-use fetch::{FetchLimits, Fetched, Fetcher};
+use fetch::{FetchLimits, Fetcher, Response};
 use netguard::Policy;
-use probe::ProbeLimits;
+use probe::{MediaInfo, Need, ProbeLimits, StreamProbe};
 
 /// Most downloads in flight at once; more probes wait for a slot (still within their time limit).
 pub const FETCH_CONCURRENCY: usize = 8;
@@ -33,12 +55,15 @@ pub const FETCH_CONCURRENCY: usize = 8;
 /// Largest cache the caller may ask for, in entries.
 pub const MAX_CACHE_ENTRIES: usize = 100_000;
 
-/// Everything one probe runs under, passed in by the caller on every call.
+/// Body bytes handed to the prober at once (fewer at the end of the body).
+pub const BATCH_BYTES: usize = 64 << 10;
+
+/// Everything a [`Prober`] runs under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaLimits {
     /// Download limits.
     pub fetch: FetchLimits,
-    /// Decoding limits and BlurHash components.
+    /// Decoding limits, the decode budget and BlurHash components.
     pub probe: ProbeLimits,
     /// Which addresses may be connected to.
     pub policy: Policy,
@@ -89,20 +114,24 @@ impl MediaLimits {
                 "cache_size must be at most {MAX_CACHE_ENTRIES}"
             )));
         }
+        if self.probe.max_decode_memory >> 10 > u32::MAX as u64 {
+            return Err(Error::bad_request("max_decode_memory is too large"));
+        }
         Ok(())
     }
 
-    /// The cache key of `url` under these limits: everything that changes the answer is part of it, the
-    /// address policy included, so that a host that may fetch an internal URL never shares its result with
-    /// one that may not.
-    fn cache_key(&self, url: &str) -> String {
+    /// What, besides the URL, makes a cache key: everything that changes the answer, the address policy
+    /// included, so that a host that may fetch an internal URL never shares its result with one that may
+    /// not.
+    fn cache_key_suffix(&self) -> String {
         let allowed: Vec<String> = self.policy.allowed().iter().map(ToString::to_string).collect();
         format!(
-            "{url}\n{}x{}\n{} {} {}\n{}",
+            "{}x{}\n{} {} {} {}\n{}",
             self.probe.components_x,
             self.probe.components_y,
             self.fetch.max_bytes,
             self.probe.max_pixels,
+            self.probe.max_webp_pixels,
             self.probe.max_decode_memory,
             allowed.join(" ")
         )
@@ -147,6 +176,91 @@ impl MediaMeta {
     }
 }
 
+/// A configured prober: limits checked and prepared once, then used for any number of URLs. Lua holds one
+/// per module instance and makes a new one when the configuration is reloaded.
+#[derive(Debug)]
+pub struct Prober {
+    limits: Arc<MediaLimits>,
+    key_suffix: String,
+    /// The decode budget of this process (pid, semaphore of KiB), made on first use and after a fork.
+    /// Locked only on the thread that submits.
+    budget: Mutex<Option<(u32, Arc<Semaphore>)>>,
+}
+
+impl Prober {
+    /// A prober under `limits`, or [`Error::BadRequest`] for limits that make no sense.
+    pub fn new(limits: MediaLimits) -> Result<Prober, Error> {
+        limits.validate()?;
+        Ok(Prober {
+            key_suffix: limits.cache_key_suffix(),
+            limits: Arc::new(limits),
+            budget: Mutex::new(None),
+        })
+    }
+
+    /// The limits this prober runs under.
+    pub fn limits(&self) -> &MediaLimits {
+        &self.limits
+    }
+
+    fn cache_key(&self, url: &str) -> String {
+        format!("{url}\n{}", self.key_suffix)
+    }
+
+    fn budget(&self) -> Arc<Semaphore> {
+        let mut slot = lock(&self.budget);
+        let pid = std::process::id();
+        if let Some((_, budget)) = slot.as_ref().filter(|(p, _)| *p == pid) {
+            return budget.clone();
+        }
+        // Forked (or first use): a lock inside the old semaphore may be held by a thread that no longer
+        // exists.
+        if let Some(old) = slot.take() {
+            std::mem::forget(old);
+        }
+        let kib = (self.limits.probe.max_decode_memory >> 10) as usize;
+        let budget = Arc::new(Semaphore::new(kib));
+        *slot = Some((pid, budget.clone()));
+        budget
+    }
+
+    /// A fresh cached result for `url`, without starting anything (so a reposted link needs no job at
+    /// all), or `None`.
+    pub fn lookup(&self, url: &str) -> Option<MediaMeta> {
+        let media = media();
+        let mut cache = lock(&media.cache);
+        match cache.lookup(&self.cache_key(url), self.limits.cache_ttl, Instant::now()) {
+            Lookup::Fresh(meta) => Some(meta),
+            _ => None,
+        }
+    }
+
+    /// Starts probing `url` as a job; its result is [`MediaMeta::to_fields`] or an error (`blocked`,
+    /// `fetch-failed`, `timeout`, ...). A malformed URL fails here, before any job.
+    pub fn submit(&self, url: &str) -> Result<JobId, Error> {
+        fetch::parse_url(url)?;
+        let media = media();
+        let job = Job {
+            url: url.to_owned(),
+            key: self.cache_key(url),
+            limits: self.limits.clone(),
+            budget: self.budget(),
+        };
+        jobs::submit(async move {
+            let (meta, cached) = media.probe(&job).await?;
+            Ok(meta.to_fields(cached))
+        })
+    }
+}
+
+/// One URL to probe, with what it runs under.
+struct Job {
+    url: String,
+    key: String,
+    limits: Arc<MediaLimits>,
+    budget: Arc<Semaphore>,
+}
+
 /// The per-process state of media probing: HTTP clients by policy, the URL cache and the download slots.
 struct Media {
     pid: u32,
@@ -178,34 +292,10 @@ fn media() -> Arc<Media> {
     media
 }
 
-/// A fresh cached result for `url` under `limits`, without starting anything (so a reposted link needs no
-/// job at all), or `None`.
-pub fn lookup(url: &str, limits: &MediaLimits) -> Option<MediaMeta> {
-    let media = media();
-    let mut cache = lock(&media.cache);
-    match cache.lookup(&limits.cache_key(url), limits.cache_ttl, Instant::now()) {
-        Lookup::Fresh(meta) => Some(meta),
-        _ => None,
-    }
-}
-
-/// Starts probing `url` under `limits` as a job; its result is [`MediaMeta::to_fields`] or an error
-/// (`blocked`, `fetch-failed`, `timeout`, ...). A malformed URL or limits fail here, before any job.
-pub fn submit_probe(url: &str, limits: MediaLimits) -> Result<JobId, Error> {
-    fetch::parse_url(url)?;
-    limits.validate()?;
-    let media = media();
-    let url = url.to_owned();
-    jobs::submit(async move {
-        let (meta, cached) = media.probe(&url, &limits).await?;
-        Ok(meta.to_fields(cached))
-    })
-}
-
 impl Media {
-    async fn probe(&self, url: &str, limits: &MediaLimits) -> Result<(MediaMeta, bool), Error> {
-        let key = limits.cache_key(url);
-        let lookup = lock(&self.cache).lookup(&key, limits.cache_ttl, Instant::now());
+    async fn probe(&self, job: &Job) -> Result<(MediaMeta, bool), Error> {
+        let limits = &job.limits;
+        let lookup = lock(&self.cache).lookup(&job.key, limits.cache_ttl, Instant::now());
         let etag = match lookup {
             Lookup::Fresh(meta) => return Ok((meta, true)),
             Lookup::Stale { etag } => Some(etag),
@@ -216,21 +306,46 @@ impl Media {
             .acquire()
             .await
             .map_err(|_| Error::Internal("download slots closed".into()))?;
+        let deadline = tokio::time::Instant::now() + limits.fetch.timeout;
         let fetcher = self.fetcher(limits)?;
-        let mut fetched = fetcher.fetch(url, &limits.fetch, etag.as_deref()).await?;
-        if fetched.not_modified {
-            if let Some(meta) = lock(&self.cache).refresh(&key, Instant::now()) {
+        let open = |etag: Option<String>| {
+            let fetcher = fetcher.clone();
+            async move {
+                match tokio::time::timeout_at(
+                    deadline,
+                    fetcher.open(&job.url, &limits.fetch, etag.as_deref()),
+                )
+                .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(timed_out(limits)),
+                }
+            }
+        };
+        let mut response = open(etag).await?;
+        if response.not_modified {
+            if let Some(meta) = lock(&self.cache).refresh(&job.key, Instant::now()) {
                 return Ok((meta, true));
             }
             // Evicted meanwhile: ask again, unconditionally.
-            fetched = fetcher.fetch(url, &limits.fetch, None).await?;
-            if fetched.not_modified {
+            response = open(None).await?;
+            if response.not_modified {
                 return Err(Error::FetchFailed("HTTP 304 to an unconditional request".into()));
             }
         }
-        let etag = fetched.etag.clone();
-        let meta = describe(fetched, &limits.probe).await;
-        lock(&self.cache).insert(key, meta.clone(), etag, limits.cache_size, Instant::now());
+        let transfer = read_body(&mut response, limits, &job.budget, deadline).await?;
+        let etag = response.etag.take();
+        drop(response); // closes a connection whose body was not read to the end
+        let (meta, complete) = transfer.into_meta()?;
+        if complete {
+            lock(&self.cache).insert(
+                job.key.clone(),
+                meta.clone(),
+                etag,
+                limits.cache_size,
+                Instant::now(),
+            );
+        }
         Ok((meta, false))
     }
 
@@ -250,48 +365,170 @@ impl Media {
     }
 }
 
-/// Turns a fetched answer into metadata, decoding an image on a CPU thread.
-async fn describe(fetched: Fetched, limits: &ProbeLimits) -> MediaMeta {
-    let declared = fetched
-        .content_type
-        .unwrap_or_else(|| "application/octet-stream".to_string());
-    let Some(body) = fetched.body else {
-        // Too large to download: the headers are all there is.
-        return MediaMeta {
-            bytes: fetched.content_length,
-            mime: declared,
-            width: None,
-            height: None,
-            blurhash: None,
+fn timed_out(limits: &MediaLimits) -> Error {
+    Error::Timeout(format!(
+        "No complete answer within {} s",
+        limits.fetch.timeout.as_secs_f64()
+    ))
+}
+
+/// How a body's transfer went, and what the prober made of it.
+struct Transfer {
+    /// The prober's answer (an error for bytes in no recognised format).
+    info: Result<MediaInfo, Error>,
+    /// The `Content-Type`.
+    declared: Option<String>,
+    bytes: Option<u64>,
+    /// Why the transfer broke off (time limit, a broken body), if it did.
+    failure: Option<Error>,
+}
+
+impl Transfer {
+    /// The metadata, and whether it is the complete answer (worth caching). A transfer that broke off
+    /// before the format was recognised is its error.
+    fn into_meta(self) -> Result<(MediaMeta, bool), Error> {
+        let complete = self.failure.is_none();
+        let meta = match self.info {
+            Ok(info) => MediaMeta {
+                bytes: self.bytes,
+                mime: info.mime,
+                width: info.width,
+                height: info.height,
+                blurhash: info.blurhash,
+            },
+            Err(_) if !complete => {
+                return Err(self
+                    .failure
+                    .unwrap_or_else(|| Error::Internal("no failure".into())))
+            }
+            Err(_) => MediaMeta {
+                bytes: self.bytes,
+                mime: self
+                    .declared
+                    .unwrap_or_else(|| "application/octet-stream".to_string()),
+                width: None,
+                height: None,
+                blurhash: None,
+            },
         };
-    };
-    let bytes = Some(body.len() as u64);
-    let Some(sniffed) = probe::sniff(&body) else {
-        return MediaMeta {
-            bytes,
-            mime: declared,
-            width: None,
-            height: None,
-            blurhash: None,
-        };
-    };
-    let limits = limits.clone();
-    match jobs::blocking(move || probe::probe(&body, &limits)).await {
-        Ok(info) => MediaMeta {
-            bytes,
-            mime: info.mime,
-            width: info.width,
-            height: info.height,
-            blurhash: info.blurhash,
-        },
-        Err(_) => MediaMeta {
-            bytes,
-            mime: sniffed.to_string(),
-            width: None,
-            height: None,
-            blurhash: None,
-        },
+        Ok((meta, complete))
     }
+}
+
+/// A prober step on a CPU thread: the answer to its memory request, then the queued chunks until it asks
+/// again or needs nothing more. Gives back the prober, what it needs, and the chunks it did not take.
+fn probe_step(
+    mut probe: Box<StreamProbe>,
+    grant: Option<bool>,
+    mut chunks: VecDeque<Bytes>,
+) -> (Box<StreamProbe>, Need, VecDeque<Bytes>) {
+    if let Some(granted) = grant {
+        probe.grant(granted);
+    }
+    let mut need = probe.need();
+    while need == Need::Bytes {
+        let Some(chunk) = chunks.pop_front() else {
+            break;
+        };
+        need = probe.feed(&chunk);
+    }
+    (probe, need, chunks)
+}
+
+/// Reads the body of `response` into a streaming prober as it arrives, until the prober needs nothing more
+/// and the size is known, the transfer cap, the end of the body, the deadline or a broken body.
+async fn read_body(
+    response: &mut Response,
+    limits: &MediaLimits,
+    budget: &Arc<Semaphore>,
+    deadline: tokio::time::Instant,
+) -> Result<Transfer, Error> {
+    let cap = limits.fetch.max_bytes;
+    let mut probe = Box::new(StreamProbe::new(limits.probe.clone())?);
+    let mut need = Need::Bytes;
+    let mut grant = None;
+    let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
+    let mut queued: VecDeque<Bytes> = VecDeque::new();
+    let mut read = 0u64;
+    let mut ended = false;
+    let mut failure = None;
+    loop {
+        if let Need::Memory(bytes) = need {
+            let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+            if kib as u64 > limits.probe.max_decode_memory >> 10 {
+                grant = Some(false);
+            } else {
+                match tokio::time::timeout_at(deadline, budget.clone().acquire_many_owned(kib)).await {
+                    Ok(Ok(permit)) => {
+                        permits.push(permit);
+                        grant = Some(true);
+                    }
+                    Ok(Err(_)) => return Err(Error::Internal("decode budget closed".into())),
+                    Err(_) => {
+                        failure = Some(timed_out(limits));
+                        break;
+                    }
+                }
+            }
+        }
+        let queued_bytes: usize = queued.iter().map(Bytes::len).sum();
+        let feed = need == Need::Bytes
+            && !queued.is_empty()
+            && (queued_bytes >= BATCH_BYTES || ended || read >= cap);
+        if grant.is_some() || feed {
+            let (p, g, q) = (probe, grant.take(), std::mem::take(&mut queued));
+            // A step is CPU work bounded by the batch (and the image), not a wait: the deadline applies to
+            // the waits around it.
+            (probe, need, queued) = jobs::blocking(move || Ok(probe_step(p, g, q))).await?;
+            if need == Need::Nothing {
+                queued.clear();
+            }
+            continue;
+        }
+        if ended || read >= cap || (need == Need::Nothing && response.size.is_some()) {
+            break;
+        }
+        match tokio::time::timeout_at(deadline, response.chunk()).await {
+            Err(_) => {
+                failure = Some(timed_out(limits));
+                break;
+            }
+            Ok(Err(e)) => {
+                failure = Some(e);
+                break;
+            }
+            Ok(Ok(None)) => ended = true,
+            Ok(Ok(Some(chunk))) => {
+                let take = chunk.len().min(usize::try_from(cap - read).unwrap_or(usize::MAX));
+                read += take as u64;
+                if need != Need::Nothing {
+                    queued.push_back(chunk.slice(..take));
+                }
+            }
+        }
+    }
+    let (probe, _, _) = if need == Need::Bytes && !queued.is_empty() {
+        // What arrived before the end (or before the transfer broke off) still counts.
+        jobs::blocking(move || Ok(probe_step(probe, None, queued))).await?
+    } else {
+        (probe, need, queued)
+    };
+    let broken = failure.as_ref().is_some_and(|f| f.code() != "timeout");
+    let bytes = match response.size {
+        // A body that broke off before its stated size makes that size doubtful.
+        Some(size) if !broken => Some(size),
+        Some(_) => None,
+        None if ended => Some(read),
+        None => None,
+    };
+    let info = jobs::blocking(move || Ok(probe.finish())).await?;
+    drop(permits);
+    Ok(Transfer {
+        info,
+        declared: response.content_type.clone(),
+        bytes,
+        failure,
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -323,6 +560,10 @@ mod tests {
         }
     }
 
+    fn submit(url: &str, limits: MediaLimits) -> JobId {
+        Prober::new(limits).unwrap().submit(url).unwrap()
+    }
+
     fn complete(id: JobId) -> Result<Fields, Error> {
         crate::jobs::tests::wait_for(&[id]).remove(0).result
     }
@@ -340,7 +581,7 @@ mod tests {
         });
         let url = server.url("/cat.png");
         let limits = loopback();
-        let fields = complete(submit_probe(&url, limits.clone()).unwrap()).unwrap();
+        let fields = complete(Prober::new(limits.clone()).unwrap().submit(&url).unwrap()).unwrap();
         assert_eq!(Some(&Field::Int(len)), field(&fields, "bytes"));
         assert_eq!(
             Some(&Field::Str("image/png".into())),
@@ -353,9 +594,12 @@ mod tests {
         assert_eq!(Some(&Field::Bool(false)), field(&fields, "cached"));
         assert_eq!(1, server.connections.load(Ordering::SeqCst));
 
-        let hit = lookup(&url, &limits).expect("a fresh cache entry");
+        let hit = Prober::new(limits.clone())
+            .unwrap()
+            .lookup(&url)
+            .expect("a fresh cache entry");
         assert_eq!(Some(40), hit.width);
-        let again = complete(submit_probe(&url, limits.clone()).unwrap()).unwrap();
+        let again = complete(Prober::new(limits.clone()).unwrap().submit(&url).unwrap()).unwrap();
         assert_eq!(Some(&Field::Bool(true)), field(&again, "cached"));
         assert_eq!(
             1,
@@ -372,7 +616,7 @@ mod tests {
         };
         assert_eq!(
             None,
-            lookup(&url, &other_components),
+            Prober::new(other_components).unwrap().lookup(&url),
             "different limits, different entry"
         );
     }
@@ -392,10 +636,10 @@ mod tests {
             cache_ttl: Duration::from_millis(1),
             ..loopback()
         };
-        let first = complete(submit_probe(&url, limits.clone()).unwrap()).unwrap();
+        let first = complete(Prober::new(limits.clone()).unwrap().submit(&url).unwrap()).unwrap();
         assert_eq!(Some(&Field::Bool(false)), field(&first, "cached"));
         std::thread::sleep(Duration::from_millis(5)); // let the 1 ms time to live pass
-        let second = complete(submit_probe(&url, limits).unwrap()).unwrap();
+        let second = complete(Prober::new(limits).unwrap().submit(&url).unwrap()).unwrap();
         assert_eq!(
             Some(&Field::Bool(true)),
             field(&second, "cached"),
@@ -410,7 +654,7 @@ mod tests {
         let server = TestServer::start("127.0.0.1", |_, _| {
             Answer::ok("text/plain; charset=utf-8", b"just text")
         });
-        let fields = complete(submit_probe(&server.url("/a.txt"), loopback()).unwrap()).unwrap();
+        let fields = complete(submit(&server.url("/a.txt"), loopback())).unwrap();
         assert_eq!(
             vec![
                 ("bytes", Field::Int(9)),
@@ -422,10 +666,12 @@ mod tests {
     }
 
     #[test]
-    fn an_oversized_image_gets_header_metadata_only() {
+    fn an_image_over_the_cap_gets_its_header_metadata() {
         let image = png(64, 64);
         let len = image.len() as i64;
-        let server = TestServer::start("127.0.0.1", move |_, _| Answer::ok("image/png", &image));
+        let server = TestServer::start("127.0.0.1", move |_, _| {
+            Answer::ok("application/octet-stream", &image)
+        });
         let limits = MediaLimits {
             fetch: FetchLimits {
                 max_bytes: 100,
@@ -433,15 +679,188 @@ mod tests {
             },
             ..loopback()
         };
-        let fields = complete(submit_probe(&server.url("/big.png"), limits).unwrap()).unwrap();
+        let fields = complete(submit(&server.url("/big.png"), limits)).unwrap();
         assert_eq!(
             vec![
                 ("bytes", Field::Int(len)),
                 ("type", Field::Str("image/png".into())),
+                ("width", Field::Int(64)),
+                ("height", Field::Int(64)),
                 ("cached", Field::Bool(false))
             ],
             fields
         );
+    }
+
+    #[test]
+    fn a_progressive_jpeg_stops_the_download_after_its_first_scan() {
+        let (image, _) = crate::media::probe::tests::padded_progressive(4096);
+        let expected = crate::media::probe::probe(&image, &ProbeLimits::default()).unwrap();
+        let len = image.len();
+        let server = TestServer::start("127.0.0.1", move |_, _| Answer::ok("image/jpeg", &image));
+        let fields = complete(submit(&server.url("/p.jpg"), loopback())).unwrap();
+        assert_eq!(
+            vec![
+                ("bytes", Field::Int(len as i64)),
+                ("type", Field::Str("image/jpeg".into())),
+                ("width", Field::Int(76)),
+                ("height", Field::Int(52)),
+                ("blurhash", Field::Str(expected.blurhash.unwrap())),
+                ("cached", Field::Bool(false))
+            ],
+            fields
+        );
+        // The server stops when its writes fail: what it sent is what the client took, plus socket buffers.
+        let sent = wait_until_settled(&server.sent);
+        assert!(sent < len / 4, "sent {sent} of {len}");
+    }
+
+    /// The value of `counter` once it has stopped changing (the server's writes end when the client closes).
+    fn wait_until_settled(counter: &std::sync::atomic::AtomicUsize) -> usize {
+        let mut last = usize::MAX;
+        for _ in 0..100 {
+            let now = counter.load(Ordering::SeqCst);
+            if now == last {
+                return now;
+            }
+            last = now;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        last
+    }
+
+    #[test]
+    fn a_body_without_a_length_is_counted_up_to_the_cap() {
+        let image = png(30, 20);
+        let len = image.len();
+        let server = TestServer::start("127.0.0.1", move |_, _| {
+            let mut a = Answer::ok("image/png", &image);
+            a.content_length = false;
+            a
+        });
+        let fields = complete(submit(&server.url("/counted.png"), loopback())).unwrap();
+        assert_eq!(Some(&Field::Int(len as i64)), field(&fields, "bytes"));
+        assert!(field(&fields, "blurhash").is_some());
+        // Over the cap: no size, but the header's dimensions.
+        let capped = MediaLimits {
+            fetch: FetchLimits {
+                max_bytes: len as u64 / 2,
+                ..FetchLimits::default()
+            },
+            ..loopback()
+        };
+        let fields = complete(submit(&server.url("/capped.png"), capped)).unwrap();
+        assert_eq!(
+            vec![
+                ("type", Field::Str("image/png".into())),
+                ("width", Field::Int(30)),
+                ("height", Field::Int(20)),
+                ("cached", Field::Bool(false))
+            ],
+            fields
+        );
+    }
+
+    #[test]
+    fn a_lying_content_length_neither_confuses_the_result_nor_passes_the_cap() {
+        let image = png(30, 20);
+        let len = image.len();
+        let served = image.clone();
+        let server = TestServer::start("127.0.0.1", move |path, _| {
+            let mut a = Answer::ok("image/png", &served);
+            a.declared_length = Some(match path {
+                "/longer.png" => len as u64 * 2, // the body ends early
+                _ => len as u64 / 2,             // the body goes on
+            });
+            a
+        });
+        // Longer than the body: the size is doubtful and left out; the header was read; not cached.
+        let url = server.url("/longer.png");
+        let fields = complete(submit(&url, loopback())).unwrap();
+        assert_eq!(None, field(&fields, "bytes"));
+        assert_eq!(Some(&Field::Int(30)), field(&fields, "width"));
+        assert_eq!(None, Prober::new(loopback()).unwrap().lookup(&url));
+        // Shorter than the body: the body is what was declared, a truncated image without BlurHash.
+        let fields = complete(submit(&server.url("/shorter.png"), loopback())).unwrap();
+        assert_eq!(Some(&Field::Int(len as i64 / 2)), field(&fields, "bytes"));
+        assert_eq!(Some(&Field::Int(30)), field(&fields, "width"));
+        assert_eq!(None, field(&fields, "blurhash"));
+        // Either way, never more than the cap is read.
+        let server = TestServer::start("127.0.0.1", move |_, _| {
+            let mut a = Answer::ok("image/png", &[0u8; 4 << 20]);
+            a.declared_length = Some(100);
+            a
+        });
+        let capped = MediaLimits {
+            fetch: FetchLimits {
+                max_bytes: 50,
+                ..FetchLimits::default()
+            },
+            ..loopback()
+        };
+        let fields = complete(submit(&server.url("/lie.bin"), capped)).unwrap();
+        assert_eq!(Some(&Field::Int(100)), field(&fields, "bytes"));
+        assert!(wait_until_settled(&server.sent) < 2 << 20);
+    }
+
+    #[test]
+    fn a_ranged_answer_gives_the_whole_size() {
+        let image = png(30, 20);
+        let server = TestServer::start("127.0.0.1", move |_, _| {
+            Answer::ok("image/png", &image[..100])
+                .header("Content-Range", "bytes 0-99/987654")
+                .status_line("206 Partial Content")
+        });
+        let capped = MediaLimits {
+            fetch: FetchLimits {
+                max_bytes: 100,
+                ..FetchLimits::default()
+            },
+            ..loopback()
+        };
+        let fields = complete(submit(&server.url("/ranged.png"), capped)).unwrap();
+        assert_eq!(Some(&Field::Int(987_654)), field(&fields, "bytes"));
+        assert_eq!(Some(&Field::Int(20)), field(&fields, "height"));
+    }
+
+    #[test]
+    fn webp_decodes_wait_for_the_shared_budget() {
+        let image = crate::media::probe::tests::data("photo_lossless.webp");
+        let server = TestServer::start("127.0.0.1", move |_, _| Answer::ok("image/webp", &image));
+        let prober = Prober::new(MediaLimits {
+            cache_size: 0,
+            ..loopback()
+        })
+        .unwrap();
+        // Everything taken: the probe waits for its share.
+        let budget = prober.budget();
+        let all = budget
+            .clone()
+            .try_acquire_many_owned(budget.available_permits() as u32)
+            .unwrap();
+        let id = prober.submit(&server.url("/a.webp")).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !crate::jobs::take_results().iter().any(|c| c.id == id),
+            "still waiting"
+        );
+        drop(all);
+        let fields = complete(id).unwrap();
+        assert!(field(&fields, "blurhash").is_some());
+        // A WebP needing more than the whole budget is refused at once.
+        let small = Prober::new(MediaLimits {
+            probe: ProbeLimits {
+                max_decode_memory: 1 << 20,
+                max_webp_pixels: u64::MAX,
+                ..ProbeLimits::default()
+            },
+            ..loopback()
+        })
+        .unwrap();
+        let big = crate::media::probe::webp::estimate(76, 52, 5800) > 1 << 20;
+        let fields = complete(small.submit(&server.url("/b.webp")).unwrap()).unwrap();
+        assert_eq!(Some(&Field::Int(76)), field(&fields, "width"));
+        assert_eq!(big, field(&fields, "blurhash").is_none());
     }
 
     #[test]
@@ -455,7 +874,7 @@ mod tests {
             },
             ..loopback()
         };
-        let fields = complete(submit_probe(&server.url("/bomb.png"), limits).unwrap()).unwrap();
+        let fields = complete(submit(&server.url("/bomb.png"), limits)).unwrap();
         assert_eq!(Some(&Field::Int(50)), field(&fields, "width"));
         assert_eq!(None, field(&fields, "blurhash"));
     }
@@ -463,11 +882,11 @@ mod tests {
     #[test]
     fn errors_come_back_as_job_results() {
         let blocked = TestServer::start("127.0.0.2", |_, _| Answer::ok("image/png", b"x"));
-        let err = complete(submit_probe(&blocked.url("/x.png"), loopback()).unwrap()).unwrap_err();
+        let err = complete(submit(&blocked.url("/x.png"), loopback())).unwrap_err();
         assert_eq!("blocked", err.code());
         assert_eq!(0, blocked.connections.load(Ordering::SeqCst));
         let missing = TestServer::start("127.0.0.1", |_, _| Answer::status("404 Not Found"));
-        let err = complete(submit_probe(&missing.url("/gone.png"), loopback()).unwrap()).unwrap_err();
+        let err = complete(submit(&missing.url("/gone.png"), loopback())).unwrap_err();
         assert_eq!("fetch-failed", err.code());
     }
 
@@ -475,7 +894,9 @@ mod tests {
     fn bad_urls_and_limits_fail_before_any_job() {
         assert_eq!(
             "bad-request",
-            submit_probe("ftp://example.com/x", loopback())
+            Prober::new(loopback())
+                .unwrap()
+                .submit("ftp://example.com/x")
                 .unwrap_err()
                 .code()
         );
@@ -486,12 +907,7 @@ mod tests {
             },
             ..loopback()
         };
-        assert_eq!(
-            "bad-request",
-            submit_probe("http://example.com/", zero_timeout)
-                .unwrap_err()
-                .code()
-        );
+        assert_eq!("bad-request", Prober::new(zero_timeout).unwrap_err().code());
         let bad_components = MediaLimits {
             probe: ProbeLimits {
                 components_x: 10,
@@ -499,11 +915,6 @@ mod tests {
             },
             ..loopback()
         };
-        assert_eq!(
-            "bad-request",
-            submit_probe("http://example.com/", bad_components)
-                .unwrap_err()
-                .code()
-        );
+        assert_eq!("bad-request", Prober::new(bad_components).unwrap_err().code());
     }
 }

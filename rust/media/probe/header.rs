@@ -49,7 +49,8 @@ impl HeaderStream {
             return;
         }
         let room = HEADER_BYTES - self.head.len();
-        self.head.extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
+        self.head
+            .extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
         self.dims = (self.read)(&self.head);
         if self.dims.is_some() || self.head.len() >= HEADER_BYTES {
             self.done = true;

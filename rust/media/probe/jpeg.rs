@@ -130,7 +130,6 @@ fn exif_orientation(payload: &[u8]) -> Option<u8> {
     None
 }
 
-
 /// One component of the frame header.
 #[derive(Debug, Clone, Copy)]
 struct Component {
@@ -298,7 +297,6 @@ impl Huffman {
         self
     }
 }
-
 
 /// Bits looked up at once when skipping AC coefficients (a 4096-entry table per AC table).
 const SKIP_BITS: u32 = 12;
@@ -485,7 +483,6 @@ fn extend(value: u32, size: u32) -> i32 {
     }
 }
 
-
 /// Tables and settings from the marker segments, kept across scans.
 #[derive(Default)]
 struct Tables {
@@ -616,7 +613,8 @@ impl JpegStream {
         if self.pending.is_empty() {
             let used = self.run(data, false);
             if self.outcome.is_none() {
-                self.pending.extend_from_slice(data.get(used..).unwrap_or_default());
+                self.pending
+                    .extend_from_slice(data.get(used..).unwrap_or_default());
             }
         } else {
             let mut input = std::mem::take(&mut self.pending);
@@ -1094,7 +1092,8 @@ impl Scan {
             }
             let mx = self.mx as usize;
             for &(k, start, mh) in &self.blocks {
-                let (Some((dc_table, ac_table)), Some(pred)) = (self.tables.get(k), self.preds.get_mut(k)) else {
+                let (Some((dc_table, ac_table)), Some(pred)) = (self.tables.get(k), self.preds.get_mut(k))
+                else {
                     return Err(Error::Internal("scan component".into()));
                 };
                 *pred = pred.wrapping_add(dc_diff(&mut bits, dc_table)?);
@@ -1147,7 +1146,9 @@ impl Scan {
                 // means (`finish`).
                 let preds = self.row_buf.get(start..start + p.bw as usize).unwrap_or_default();
                 for dy in 0..p.ry {
-                    decoder.shrinker.add_sample_row(p.index, by * p.ry + dy, preds, p.rx);
+                    decoder
+                        .shrinker
+                        .add_sample_row(p.index, by * p.ry + dy, preds, p.rx);
                 }
             }
         }
@@ -1237,7 +1238,6 @@ fn skip_ac_symbols(bits: &mut Bits, table: &Huffman, skip: &[u32; 1 << SKIP_BITS
     (bits.buf, bits.count) = (buf, count);
     Ok(())
 }
-
 
 /// Decodes the DC image of a whole JPEG in memory (in stored orientation), refusing images of more than
 /// `max_pixels` pixels before reading any entropy-coded data.

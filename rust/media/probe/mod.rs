@@ -287,10 +287,8 @@ impl StreamProbe {
             Format::Webp(w) => w.finish().ok(),
             _ => None,
         };
-        let blurhash = working.and_then(|w| {
-            w.encode(self.limits.components_x, self.limits.components_y)
-                .ok()
-        });
+        let blurhash =
+            working.and_then(|w| w.encode(self.limits.components_x, self.limits.components_y).ok());
         Ok(MediaInfo {
             mime: mime.to_string(),
             width: dims.map(|d| d.0),
@@ -362,7 +360,8 @@ impl StreamProbe {
         }
     }
 
-    fn need(&self) -> Need {
+    /// What the probe needs next (as the last [`StreamProbe::feed`] said, after any [`StreamProbe::grant`]).
+    pub fn need(&self) -> Need {
         if self.asking {
             match &self.format {
                 Format::Waiting(_) => return Need::Memory(STREAM_DECODE_BYTES),
@@ -407,11 +406,11 @@ pub fn probe(bytes: &[u8], limits: &ProbeLimits) -> Result<MediaInfo, Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn data(name: &str) -> Vec<u8> {
+    pub(crate) fn data(name: &str) -> Vec<u8> {
         let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
         std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
@@ -552,7 +551,10 @@ mod tests {
         stream.grant(false);
         assert_eq!(Need::Nothing, stream.need());
         let info = stream.finish().unwrap();
-        assert_eq!((Some(76), Some(52), None), (info.width, info.height, info.blurhash));
+        assert_eq!(
+            (Some(76), Some(52), None),
+            (info.width, info.height, info.blurhash)
+        );
         // Feeding on without an answer is a refusal too.
         let mut stream = StreamProbe::new(limits()).unwrap();
         let (start, rest) = bytes.split_at(100);
@@ -566,11 +568,19 @@ mod tests {
         for name in ["photo_420.jpg", "photo.png", "photo.gif"] {
             let bytes = data(name);
             let mut stream = StreamProbe::new(limits()).unwrap();
-            assert_eq!(Need::Memory(STREAM_DECODE_BYTES), stream.feed(&bytes[..20]), "{name}");
+            assert_eq!(
+                Need::Memory(STREAM_DECODE_BYTES),
+                stream.feed(&bytes[..20]),
+                "{name}"
+            );
             stream.grant(false);
             assert_eq!(Need::Nothing, stream.feed(&bytes[20..]), "{name}");
             let info = stream.finish().unwrap();
-            assert_eq!((Some(76), Some(52), None), (info.width, info.height, info.blurhash), "{name}");
+            assert_eq!(
+                (Some(76), Some(52), None),
+                (info.width, info.height, info.blurhash),
+                "{name}"
+            );
         }
     }
 
@@ -737,7 +747,12 @@ mod tests {
         files.sort();
         files
             .into_iter()
-            .map(|p| (p.file_name().unwrap().to_string_lossy().to_string(), std::fs::read(&p).unwrap()))
+            .map(|p| {
+                (
+                    p.file_name().unwrap().to_string_lossy().to_string(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
             .collect()
     }
 
@@ -769,10 +784,18 @@ mod tests {
             let whole = probe(&bytes, &limits);
             for size in [1, 2, 3, 7, 13, 64, 100, 1000, 4096] {
                 let cuts: Vec<usize> = (size..bytes.len()).step_by(size).collect();
-                assert_eq!(whole, probe_in_pieces(&bytes, &cuts, &limits), "{name} in pieces of {size}");
+                assert_eq!(
+                    whole,
+                    probe_in_pieces(&bytes, &cuts, &limits),
+                    "{name} in pieces of {size}"
+                );
             }
             for cut in (0..bytes.len()).step_by(7) {
-                assert_eq!(whole, probe_in_pieces(&bytes, &[cut], &limits), "{name} cut at {cut}");
+                assert_eq!(
+                    whole,
+                    probe_in_pieces(&bytes, &[cut], &limits),
+                    "{name} cut at {cut}"
+                );
             }
         }
     }
@@ -793,20 +816,31 @@ mod tests {
         None
     }
 
-    #[test]
-    fn a_progressive_jpeg_is_done_once_its_dc_scan_has_arrived() {
-        // The fixture, with 100 KiB of AC data after its DC scan (comment segments stand in for it).
+    /// The progressive fixture with `kib` KiB of comment segments after its DC scan, where a large photo
+    /// has its AC scans; and where the DC scan ends.
+    pub(crate) fn padded_progressive(kib: usize) -> (Vec<u8>, usize) {
         let bytes = data("photo_progressive.jpg");
         let sos = bytes.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
         let second = jpeg_next_marker(&bytes, sos + 14);
         let mut padded = bytes[..second].to_vec();
-        for _ in 0..100 {
+        for _ in 0..kib {
             padded.extend_from_slice(&[0xFF, 0xFE, 0x04, 0x02]);
             padded.extend_from_slice(&[b'x'; 1024]);
         }
         padded.extend_from_slice(&bytes[second..]);
+        (padded, second)
+    }
+
+    #[test]
+    fn a_progressive_jpeg_is_done_once_its_dc_scan_has_arrived() {
+        let bytes = data("photo_progressive.jpg");
+        let (padded, second) = padded_progressive(100);
         let needed = bytes_needed(&padded).expect("done before the end");
-        assert_eq!(second + 2, needed, "done as soon as the marker after the DC scan is in");
+        assert_eq!(
+            second + 2,
+            needed,
+            "done as soon as the marker after the DC scan is in"
+        );
         assert_eq!(probe(&bytes, &limits()), probe(&padded, &limits()));
         assert!(probe(&padded, &limits()).unwrap().blurhash.is_some());
     }
@@ -852,7 +886,11 @@ mod tests {
         // A PNG, by contrast, needs all its image data (not the end of the zlib stream, nor IEND).
         let png = data("photo.png");
         let needed = bytes_needed(&png).unwrap();
-        assert!((png.len() - 32..png.len() - 16).contains(&needed), "{needed} of {}", png.len());
+        assert!(
+            (png.len() - 32..png.len() - 16).contains(&needed),
+            "{needed} of {}",
+            png.len()
+        );
     }
 
     /// A pseudo-random image in any PNG colour type and depth, with a tRNS chunk when asked.
@@ -1000,7 +1038,15 @@ mod tests {
             ::png::ColorType::Rgb => blurhash::Layout::Rgb,
             _ => blurhash::Layout::Rgba,
         };
-        blurhash::encode(&buf[..frame.buffer_size()], frame.width, frame.height, layout, 4, 3).unwrap()
+        blurhash::encode(
+            &buf[..frame.buffer_size()],
+            frame.width,
+            frame.height,
+            layout,
+            4,
+            3,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -1039,7 +1085,10 @@ mod tests {
     fn png_rows_wider_than_the_bound_give_dimensions_only() {
         let wide = encode_png(MAX_ROW_BYTES as u32 / 4 + 1, 2, 6, 8, false, false);
         let info = probe(&wide, &limits()).unwrap();
-        assert_eq!((Some(MAX_ROW_BYTES as u32 / 4 + 1), None), (info.width, info.blurhash));
+        assert_eq!(
+            (Some(MAX_ROW_BYTES as u32 / 4 + 1), None),
+            (info.width, info.blurhash)
+        );
         let fits = encode_png(MAX_ROW_BYTES as u32 / 4, 2, 6, 8, false, false);
         assert!(probe(&fits, &limits()).unwrap().blurhash.is_some());
     }

@@ -268,7 +268,10 @@ impl PngStream {
         match kind {
             b"IHDR" | b"PLTE" | b"tRNS" => self.head.extend_from_slice(part),
             b"IDAT" => {
-                let rows = self.rows.as_mut().ok_or_else(|| Error::Internal("IDAT without rows".into()))?;
+                let rows = self
+                    .rows
+                    .as_mut()
+                    .ok_or_else(|| Error::Internal("IDAT without rows".into()))?;
                 if rows.inflate(part)? {
                     self.end_of_image_data();
                 }
@@ -503,7 +506,9 @@ impl Rows {
     /// Unfilters the assembled row and adds it to the working image.
     fn row_done(&mut self, len: usize) -> Result<(), Error> {
         let step = self.ihdr.filter_step();
-        let (filter, cur) = self.cur[..len].split_first_mut().ok_or_else(|| corrupt("empty row"))?;
+        let (filter, cur) = self.cur[..len]
+            .split_first_mut()
+            .ok_or_else(|| corrupt("empty row"))?;
         unfilter(*filter, step, &self.prev[1..len], cur)?;
         let (y, x0, dx) = if self.ihdr.interlaced {
             let (x0, y0, dx, dy) = PASSES[self.pass];
@@ -516,7 +521,14 @@ impl Rows {
             cur
         } else {
             let out = &mut self.expanded[..pixels * self.layout.channels()];
-            expand(&self.ihdr, self.palette.as_deref(), self.key.as_deref(), cur, out, self.layout);
+            expand(
+                &self.ihdr,
+                self.palette.as_deref(),
+                self.key.as_deref(),
+                cur,
+                out,
+                self.layout,
+            );
             out
         };
         if self.ihdr.interlaced {
@@ -550,7 +562,13 @@ impl Rows {
 
 /// Width and height of an Adam7 pass.
 fn pass_size(width: u32, height: u32, x0: u32, y0: u32, dx: u32, dy: u32) -> (u32, u32) {
-    let side = |len: u32, first: u32, step: u32| if len > first { (len - first).div_ceil(step) } else { 0 };
+    let side = |len: u32, first: u32, step: u32| {
+        if len > first {
+            (len - first).div_ceil(step)
+        } else {
+            0
+        }
+    };
     (side(width, x0, dx), side(height, y0, dy))
 }
 
@@ -620,7 +638,14 @@ fn predict(a: u8, b: u8, c: u8) -> u8 {
 
 /// Converts one unfiltered row to 8-bit pixels in `layout`: palettes looked up, low bit depths scaled,
 /// 16-bit samples reduced to their high byte, a tRNS colour key turned into alpha.
-fn expand(ihdr: &Ihdr, palette: Option<&[[u8; 4]; 256]>, key: Option<&[u8]>, row: &[u8], out: &mut [u8], layout: Layout) {
+fn expand(
+    ihdr: &Ihdr,
+    palette: Option<&[[u8; 4]; 256]>,
+    key: Option<&[u8]>,
+    row: &[u8],
+    out: &mut [u8],
+    layout: Layout,
+) {
     let depth = ihdr.depth as usize;
     let samples = ihdr.samples() as usize;
     let channels = layout.channels();
@@ -653,9 +678,9 @@ fn expand(ihdr: &Ihdr, palette: Option<&[[u8; 4]; 256]>, key: Option<&[u8]>, row
             continue;
         }
         let mut transparent = key.is_some();
-        for s in 0..samples {
+        for (s, out) in px.iter_mut().take(samples).enumerate() {
             let v = sample(x * samples + s);
-            px[s] = to_8bit(v);
+            *out = to_8bit(v);
             transparent &= key_sample(s) == Some(v);
         }
         if channels > samples {

@@ -95,9 +95,6 @@ fn is_svg(bytes: &[u8]) -> bool {
     }
 }
 
-/// Probes `bytes`: MIME type, header dimensions and, for JPEG, PNG, GIF and WebP within `limits`, a
-/// BlurHash. Errors: [`Error::BadRequest`] for component counts outside 1..=9,
-
 /// The four formats whose pixels are decoded, known from their first 12 bytes (and from fewer bytes
 /// nothing can be said): the prober starts decoding these at once instead of waiting for [`SNIFF_BYTES`].
 pub fn decodable(bytes: &[u8]) -> Option<&'static str> {

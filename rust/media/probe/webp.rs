@@ -128,7 +128,10 @@ impl WebpStream {
             self.feed(rest);
             return;
         }
-        let want = self.file_bytes.unwrap_or(0).saturating_sub(self.data.len() as u64);
+        let want = self
+            .file_bytes
+            .unwrap_or(0)
+            .saturating_sub(self.data.len() as u64);
         let take = (want.min(data.len() as u64)) as usize;
         self.data.extend_from_slice(&data[..take]);
         self.check_complete();
@@ -170,14 +173,17 @@ impl WebpStream {
             return Err(Error::TooLarge("WebP has too many pixels".into()));
         }
         if estimate(w, h, file_bytes) > self.max_memory {
-            return Err(Error::TooLarge("WebP needs more memory than decoding may take".into()));
+            return Err(Error::TooLarge(
+                "WebP needs more memory than decoding may take".into(),
+            ));
         }
         Ok(())
     }
 
     fn check_complete(&mut self) {
         if self.granted == Some(true) && Some(self.data.len() as u64) >= self.file_bytes {
-            self.data.truncate(usize::try_from(self.file_bytes.unwrap_or(0)).unwrap_or(usize::MAX));
+            self.data
+                .truncate(usize::try_from(self.file_bytes.unwrap_or(0)).unwrap_or(usize::MAX));
             self.decode();
         }
     }
@@ -201,7 +207,9 @@ fn decode(bytes: &[u8], max_pixels: u64, max_memory: u64) -> Result<Working, Err
         .ok_or_else(|| Error::TooLarge("WebP too large".into()))?;
     // The header read before granting may differ from what the decoder finds (a VP8X canvas and its frame).
     if estimate(width, height, bytes.len() as u64) > max_memory {
-        return Err(Error::TooLarge("WebP needs more memory than decoding may take".into()));
+        return Err(Error::TooLarge(
+            "WebP needs more memory than decoding may take".into(),
+        ));
     }
     decoder.set_memory_limit(usize::try_from(max_memory).unwrap_or(usize::MAX));
     let layout = if decoder.has_alpha() {
