@@ -68,7 +68,7 @@ describe("prosody_native_jobs", function ()
 
 	it("calls back at once, before returning, with a submit error", function ()
 		local got;
-		jobs.watch(owner, function (ok, code) got = { ok, code }; end, native.media.probe_url("gopher://example.com/", {}));
+		jobs.watch(owner, function (ok, code) got = { ok, code }; end, native.media.prober({}):probe("gopher://example.com/"));
 		assert.same({ false, "bad-request" }, got);
 		assert.equal(0, jobs.pending_count());
 	end);
@@ -123,51 +123,71 @@ describe("media.cancel", function ()
 	end);
 end);
 
-describe("media.probe_url", function ()
+describe("media.prober", function ()
+	local bad_options = {
+		{ "an unknown option", { colour = "red" }, "unknown field 'colour'" };
+		{ "a negative limit", { max_bytes = -1 }, "non-negative integer" };
+		{ "a fractional limit", { max_pixels = 1.5 }, "non-negative integer" };
+		{ "a zero timeout", { timeout = 0 }, "timeout" };
+		{ "too many components", { components_x = 10 }, "1..=9" };
+		{ "more than 3 redirects", { max_redirects = 4 }, "max_redirects" };
+		{ "a decode budget under 1 MiB", { max_decode_memory = 1000 }, "max_decode_memory" };
+		{ "a malformed network", { allowed_networks = { "10.0.0.0/8", "ten" } }, "'ten'" };
+		{ "networks that are not a list", { allowed_networks = "10.0.0.0/8" }, "allowed_networks" };
+	};
+	for _, case in ipairs(bad_options) do
+		it("refuses " .. case[1], function ()
+			local prober, code, text = native.media.prober(case[2]);
+			assert.is_nil(prober);
+			assert.equal("bad-request", code);
+			assert.matches(case[3], text, 1, true);
+		end);
+	end
+
+	it("makes a handle from options, or from none", function ()
+		assert.equal("userdata", type(native.media.prober({ max_bytes = 1024; timeout = 2.5; cache_ttl = 0; allowed_networks = {} })));
+		assert.equal("userdata", type(native.media.prober()));
+	end);
+
+	it("raises on a wrong argument type", function ()
+		assert.has_error(function () native.media.prober("limits"); end);
+		local prober = native.media.prober({});
+		assert.has_error(function () prober:probe(nil); end);
+		assert.has_error(function () prober:lookup({}); end);
+		assert.has_error(function () native.media.prober({}).probe(nil, "http://example.com/"); end);
+	end);
+end);
+
+describe("prober:probe", function ()
+	local prober = native.media.prober({});
 	local bad = {
-		{ "a non-http URL", "file:///etc/passwd", {}, "Only http and https" };
-		{ "a URL with credentials", "http://user:pw@example.com/", {}, "credentials" };
-		{ "an unknown limit", "http://example.com/", { colour = "red" }, "unknown field 'colour'" };
-		{ "a negative limit", "http://example.com/", { max_bytes = -1 }, "non-negative integer" };
-		{ "a zero timeout", "http://example.com/", { timeout = 0 }, "timeout" };
-		{ "too many components", "http://example.com/", { components_x = 10 }, "" };
-		{ "more than 3 redirects", "http://example.com/", { max_redirects = 4 }, "max_redirects" };
-		{ "a malformed network", "http://example.com/", { allowed_networks = { "10.0.0.0/8", "ten" } }, "'ten'" };
+		{ "a non-http URL", "file:///etc/passwd", "Only http and https" };
+		{ "a URL with credentials", "http://user:pw@example.com/", "credentials" };
+		{ "something that is no URL", "not a url", "Not a URL" };
 	};
 	for _, case in ipairs(bad) do
 		it("refuses " .. case[1] .. " before starting a job", function ()
 			local running = native.media.running();
-			local id, code, text = native.media.probe_url(case[2], case[3]);
+			local id, code, text = prober:probe(case[2]);
 			assert.is_nil(id);
 			assert.equal("bad-request", code);
-			assert.matches(case[4], text, 1, true);
+			assert.matches(case[3], text, 1, true);
 			assert.equal(running, native.media.running());
 		end);
 	end
 
-	it("raises on a wrong argument type", function ()
-		assert.has_error(function () native.media.probe_url(nil, {}); end);
-		assert.has_error(function () native.media.probe_url("http://example.com/", "limits"); end);
-	end);
-
 	it("reports a blocked address as the job's error", function ()
-		assert.same({ false, "blocked" }, { outcome_of(native.media.probe_url("http://169.254.169.254/latest/meta-data/", {})) });
+		assert.same({ false, "blocked" }, { outcome_of(prober:probe("http://169.254.169.254/latest/meta-data/")) });
 	end);
 end);
 
-describe("media.lookup", function ()
+describe("prober:lookup", function ()
 	it("answers nil for a URL that was never probed", function ()
-		assert.is_nil(native.media.lookup("http://example.com/never.png", {}));
-	end);
-
-	it("answers nil, code, text for malformed limits", function ()
-		local meta, code = native.media.lookup("http://example.com/", { max_pixels = "many" });
-		assert.is_nil(meta);
-		assert.equal("bad-request", code);
+		assert.is_nil(native.media.prober({}):lookup("http://example.com/never.png"));
 	end);
 end);
 
-describe("media.check_networks and media.check_limits", function ()
+describe("media.check_networks", function ()
 	it("returns the networks in canonical form", function ()
 		assert.same({ "127.0.0.1/32", "10.0.0.0/8", "fd00::/8" }, native.media.check_networks({ "127.0.0.1", "10.1.2.3/8", "fd12::/8" }));
 		assert.same({}, native.media.check_networks({}));
@@ -178,10 +198,5 @@ describe("media.check_networks and media.check_limits", function ()
 		assert.is_nil(nets);
 		assert.equal("bad-request", code);
 		assert.equal("Prefix length /33 is longer than 32 bits", text);
-	end);
-
-	it("accepts the module's limits and refuses nonsense", function ()
-		assert.is_true(native.media.check_limits({ max_bytes = 1024; timeout = 2.5; cache_ttl = 0; allowed_networks = {} }));
-		assert.is_nil(native.media.check_limits({ connect_timeout = -1 }));
 	end);
 end);

@@ -62,10 +62,12 @@ local function host_events(host)
 	return fakes.prosody.hosts[host].events;
 end
 
---- A module object named `name` on `host` with config `options`.
+--- A module object named `name` on `host` with config `options` (kept as `m.options`: change it, then fire
+-- `m.global_hooks["config-reloaded"].handler()`, to reload).
 function fakes.new_module(name, host, options)
 	options = options or {};
-	local m = { name = name; host = host; hooks = {}; items = {}; timers = {}; counters = {}; logs = {} };
+	local m = { name = name; host = host; hooks = {}; global_hooks = {}; items = {}; timers = {}; counters = {}; logs = {};
+		options = options };
 	function m.get_option_number(_, key, default) local v = options[key]; if v == nil then return default; end return tonumber(v); end
 	function m.get_option_boolean(_, key, default) local v = options[key]; if v == nil then return default; end return v; end
 	function m.get_option_array(_, key, default) return options[key] or default; end
@@ -75,6 +77,7 @@ function fakes.new_module(name, host, options)
 		table.insert(self.logs, { level = level; text = fmt:gsub("%%[dg]", "%%s"):format(table.unpack(args, 1, args.n)) });
 	end
 	function m:hook(event, handler, priority) self.hooks[event] = { handler = handler; priority = priority or 0 }; end
+	function m:hook_global(event, handler, priority) self.global_hooks[event] = { handler = handler; priority = priority or 0 }; end
 	function m:measure(counter)
 		self.counters[counter] = 0;
 		return function () self.counters[counter] = self.counters[counter] + 1; end;

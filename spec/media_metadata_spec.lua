@@ -264,6 +264,55 @@ describe("mod_muc_media_metadata", function ()
 		assert.equal(0, m.counters.probes_failed);
 	end);
 
+	-- Probes `url` in a message fired in a runner; returns the message's first OOB metadata fields.
+	local function probe_one(m, url)
+		local stanza = message(url);
+		local status = fire_in_runner(m, { room = room(); stanza = stanza });
+		fakes.pump_until(function () return status.returned ~= nil; end);
+		return metadata_of(stanza:get_child("x", xmlns_oob));
+	end
+
+	local function audit_lines(m)
+		local lines = {};
+		for _, entry in ipairs(m.logs) do
+			if entry.text:match("^AUDIT ") then table.insert(lines, entry.text); end
+		end
+		return lines;
+	end
+
+	it("re-reads its options on config-reloaded, with one audit line when they changed", function ()
+		local m = load();
+		local before = probe_one(m, server.url("/photo.png?reload-1"));
+		assert.equal(4 + 2 * 4 * 3, #before[5][2]);
+		m.options.muc_media_metadata_blurhash_x = 2;
+		m.options.muc_media_metadata_timeout = 7;
+		m.global_hooks["config-reloaded"].handler();
+		local after = probe_one(m, server.url("/photo.png?reload-2"));
+		assert.equal(4 + 2 * 2 * 3, #after[5][2], "the new prober's components");
+		assert.equal(7, m.timers[#m.timers].delay, "the new hold timeout");
+		local audits = audit_lines(m);
+		assert.equal(1, #audits);
+		assert.matches("^AUDIT media%-settings%-changed settings=\".*components_x=2 ", audits[1]);
+		m.global_hooks["config-reloaded"].handler();
+		assert.equal(1, #audit_lines(m), "an unchanged reload changes nothing");
+	end);
+
+	it("keeps its settings when a reload brings a bad option", function ()
+		local m = load();
+		m.options.muc_media_metadata_allowed_networks = { "10.0.0.0/33" };
+		m.options.muc_media_metadata_blurhash_x = 2;
+		m.global_hooks["config-reloaded"].handler();
+		local errors = {};
+		for _, entry in ipairs(m.logs) do
+			if entry.level == "error" then table.insert(errors, entry.text); end
+		end
+		assert.same({ "Keeping the previous settings: muc_media_metadata_allowed_networks: Prefix length /33 is longer "
+			.. "than 32 bits (bad-request)" }, errors);
+		local fields = probe_one(m, server.url("/photo.png?bad-reload"));
+		assert.equal(4 + 2 * 4 * 3, #fields[5][2], "the old prober, which may still reach 127.0.0.1");
+		assert.same({}, audit_lines(m));
+	end);
+
 	it("refuses to load with a malformed allowed network", function ()
 		assert.has_error(function () load({ muc_media_metadata_allowed_networks = { "10.0.0.0/33" } }); end,
 			"muc_media_metadata_allowed_networks: Prefix length /33 is longer than 32 bits (bad-request)");

@@ -282,11 +282,11 @@ async def test_prosody_serves_others_while_a_message_is_held(start_media_prosody
         assert "image/png" == dict(fields)["type"]
 
 
-async def test_oversized_file_gets_size_and_type_from_headers(start_media_prosody, media):
+async def test_oversized_file_gets_its_size_from_headers_and_type_from_its_first_bytes(start_media_prosody, media):
     server = start_media_prosody({"muc_media_metadata_max_bytes": 64 * 1024})
     async with occupants(server) as (alice, bob):
         body = post(alice, media.url("/big.png"))
-        expected = [[("bytes", str(BIG_BYTES)), ("type", "application/octet-stream")]]
+        expected = [[("bytes", str(BIG_BYTES)), ("type", "image/png")]]
         assert expected == metadata_of(await received(bob, body))
 
 

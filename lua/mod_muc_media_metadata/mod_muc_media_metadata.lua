@@ -13,20 +13,10 @@ local jobs = module:require("prosody_native_jobs");
 local async = compat.require("util.async");
 local st = compat.require("util.stanza");
 
-local hold_timeout = compat.get_option_number(module, "muc_media_metadata_timeout", 5, 0.1, 60);
-local max_bytes = compat.get_option_integer(module, "muc_media_metadata_max_bytes", 16 * 1024 * 1024, 1024, 1024 * 1024 * 1024);
-local max_pixels = compat.get_option_integer(module, "muc_media_metadata_max_pixels", 50 * 1000 * 1000, 1, 1000 * 1000 * 1000);
-local max_decode_memory = compat.get_option_integer(module, "muc_media_metadata_max_decode_memory", 64 * 1024 * 1024,
-	1024 * 1024, 1024 * 1024 * 1024);
-local components_x = compat.get_option_integer(module, "muc_media_metadata_blurhash_x", 4, 1, 9);
-local components_y = compat.get_option_integer(module, "muc_media_metadata_blurhash_y", 3, 1, 9);
-local connect_timeout = compat.get_option_number(module, "muc_media_metadata_connect_timeout", 3, 0.1, 60);
-local fetch_timeout = compat.get_option_number(module, "muc_media_metadata_fetch_timeout", 10, 0.1, 300);
-local cache_size = compat.get_option_integer(module, "muc_media_metadata_cache_size", 256, 0, 100000);
-local cache_ttl = compat.get_option_integer(module, "muc_media_metadata_cache_ttl", 3600, 0, 7 * 86400);
-local max_urls = compat.get_option_integer(module, "muc_media_metadata_max_urls", 8, 1, 64);
-local add_file_sharing = module:get_option_boolean("muc_media_metadata_file_sharing", true);
-local allowed_networks = module:get_option_array("muc_media_metadata_allowed_networks", {});
+-- Options (README), read at load and again on config-reloaded. The ones the native library uses become one
+-- prober handle, which holds them parsed: a probe passes nothing but its URL.
+local hold_timeout, max_urls, add_file_sharing;
+local prober, prober_settings;
 
 module:depends("muc");
 
@@ -37,27 +27,73 @@ local xmlns_file_metadata = "urn:xmpp:file:metadata:0";
 local xmlns_thumbs = "urn:xmpp:thumbs:1";
 local xmlns_url_data = "http://jabber.org/protocol/url-data";
 
-local networks, networks_err, networks_text = native.media.check_networks(allowed_networks);
-if not networks then
-	error(("muc_media_metadata_allowed_networks: %s (%s)"):format(networks_text, networks_err), 0);
+-- Reads the options and makes the prober they describe. Returns nil, text for a bad option, and then changes
+-- nothing: a reload with a mistake keeps the settings in use.
+local function read_options()
+	local allowed_networks = module:get_option_array("muc_media_metadata_allowed_networks", {});
+	local networks, networks_err, networks_text = native.media.check_networks(allowed_networks);
+	if not networks then
+		return nil, ("muc_media_metadata_allowed_networks: %s (%s)"):format(networks_text, networks_err);
+	end
+	local settings = {
+		max_bytes = compat.get_option_integer(module, "muc_media_metadata_max_bytes", 32 * 1024 * 1024, 1024, 1024 * 1024 * 1024);
+		max_pixels = compat.get_option_integer(module, "muc_media_metadata_max_pixels", 50 * 1000 * 1000, 1, 1000 * 1000 * 1000);
+		max_webp_pixels = compat.get_option_integer(module, "muc_media_metadata_max_webp_pixels", 4 * 1000 * 1000, 1,
+			1000 * 1000 * 1000);
+		max_decode_memory = compat.get_option_integer(module, "muc_media_metadata_max_decode_memory", 64 * 1024 * 1024,
+			1024 * 1024, 4 * 1024 * 1024 * 1024);
+		components_x = compat.get_option_integer(module, "muc_media_metadata_blurhash_x", 4, 1, 9);
+		components_y = compat.get_option_integer(module, "muc_media_metadata_blurhash_y", 3, 1, 9);
+		connect_timeout = compat.get_option_number(module, "muc_media_metadata_connect_timeout", 3, 0.1, 60);
+		timeout = compat.get_option_number(module, "muc_media_metadata_fetch_timeout", 10, 0.1, 300);
+		cache_size = compat.get_option_integer(module, "muc_media_metadata_cache_size", 256, 0, 100000);
+		cache_ttl = compat.get_option_integer(module, "muc_media_metadata_cache_ttl", 3600, 0, 7 * 86400);
+		allowed_networks = networks;
+	};
+	local new_prober, err, text = native.media.prober(settings);
+	if not new_prober then
+		return nil, ("muc_media_metadata limits: %s (%s)"):format(text, err);
+	end
+	hold_timeout = compat.get_option_number(module, "muc_media_metadata_timeout", 5, 0.1, 60);
+	max_urls = compat.get_option_integer(module, "muc_media_metadata_max_urls", 8, 1, 64);
+	add_file_sharing = module:get_option_boolean("muc_media_metadata_file_sharing", true);
+	prober = new_prober;
+	return settings;
 end
 
-local probe_limits = {
-	max_bytes = max_bytes;
-	max_pixels = max_pixels;
-	max_alloc = max_decode_memory;
-	components_x = components_x;
-	components_y = components_y;
-	connect_timeout = connect_timeout;
-	timeout = fetch_timeout;
-	allowed_networks = networks;
-	cache_size = cache_size;
-	cache_ttl = cache_ttl;
-};
-local limits_ok, limits_err, limits_text = native.media.check_limits(probe_limits);
-if not limits_ok then
-	error(("muc_media_metadata limits: %s (%s)"):format(limits_text, limits_err), 0);
+-- The settings as one line, to tell whether a reload changed them.
+local function describe_settings(settings)
+	local keys = {};
+	for key in pairs(settings) do table.insert(keys, key); end
+	table.sort(keys);
+	local parts = {};
+	for _, key in ipairs(keys) do
+		local value = settings[key];
+		table.insert(parts, ("%s=%s"):format(key, type(value) == "table" and table.concat(value, ",") or tostring(value)));
+	end
+	return table.concat(parts, " ");
 end
+
+do
+	local settings, err = read_options();
+	if not settings then
+		error(err, 0);
+	end
+	prober_settings = describe_settings(settings);
+end
+
+module:hook_global("config-reloaded", function ()
+	local settings, err = read_options();
+	if not settings then
+		module:log("error", "Keeping the previous settings: %s", err);
+		return;
+	end
+	local described = describe_settings(settings);
+	if described ~= prober_settings then
+		prober_settings = described;
+		compat.audit(module, "media-settings-changed", { settings = described });
+	end
+end);
 
 -- Counters for mod_http_openmetrics (and any other statistics provider).
 local count_done = module:measure("probes_done", "rate");
@@ -179,7 +215,7 @@ local function start_probes(probes, on_settled)
 		on_settled();
 	end
 	for _, probe in ipairs(probes) do
-		local cached = native.media.lookup(probe.url, probe_limits);
+		local cached = prober:lookup(probe.url);
 		if cached then
 			probe.meta = cached;
 			count_cache_hits();
@@ -199,7 +235,7 @@ local function start_probes(probes, on_settled)
 				if remaining == 0 and timer then -- no timer yet: still starting, or already delivered
 					settle();
 				end
-			end, native.media.probe_url(probe.url, probe_limits));
+			end, prober:probe(probe.url));
 		end
 	end
 	if remaining == 0 then return false; end
