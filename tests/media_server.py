@@ -1,4 +1,6 @@
-"""A local HTTP server for the media metadata tests: serves images and edge cases, and records every connection.
+"""A local HTTP server for the media metadata tests: serves images and edge cases, and records every connection and
+how many body bytes it sent for each path (in 16 KiB writes into a 32 KiB send buffer, so that what it counts is
+close to what the client took: a client that stops reading stops the count within a few hundred KiB).
 
 Use it in pytest as a context manager (`with MediaServer("127.0.0.1") as server: server.url("/photo.png")`), or run
 it as a script (for the busted specs and the benchmark):
@@ -7,6 +9,7 @@ another loopback address (127.0.0.2) gives a server that the module must never r
 
 Paths:
   /photo.png /photo.jpg /photo.gif /photo.webp   the 76x52 photo fixtures of tests/data
+  /progressive.jpg                               the progressive JPEG fixture
   /notes.txt                                     text/plain
   /missing.png                                   404
   /bomb.png                                      a PNG claiming 100000x100000 pixels over a few KiB
@@ -17,12 +20,14 @@ Paths:
   /redirect/photo                                302 to /photo.png
   /redirect/loop                                 302 to itself
   /slow/<n>.png                                  photo.png, held until `release_slow()`; sets `slow_requested`
-  anything added with `redirect(path, target)` or `serve(path, body, content_type)`
+  /_sent?<path>                                  body bytes sent so far for <path> (for the benchmark's process)
+  anything added with `redirect(path, target)` or `serve(path, body, content_type, declared_length=, chunked=)`
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,6 +42,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIXTURES = {
     "/photo.png": ("photo.png", "image/png"),
     "/photo.jpg": ("photo_420.jpg", "image/jpeg"),
+    "/progressive.jpg": ("photo_progressive.jpg", "image/jpeg"),
     "/photo.gif": ("photo.gif", "image/gif"),
     "/photo.webp": ("photo_lossy.webp", "image/webp"),
     "/bomb.png": ("bomb.png", "image/png"),
@@ -57,10 +63,18 @@ class _Server(ThreadingHTTPServer):
         return True
 
 
+SEND_BUFFER = 32 * 1024
+WRITE_SIZE = 16 * 1024
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms Nagle/delayed-ACK stall
     server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
     def log_message(self, *args) -> None:  # quiet
         pass
@@ -69,13 +83,17 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         with owner.lock:
             owner.requests.append(self.path)
-        self.path = self.path.split("?", 1)[0]  # a query only makes a URL distinct (for the cache)
+        self.path, _, query = self.path.partition("?")  # a query only makes a URL distinct (for the cache)
+        if self.path == "/_sent":
+            return self._send(200, str(owner.bytes_sent(query)).encode(), "text/plain", count=False)
         routed = owner.routes.get(self.path)
         if routed is not None:
-            kind, value, content_type = routed
+            kind, value, content_type, declared, chunked = routed
             if kind == "redirect":
                 return self._send(302, b"", headers={"Location": value})
-            return self._send(200, value, content_type)
+            if chunked:
+                return self._send_chunked(value, content_type)
+            return self._send(200, value, content_type, declared_length=declared)
         if self.path in FIXTURES:
             name, content_type = FIXTURES[self.path]
             return self._send(200, (DATA / name).read_bytes(), content_type)
@@ -104,33 +122,46 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, (DATA / "photo.png").read_bytes(), "image/png")
         return self._send(404, b"not found\n", "text/plain")
 
-    def _send(self, status, body, content_type=None, headers=None, body_allowed=True) -> None:
+    def _send(self, status, body, content_type=None, headers=None, body_allowed=True, declared_length=None,
+              count=True) -> None:
         self.send_response(status)
         if content_type:
             self.send_header("Content-Type", content_type)
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         if body_allowed:
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(body) if declared_length is None else declared_length))
+        if declared_length is not None:
+            self.send_header("Connection", "close")  # what follows a lie cannot be read as a next answer
+            self.close_connection = True
         self.end_headers()
         if body_allowed:
-            try:
-                self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client stopped reading at its byte limit
+            self._write(body, count)
+
+    def _write(self, body, count=True, frame=None) -> None:
+        """Writes `body` in small pieces, counting what the socket took, until the client stops reading."""
+        owner = self.server.owner
+        try:
+            for i in range(0, len(body), WRITE_SIZE):
+                part = body[i : i + WRITE_SIZE]
+                self.wfile.write(frame(part) if frame else part)
+                if count:
+                    with owner.lock:
+                        owner.sent[self.path] = owner.sent.get(self.path, 0) + len(part)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client stopped reading: it has what it needs, or its limit
 
     def _send_chunked(self, body, content_type) -> None:
         self.send_response(200)
         self.send_header("Content-Type", content_type)
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        try:
-            for i in range(0, len(body), 64 * 1024):
-                part = body[i : i + 64 * 1024]
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
-            self.wfile.write(b"0\r\n\r\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        self._write(body, frame=lambda part: b"%x\r\n%s\r\n" % (len(part), part))
+        if not self.close_connection:
+            try:
+                self.wfile.write(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
 
     def _stall(self) -> None:
         self.send_response(200)
@@ -151,7 +182,8 @@ class MediaServer:
         self.lock = threading.Lock()
         self.connections: list[str] = []  # peer address of every accepted connection
         self.requests: list[str] = []  # path of every request
-        self.routes: dict[str, tuple[str, object, str | None]] = {}
+        self.routes: dict[str, tuple[str, object, str | None, int | None, bool]] = {}
+        self.sent: dict[str, int] = {}  # body bytes the socket took, per path
         self.stopping = threading.Event()
         self.slow_requested = threading.Event()  # a /slow/ request has arrived
         self.slow_released = threading.Event()
@@ -165,10 +197,18 @@ class MediaServer:
 
     def redirect(self, path: str, target: str) -> None:
         """Answers `path` with a 302 to `target` (absolute or relative)."""
-        self.routes[path] = ("redirect", target, None)
+        self.routes[path] = ("redirect", target, None, None, False)
 
-    def serve(self, path: str, body: bytes, content_type: str) -> None:
-        self.routes[path] = ("body", body, content_type)
+    def serve(self, path: str, body: bytes, content_type: str, declared_length: int | None = None,
+              chunked: bool = False) -> None:
+        """Answers `path` with `body`: with a Content-Length of `declared_length` (a lie) instead of its own, or
+        chunked without any."""
+        self.routes[path] = ("body", body, content_type, declared_length, chunked)
+
+    def bytes_sent(self, path: str) -> int:
+        """Body bytes the sockets took for `path` so far."""
+        with self.lock:
+            return self.sent.get(path, 0)
 
     def release_slow(self) -> None:
         self.slow_released.set()

@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import re
 import signal
+import struct
 import xml.etree.ElementTree as ET
+import zlib
 from pathlib import Path
 
 import pytest
 
 import rig
-from media_server import BIG_BYTES, BOMB_SIZE, PHOTO_SIZE, MediaServer
+from media_server import BIG_BYTES, BOMB_SIZE, DATA, PHOTO_SIZE, MediaServer
 from rig import connect, create_room, join_room, match
 
 XMLNS_OOB = "jabber:x:oob"
@@ -295,6 +298,86 @@ async def test_oversized_body_without_length_gets_type_only(start_media_prosody,
     async with occupants(server) as (alice, bob):
         body = post(alice, media.url("/big-chunked.png"))
         assert [[("type", "image/png")]] == metadata_of(await received(bob, body))
+
+
+def padded_progressive_jpeg(kib: int) -> bytes:
+    """The progressive photo fixture with `kib` KiB of comment segments right after its first (DC) scan, where a
+    large photo has its AC scans: a decoder that stops after the first scan never needs them."""
+    jpeg = (DATA / "photo_progressive.jpg").read_bytes()
+    sos = jpeg.index(b"\xff\xda")
+    end = sos + 14
+    while not (jpeg[end] == 0xFF and jpeg[end + 1] not in (0x00, 0xFF, *range(0xD0, 0xD8))):
+        end += 1
+    comment = b"\xff\xfe\x04\x02" + b"x" * 1024
+    return jpeg[:end] + comment * kib + jpeg[end:]
+
+
+def noise_png(width: int, height: int) -> bytes:
+    """An RGB PNG of random pixels (incompressible: about 3 bytes a pixel)."""
+    rng = random.Random(11)
+    rows = b"".join(b"\0" + rng.randbytes(width * 3) for _ in range(height))
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows, 1)) + chunk(b"IEND", b"")
+
+
+async def test_progressive_jpeg_download_stops_after_its_first_scan(start_media_prosody, media):
+    padded = padded_progressive_jpeg(8 * 1024)
+    media.serve("/padded.jpg", padded, "image/jpeg")
+    server = start_media_prosody()
+    async with occupants(server) as (alice, bob):
+        [plain] = metadata_of(await received(bob, post(alice, media.url("/progressive.jpg"))))
+        [fields] = metadata_of(await received(bob, post(alice, media.url("/padded.jpg"))))
+        assert [("bytes", str(len(padded)))] + plain[1:] == fields, "the same picture, and the whole file's size"
+        assert "blurhash" in dict(fields)
+    sent = media.bytes_sent("/padded.jpg")
+    assert sent < len(padded) // 4, f"sent {sent} of {len(padded)} bytes"
+
+
+async def test_png_over_the_cap_gets_width_and_height(start_media_prosody, media):
+    png = noise_png(1200, 900)
+    media.serve("/noise.png", png, "image/png")
+    cap = 64 * 1024
+    server = start_media_prosody({"muc_media_metadata_max_bytes": cap})
+    async with occupants(server) as (alice, bob):
+        [fields] = metadata_of(await received(bob, post(alice, media.url("/noise.png"))))
+        assert [("bytes", str(len(png))), ("type", "image/png"), ("width", "1200"), ("height", "900")] == fields
+    assert media.bytes_sent("/noise.png") < len(png) // 4
+
+
+async def test_body_without_content_length_is_counted(start_media_prosody, media):
+    photo = (DATA / "photo.png").read_bytes()
+    media.serve("/chunked.png", photo, "image/png", chunked=True)
+    server = start_media_prosody()
+    async with occupants(server) as (alice, bob):
+        [fields] = metadata_of(await received(bob, post(alice, media.url("/chunked.png"))))
+        assert ["bytes", "type", "width", "height", "blurhash"] == [name for name, _ in fields]
+        assert str(len(photo)) == dict(fields)["bytes"]
+
+
+async def test_content_length_longer_than_the_body_leaves_the_size_out(start_media_prosody, media):
+    photo = (DATA / "photo.png").read_bytes()
+    media.serve("/long-claim.png", photo, "image/png", declared_length=10 * len(photo))
+    server = start_media_prosody()
+    async with occupants(server) as (alice, bob):
+        [fields] = metadata_of(await received(bob, post(alice, media.url("/long-claim.png"))))
+        assert ["type", "width", "height", "blurhash"] == [name for name, _ in fields], "every pixel arrived"
+        assert (str(PHOTO_SIZE[0]), str(PHOTO_SIZE[1])) == (dict(fields)["width"], dict(fields)["height"])
+
+
+async def test_content_length_shorter_than_the_body_is_all_that_is_read(start_media_prosody, media):
+    photo = (DATA / "photo.png").read_bytes()
+    tail = b"\0" * (8 * 1024 * 1024)
+    media.serve("/short-claim.png", photo + tail, "image/png", declared_length=len(photo) // 2)
+    server = start_media_prosody()
+    async with occupants(server) as (alice, bob):
+        [fields] = metadata_of(await received(bob, post(alice, media.url("/short-claim.png"))))
+        expected = [("bytes", str(len(photo) // 2)), ("type", "image/png"), ("width", "76"), ("height", "52")]
+        assert expected == fields, "a PNG cut where its length says"
+    assert media.bytes_sent("/short-claim.png") < len(tail) // 4
 
 
 async def test_decompression_bomb_gets_dimensions_but_no_blurhash(start_media_prosody, media):

@@ -451,30 +451,33 @@ async fn read_body(
     let mut queued: VecDeque<Bytes> = VecDeque::new();
     let mut read = 0u64;
     let mut ended = false;
-    let mut failure = None;
+    let mut failure: Option<Error> = None;
     loop {
+        // Reading is over at the end of the body, at the cap, or when the transfer broke off; what is queued
+        // is still fed.
+        let over = ended || read >= cap || failure.is_some();
         if let Need::Memory(bytes) = need {
             let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-            if kib as u64 > limits.probe.max_decode_memory >> 10 {
-                grant = Some(false);
+            let permit = if kib as u64 > limits.probe.max_decode_memory >> 10 {
+                None
+            } else if failure.is_some() {
+                // Past the deadline (or the body broke off): only memory that is free at once.
+                budget.clone().try_acquire_many_owned(kib).ok()
             } else {
                 match tokio::time::timeout_at(deadline, budget.clone().acquire_many_owned(kib)).await {
-                    Ok(Ok(permit)) => {
-                        permits.push(permit);
-                        grant = Some(true);
-                    }
+                    Ok(Ok(permit)) => Some(permit),
                     Ok(Err(_)) => return Err(Error::Internal("decode budget closed".into())),
                     Err(_) => {
                         failure = Some(timed_out(limits));
-                        break;
+                        None
                     }
                 }
-            }
+            };
+            grant = Some(permit.is_some());
+            permits.extend(permit);
         }
         let queued_bytes: usize = queued.iter().map(Bytes::len).sum();
-        let feed = need == Need::Bytes
-            && !queued.is_empty()
-            && (queued_bytes >= BATCH_BYTES || ended || read >= cap);
+        let feed = need == Need::Bytes && !queued.is_empty() && (queued_bytes >= BATCH_BYTES || over);
         if grant.is_some() || feed {
             let (p, g, q) = (probe, grant.take(), std::mem::take(&mut queued));
             // A step is CPU work bounded by the batch (and the image), not a wait: the deadline applies to
@@ -485,18 +488,12 @@ async fn read_body(
             }
             continue;
         }
-        if ended || read >= cap || (need == Need::Nothing && response.size.is_some()) {
+        if over || (need == Need::Nothing && response.size.is_some()) {
             break;
         }
         match tokio::time::timeout_at(deadline, response.chunk()).await {
-            Err(_) => {
-                failure = Some(timed_out(limits));
-                break;
-            }
-            Ok(Err(e)) => {
-                failure = Some(e);
-                break;
-            }
+            Err(_) => failure = Some(timed_out(limits)),
+            Ok(Err(e)) => failure = Some(e),
             Ok(Ok(None)) => ended = true,
             Ok(Ok(Some(chunk))) => {
                 let take = chunk.len().min(usize::try_from(cap - read).unwrap_or(usize::MAX));
@@ -507,12 +504,6 @@ async fn read_body(
             }
         }
     }
-    let (probe, _, _) = if need == Need::Bytes && !queued.is_empty() {
-        // What arrived before the end (or before the transfer broke off) still counts.
-        jobs::blocking(move || Ok(probe_step(probe, None, queued))).await?
-    } else {
-        (probe, need, queued)
-    };
     let broken = failure.as_ref().is_some_and(|f| f.code() != "timeout");
     let bytes = match response.size {
         // A body that broke off before its stated size makes that size doubtful.
@@ -779,6 +770,7 @@ mod tests {
         let fields = complete(submit(&url, loopback())).unwrap();
         assert_eq!(None, field(&fields, "bytes"));
         assert_eq!(Some(&Field::Int(30)), field(&fields, "width"));
+        assert!(field(&fields, "blurhash").is_some(), "every pixel arrived before the body broke off");
         assert_eq!(None, Prober::new(loopback()).unwrap().lookup(&url));
         // Shorter than the body: the body is what was declared, a truncated image without BlurHash.
         let fields = complete(submit(&server.url("/shorter.png"), loopback())).unwrap();
