@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let mut limits = ProbeLimits::default();
     if selector & 1 == 1 {
         limits.max_pixels = 1 << 16;
-        limits.max_alloc = 1 << 20;
+        limits.max_decode_memory = 1 << 20;
     }
     limits.components_x = 1 + (selector >> 1) as u32 % 9;
     limits.components_y = 1 + (selector >> 5) as u32 % 9;

@@ -10,7 +10,8 @@
 //! How a probe runs:
 //! - The body is read as it arrives, in batches of [`BATCH_BYTES`], each fed to the [`probe::StreamProbe`]
 //!   on a CPU thread ([`crate::jobs::blocking`]) while the kernel keeps receiving the next bytes. Nothing
-//!   holds the whole file.
+//!   holds the whole file: a probe's heap is the HTTP client's read buffer (at most about 400 KiB), one
+//!   batch and the prober, under 1 MiB for JPEG, PNG and GIF (`rust/tests/memory.rs`).
 //! - The download stops as soon as the prober has its answer (a progressive JPEG's first scan, a PNG's last
 //!   row, any header for formats read for their dimensions) and the file's size is known: dropping the
 //!   answer closes the connection. Without a stated size (`Content-Length`, or the total of a
@@ -35,7 +36,7 @@ pub mod fetch;
 pub mod netguard;
 pub mod probe;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -415,28 +416,30 @@ impl Transfer {
     }
 }
 
-/// A prober step on a CPU thread: the answer to its memory request, then the queued chunks until it asks
-/// again or needs nothing more. Gives back the prober, what it needs, and the chunks it did not take.
+/// A prober step on a CPU thread: the answer to its memory request, then the batch. Gives back the prober,
+/// what it needs next, and the emptied batch for reuse.
 fn probe_step(
     mut probe: Box<StreamProbe>,
     grant: Option<bool>,
-    mut chunks: VecDeque<Bytes>,
-) -> (Box<StreamProbe>, Need, VecDeque<Bytes>) {
+    mut batch: Vec<u8>,
+) -> (Box<StreamProbe>, Need, Vec<u8>) {
     if let Some(granted) = grant {
         probe.grant(granted);
     }
-    let mut need = probe.need();
-    while need == Need::Bytes {
-        let Some(chunk) = chunks.pop_front() else {
-            break;
-        };
-        need = probe.feed(&chunk);
-    }
-    (probe, need, chunks)
+    let need = if batch.is_empty() {
+        probe.need()
+    } else {
+        probe.feed(&batch)
+    };
+    batch.clear();
+    (probe, need, batch)
 }
 
 /// Reads the body of `response` into a streaming prober as it arrives, until the prober needs nothing more
 /// and the size is known, the transfer cap, the end of the body, the deadline or a broken body.
+///
+/// Each chunk is copied into a batch of at most [`BATCH_BYTES`] and let go at once: a chunk shares the
+/// HTTP client's read buffer, which could not be reused while any part of it were kept.
 async fn read_body(
     response: &mut Response,
     limits: &MediaLimits,
@@ -448,14 +451,16 @@ async fn read_body(
     let mut need = Need::Bytes;
     let mut grant = None;
     let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
-    let mut queued: VecDeque<Bytes> = VecDeque::new();
+    let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
+    // The part of the last chunk read that is not in a batch yet.
+    let mut rest = Bytes::new();
     let mut read = 0u64;
     let mut ended = false;
     let mut failure: Option<Error> = None;
     loop {
-        // Reading is over at the end of the body, at the cap, or when the transfer broke off; what is queued
-        // is still fed.
-        let over = ended || read >= cap || failure.is_some();
+        // Reading is over at the end of the body, at the cap, or when the transfer broke off; what has
+        // arrived is still fed.
+        let over = rest.is_empty() && (ended || read >= cap || failure.is_some());
         if let Need::Memory(bytes) = need {
             let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
             let permit = if kib as u64 > limits.probe.max_decode_memory >> 10 {
@@ -476,15 +481,24 @@ async fn read_body(
             grant = Some(permit.is_some());
             permits.extend(permit);
         }
-        let queued_bytes: usize = queued.iter().map(Bytes::len).sum();
-        let feed = need == Need::Bytes && !queued.is_empty() && (queued_bytes >= BATCH_BYTES || over);
-        if grant.is_some() || feed {
-            let (p, g, q) = (probe, grant.take(), std::mem::take(&mut queued));
+        let full = batch.len() == BATCH_BYTES || (over && !batch.is_empty());
+        if grant.is_some() || (need == Need::Bytes && full) {
             // A step is CPU work bounded by the batch (and the image), not a wait: the deadline applies to
             // the waits around it.
-            (probe, need, queued) = jobs::blocking(move || Ok(probe_step(p, g, q))).await?;
+            let (p, g, b) = (probe, grant.take(), std::mem::take(&mut batch));
+            (probe, need, batch) = jobs::blocking(move || Ok(probe_step(p, g, b))).await?;
+            continue;
+        }
+        if !rest.is_empty() {
             if need == Need::Nothing {
-                queued.clear();
+                rest = Bytes::new();
+            } else {
+                let n = rest.len().min(BATCH_BYTES - batch.len());
+                batch.extend_from_slice(&rest.split_to(n));
+                if rest.is_empty() {
+                    // Even empty, it would keep the read buffer shared, and the next read would need another.
+                    rest = Bytes::new();
+                }
             }
             continue;
         }
@@ -495,15 +509,17 @@ async fn read_body(
             Err(_) => failure = Some(timed_out(limits)),
             Ok(Err(e)) => failure = Some(e),
             Ok(Ok(None)) => ended = true,
-            Ok(Ok(Some(chunk))) => {
+            Ok(Ok(Some(mut chunk))) => {
                 let take = chunk.len().min(usize::try_from(cap - read).unwrap_or(usize::MAX));
                 read += take as u64;
+                chunk.truncate(take);
                 if need != Need::Nothing {
-                    queued.push_back(chunk.slice(..take));
+                    rest = chunk;
                 }
             }
         }
     }
+    drop(batch);
     let broken = failure.as_ref().is_some_and(|f| f.code() != "timeout");
     let bytes = match response.size {
         // A body that broke off before its stated size makes that size doubtful.
@@ -770,7 +786,10 @@ mod tests {
         let fields = complete(submit(&url, loopback())).unwrap();
         assert_eq!(None, field(&fields, "bytes"));
         assert_eq!(Some(&Field::Int(30)), field(&fields, "width"));
-        assert!(field(&fields, "blurhash").is_some(), "every pixel arrived before the body broke off");
+        assert!(
+            field(&fields, "blurhash").is_some(),
+            "every pixel arrived before the body broke off"
+        );
         assert_eq!(None, Prober::new(loopback()).unwrap().lookup(&url));
         // Shorter than the body: the body is what was declared, a truncated image without BlurHash.
         let fields = complete(submit(&server.url("/shorter.png"), loopback())).unwrap();
@@ -818,6 +837,7 @@ mod tests {
     #[test]
     fn webp_decodes_wait_for_the_shared_budget() {
         let image = crate::media::probe::tests::data("photo_lossless.webp");
+        let (image_head, image_len) = (image[..30].to_vec(), image.len() as u64);
         let server = TestServer::start("127.0.0.1", move |_, _| Answer::ok("image/webp", &image));
         let prober = Prober::new(MediaLimits {
             cache_size: 0,
@@ -849,7 +869,7 @@ mod tests {
             ..loopback()
         })
         .unwrap();
-        let big = crate::media::probe::webp::estimate(76, 52, 5800) > 1 << 20;
+        let big = crate::media::probe::webp::estimate(&image_head, image_len).unwrap() > 1 << 20;
         let fields = complete(small.submit(&server.url("/b.webp")).unwrap()).unwrap();
         assert_eq!(Some(&Field::Int(76)), field(&fields, "width"));
         assert_eq!(big, field(&fields, "blurhash").is_none());

@@ -134,3 +134,18 @@ with open(p("blurhash_golden.txt"), "w") as f:
         ppm(im, p(name))
         for cx, cy in comps:
             f.write("%s %d %d %s\n" % (name, cx, cy, blurhash.encode(im.copy(), cx, cy)))
+
+# WebPs of every kind image-webp decodes differently, large enough (240,000 pixels) that what a decode
+# allocates per pixel shows next to its fixed costs: rust/tests/memory.rs checks webp::estimate against them.
+mem = photo("LadyBird.jpg", (300, 100, 2100, 1300), (600, 400))
+mem_alpha = mem.convert("RGBA")
+mem_alpha.putalpha(Image.linear_gradient("L").resize((600, 400)))
+mem.save(p("mem_lossy.webp"), quality=60)
+mem_alpha.save(p("mem_alpha.webp"), quality=60)
+smooth = Image.linear_gradient("L").resize((600, 400)).convert("RGB")
+smooth.save(p("mem_lossless.webp"), lossless=True)
+frames = [mem.rotate(a) for a in (0, 8)]
+frames[0].save(p("mem_animated.webp"), save_all=True, append_images=frames[1:], duration=100, quality=40)
+smooth_frames = [smooth, Image.eval(smooth, lambda v: 255 - v)]
+smooth_frames[0].save(p("mem_animated_lossless.webp"), save_all=True, append_images=smooth_frames[1:],
+                      duration=100, lossless=True, method=6, quality=100)

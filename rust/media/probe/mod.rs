@@ -71,12 +71,12 @@ pub struct ProbeLimits {
 }
 
 impl Default for ProbeLimits {
-    /// 50 megapixels, WebP 16 megapixels, 256 MiB of decode memory, 4x3 components.
+    /// 50 megapixels, WebP 4 megapixels, 64 MiB of decode memory, 4x3 components.
     fn default() -> Self {
         ProbeLimits {
             max_pixels: 50_000_000,
-            max_webp_pixels: 16_000_000,
-            max_decode_memory: 256 << 20,
+            max_webp_pixels: 4_000_000,
+            max_decode_memory: 64 << 20,
             components_x: 4,
             components_y: 3,
         }
@@ -547,7 +547,10 @@ pub(crate) mod tests {
         let bytes = data("photo_lossless.webp");
         let mut stream = StreamProbe::new(limits()).unwrap();
         let need = stream.feed(&bytes);
-        assert_eq!(Need::Memory(webp::estimate(76, 52, bytes.len() as u64)), need);
+        assert_eq!(
+            Need::Memory(webp::estimate(&bytes, bytes.len() as u64).unwrap()),
+            need
+        );
         stream.grant(false);
         assert_eq!(Need::Nothing, stream.need());
         let info = stream.finish().unwrap();
@@ -782,7 +785,7 @@ pub(crate) mod tests {
         };
         for (name, bytes) in fixtures() {
             let whole = probe(&bytes, &limits);
-            for size in [1, 2, 3, 7, 13, 64, 100, 1000, 4096] {
+            for size in [1, 7, 64, 1000, 4096] {
                 let cuts: Vec<usize> = (size..bytes.len()).step_by(size).collect();
                 assert_eq!(
                     whole,
@@ -790,7 +793,7 @@ pub(crate) mod tests {
                     "{name} in pieces of {size}"
                 );
             }
-            for cut in (0..bytes.len()).step_by(7) {
+            for cut in (0..bytes.len()).step_by(53) {
                 assert_eq!(
                     whole,
                     probe_in_pieces(&bytes, &[cut], &limits),

@@ -3,9 +3,9 @@
 //!
 //! That makes WebP the one format whose memory grows with the image. Before keeping anything beyond its
 //! header, the decoder asks for [`WebpStream::memory_needed`] bytes (the file, the frame and the decoder's
-//! scratch buffers, measured: see [`estimate`]); the caller grants them from the decode budget that all
-//! probes share, or refuses, and then there is no BlurHash. WebPs of more than the WebP pixel limit are
-//! not decoded at all.
+//! scratch buffers, measured by kind of file: see [`estimate`]); the caller grants them from the decode
+//! budget that all probes share, or refuses, and then there is no BlurHash. WebPs of more than the WebP
+//! pixel limit are not decoded at all.
 
 use super::blurhash::{Layout, Shrinker, Working};
 use super::{le16, le24, le32};
@@ -44,15 +44,41 @@ pub fn dims(bytes: &[u8]) -> Option<(u32, u32)> {
     }
 }
 
-/// The most memory decoding a `width` x `height` WebP of `file_bytes` bytes takes: the file itself, and
-/// per pixel what `image-webp` 0.2 allocates at its peak, measured with a counting allocator
-/// (`rust/tests/memory.rs`) on lossy, lossless, alpha and animated files: at most 11 bytes (a lossless
-/// frame without alpha: its RGBA decoding buffer, the RGB output and the transform's scratch), plus the
-/// shrinker and the decoder's fixed tables.
-pub fn estimate(width: u32, height: u32, file_bytes: u64) -> u64 {
-    const PER_PIXEL: u64 = 11;
-    const FIXED: u64 = 512 << 10;
-    file_bytes + width as u64 * height as u64 * PER_PIXEL + FIXED
+/// Bytes a pixel `image-webp` 0.2 allocates at its peak, by kind of file, measured with a counting allocator
+/// (the `media` bench's heap peak, and `rust/tests/memory.rs`) on 1.5 to 6 MP files, with 3 to 15 % to
+/// spare: a simple lossy file 4.7 (its YUV frame and the RGB output); a simple lossless one 7.8 (an RGBA
+/// frame, then the RGB output); a VP8X file with an alpha channel 10.5 (the frame, the decoded alpha and the
+/// RGBA output); an animation up to 14.3 (the canvas, a frame and its scratch, and a copy of its frame data).
+const PER_PIXEL_LOSSY: u64 = 5;
+const PER_PIXEL_LOSSLESS: u64 = 9;
+const PER_PIXEL_ALPHA: u64 = 12;
+const PER_PIXEL_ANIMATED: u64 = 16;
+
+/// The decoder's tables, the shrinker and allocator slack.
+const FIXED_BYTES: u64 = 512 << 10;
+
+/// The most memory decoding a WebP of `file_bytes` bytes whose first 30 bytes are `head` takes, or `None`
+/// before the header has arrived: the file itself (twice for an animation, whose frame data is copied),
+/// and per pixel what its kind needs (see [`PER_PIXEL_LOSSY`] and the others).
+pub fn estimate(head: &[u8], file_bytes: u64) -> Option<u64> {
+    let (width, height) = dims(head)?;
+    let pixels = width as u64 * height as u64;
+    let (per_pixel, copies) = match head.get(12..16)? {
+        b"VP8 " => (PER_PIXEL_LOSSY, 1),
+        b"VP8L" => (PER_PIXEL_LOSSLESS, 1),
+        _ => {
+            // VP8X: its flags say whether it is animated or has alpha; its image may be lossless either way.
+            let flags = *head.get(20)?;
+            if flags & 0x02 != 0 {
+                (PER_PIXEL_ANIMATED, 2)
+            } else if flags & 0x10 != 0 {
+                (PER_PIXEL_ALPHA, 1)
+            } else {
+                (PER_PIXEL_LOSSLESS, 1)
+            }
+        }
+    };
+    Some(copies * file_bytes + pixels * per_pixel + FIXED_BYTES)
 }
 
 /// A WebP kept as it arrives and decoded once complete.
@@ -91,8 +117,7 @@ impl WebpStream {
         if self.granted.is_some() || self.outcome.is_some() {
             return None;
         }
-        let (w, h) = dims(&self.data)?;
-        Some(estimate(w, h, self.file_bytes?))
+        estimate(&self.data, self.file_bytes?)
     }
 
     /// The caller's answer to [`WebpStream::memory_needed`]: without the memory, no BlurHash.
@@ -163,7 +188,7 @@ impl WebpStream {
                 self.file_bytes = Some(size as u64 + 8);
             }
         }
-        let (Some((w, h)), Some(file_bytes)) = (dims(&self.data), self.file_bytes) else {
+        let (Some((w, h)), Some(needed)) = (dims(&self.data), self.memory_needed_for_header()) else {
             if self.data.len() >= HEADER_BYTES {
                 return Err(corrupt("no frame header"));
             }
@@ -172,12 +197,16 @@ impl WebpStream {
         if w as u64 * h as u64 > self.max_pixels {
             return Err(Error::TooLarge("WebP has too many pixels".into()));
         }
-        if estimate(w, h, file_bytes) > self.max_memory {
+        if needed > self.max_memory {
             return Err(Error::TooLarge(
                 "WebP needs more memory than decoding may take".into(),
             ));
         }
         Ok(())
+    }
+
+    fn memory_needed_for_header(&self) -> Option<u64> {
+        estimate(&self.data, self.file_bytes?)
     }
 
     fn check_complete(&mut self) {
@@ -190,12 +219,13 @@ impl WebpStream {
 
     fn decode(&mut self) {
         let data = std::mem::take(&mut self.data);
-        self.outcome = Some(decode(&data, self.max_pixels, self.max_memory));
+        let granted = self.memory_needed_for_header().unwrap_or(0);
+        self.outcome = Some(decode(&data, self.max_pixels, granted));
     }
 }
 
-/// Decodes a whole WebP's (first) frame into one buffer, then shrinks it.
-fn decode(bytes: &[u8], max_pixels: u64, max_memory: u64) -> Result<Working, Error> {
+/// Decodes a whole WebP's (first) frame into one buffer, then shrinks it, within the `granted` memory.
+fn decode(bytes: &[u8], max_pixels: u64, granted: u64) -> Result<Working, Error> {
     let decode_error = |e: image_webp::DecodingError| corrupt(&e.to_string());
     let mut decoder = image_webp::WebPDecoder::new(Cursor::new(bytes)).map_err(decode_error)?;
     let (width, height) = decoder.dimensions();
@@ -205,13 +235,11 @@ fn decode(bytes: &[u8], max_pixels: u64, max_memory: u64) -> Result<Working, Err
     let size = decoder
         .output_buffer_size()
         .ok_or_else(|| Error::TooLarge("WebP too large".into()))?;
-    // The header read before granting may differ from what the decoder finds (a VP8X canvas and its frame).
-    if estimate(width, height, bytes.len() as u64) > max_memory {
-        return Err(Error::TooLarge(
-            "WebP needs more memory than decoding may take".into(),
-        ));
+    // The grant was made from the header's size, which the decoder must agree with.
+    if Some((width, height)) != dims(bytes) {
+        return Err(corrupt("the frame's size differs from the header's"));
     }
-    decoder.set_memory_limit(usize::try_from(max_memory).unwrap_or(usize::MAX));
+    decoder.set_memory_limit(usize::try_from(granted).unwrap_or(usize::MAX));
     let layout = if decoder.has_alpha() {
         Layout::Rgba
     } else {
