@@ -8,8 +8,14 @@
    probes run, that is between the message's arrival and its delivery. The arrival and the delivery themselves
    are timed too, against Prosody alone handling the same message as delivered (metadata included) but with URLs
    that the module leaves alone (aesgcm://, as OMEMO clients send them), in one go.
-3. Peak memory of Prosody while those 20 probes run (VmHWM after resetting it), against the bound that the limits
-   give (module README): 8 downloads x max_bytes + decoder threads x max_decode_memory.
+3. Peak memory of Prosody while those 20 probes run (VmHWM after resetting it). Goal: at most +24 MiB.
+4. End to end, per image (the probe benchmark's photos, a 5120x2880 PNG of about 29 MB and a progressive JPEG of
+   about 9 MB, made by scripts/bench_probe/driver.py from Debian's mate-backgrounds): the delivery delay a message
+   with that one image URL adds over a plain message, the body bytes the file server sent, Prosody's peak memory,
+   against the in-memory time of the fastest peer (Pillow draft() + fast-blurhash or blurhash-python, sharp +
+   blurhash) measured in the same run. Goals, as ratios to that peer: progressive JPEG at most 0.1 with under 25%
+   of the file sent; baseline JPEG and PNG at most 0.6; images under 2 MP at most 1.2. Only with Prosody's default
+   gc setting, and only when `make bench` has set up .bench (scripts/bench_probe.sh runs first).
 
 Each version runs twice: with Prosody's default garbage collector settings, and with the incremental ones the
 module README suggests (TUNED_GC), because most of the loop's stalls are Prosody's garbage collection.
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import os
 import random
 import shutil
@@ -31,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import xml.etree.ElementTree as ET
 import zlib
 from pathlib import Path
@@ -48,10 +56,12 @@ DELAY_ROUNDS = 30
 CONCURRENT_PROBES = 20
 STALL_GOAL_MS = 5.0
 TUNED_GC = {"mode": "incremental", "threshold": 150, "speed": 200}  # the module README's suggestion
-MAX_BYTES = 16 * 1024 * 1024
-MAX_DECODE_MEMORY = 64 * 1024 * 1024
-FETCH_CONCURRENCY = 8  # rust/media/mod.rs FETCH_CONCURRENCY
+RSS_GOAL_MIB = 24
 PHOTO = ROOT / ".bench/root/usr/share/backgrounds/mate/abstract/Elephants_3840x2160.jpg"
+BENCH_PYTHON = ROOT / ".bench/venv/bin/python"
+BENCH_PROBE = ROOT / "scripts/bench_probe"
+E2E_ROUNDS = int(os.environ.get("BENCH_E2E_ROUNDS", "12"))
+PEER_SECONDS = os.environ.get("BENCH_PEER_SECONDS", "2")
 
 
 def large_png(width: int, height: int) -> bytes:
@@ -128,7 +138,27 @@ def rss_kib(pid: int, field: str) -> int:
     raise RuntimeError(f"no {field} for {pid}")
 
 
-async def bench_version(version: str, gc: dict | None, modules_dir: Path, media: ServerProcess, large: list[str]) -> dict:
+async def end_to_end(server, alice, bob, media, image: dict) -> dict:
+    """One image, E2E_ROUNDS times (each URL new, so never from the cache), between plain messages."""
+    pid, path = server.pid, image["path"]
+    sent_before = media.bytes_sent(path)
+    baseline_kib = rss_kib(pid, "VmRSS")
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    plain, probed, fields = [], [], None
+    for i in range(E2E_ROUNDS):
+        plain.append((await timed_delivery(alice, bob, [], f"e2e plain {path} {i}"))[0])
+        ms, stanza = await timed_delivery(alice, bob, [f"{media.url(path)}?e2e={i}"], f"e2e {path} {i}")
+        probed.append(ms)
+        metadata = stanza.xml.find(f"{{{XMLNS_OOB}}}x/{{{XMLNS_METADATA}}}metadata")
+        fields = {child.tag.split("}")[1]: child.text for child in metadata} if metadata is not None else {}
+    peak_kib = rss_kib(pid, "VmHWM")
+    sent = media.settled_bytes_sent(path) - sent_before
+    return {**image, "plain_ms": statistics.median(plain), "probed_ms": statistics.median(probed),
+            "sent": sent / E2E_ROUNDS, "rss_growth_kib": peak_kib - baseline_kib, "fields": fields}
+
+
+async def bench_version(version: str, gc: dict | None, modules_dir: Path, media: ServerProcess, large: list[str],
+                        images: list[dict]) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-media-{version}-"))
     server = rig.Prosody(
         version,
@@ -169,6 +199,9 @@ async def bench_version(version: str, gc: dict | None, modules_dir: Path, media:
             result["probed_ms"] = statistics.median(probed)
             result["cached_ms"] = statistics.median(cached)
 
+            if images:
+                result["e2e"] = [await end_to_end(server, alice, bob, media, image) for image in images]
+
             async with server.http_client(host=rig.MUC_HOST) as http:
                 pid = server.pid
                 baseline_kib = rss_kib(pid, "VmRSS")
@@ -197,8 +230,6 @@ async def bench_version(version: str, gc: dict | None, modules_dir: Path, media:
 
 
 def report(version: str, gc: dict | None, r: dict, large_desc: str) -> None:
-    cpus = min(max((os.cpu_count() or 1) - 1, 1), 4)  # rust/jobs.rs cpu_slots()
-    bound_mib = (FETCH_CONCURRENCY * MAX_BYTES + cpus * MAX_DECODE_MEMORY) / 2**20
     extra_mib = (r["peak_kib"] - r["baseline_kib"]) / 1024
     idle, load = r["idle_stall"], r["load_stall"]
     phases = load["phases"]
@@ -229,11 +260,88 @@ def report(version: str, gc: dict | None, r: dict, large_desc: str) -> None:
     print(f"  the message itself: arrival {arrival:.2f} ms + delivery {delivery:.2f} ms | Prosody alone with the same "
           f"message as delivered (metadata included, URLs the module skips), handled at once: {unprobed:.2f} ms "
           f"({ratio}) | longest stall of the whole run: {load['max_ms']:.2f} ms")
-    verdict = "met" if extra_mib <= bound_mib else "MISSED"
+    verdict = "met" if extra_mib <= RSS_GOAL_MIB else "MISSED"
     print(f"memory: RSS {r['baseline_kib'] / 1024:.1f} MiB before, peak {r['peak_kib'] / 1024:.1f} MiB during the "
           f"probes (+{extra_mib:.1f} MiB)")
-    print(f"  goal: within the limits' bound of {bound_mib:.0f} MiB ({FETCH_CONCURRENCY} x max_bytes "
-          f"{MAX_BYTES >> 20} MiB + {cpus} decoders x {MAX_DECODE_MEMORY >> 20} MiB) -> {verdict}")
+    print(f"  goal: at most +{RSS_GOAL_MIB} MiB while {CONCURRENT_PROBES} large images are probed -> {verdict}")
+    if "e2e" in r:
+        report_e2e(r["e2e"])
+
+
+def goal_of(image: dict) -> tuple[str, float]:
+    """The ratio goal that applies to an image: small ones have their own; else by kind."""
+    if image["pixels"] < 2_000_000:
+        return "under 2 MP", 1.2
+    if "progressive" in image["name"]:
+        return "progressive JPEG", 0.1
+    return "baseline JPEG or PNG", 0.6
+
+
+def report_e2e(results: list[dict]) -> None:
+    print(f"end to end, per image: delivery delay added over a plain message (medians of {E2E_ROUNDS}), against the "
+          f"fastest peer's in-memory time (same run); body bytes the file server sent; Prosody's peak RSS growth")
+    header = ["image", "MB", "plain ms", "added ms", "fastest peer", "peer ms", "ratio", "goal", "sent", "RSS +MiB",
+              "metadata"]
+    rows = []
+    verdicts = []
+    for r in results:
+        added = r["probed_ms"] - r["plain_ms"]
+        peer, peer_ms = min(r["peers"].items(), key=lambda kv: kv[1])
+        ratio = added / peer_ms
+        what, goal = goal_of(r)
+        sent_share = r["sent"] / r["size"]
+        met = ratio <= goal and (what != "progressive JPEG" or sent_share < 0.25)
+        f = r["fields"]
+        meta = f"{f.get('width')}x{f.get('height')} {'blurhash' if 'blurhash' in f else 'NO blurhash'}"
+        rows.append([r["name"], f"{r['size'] / 1e6:.1f}", f"{r['plain_ms']:.2f}", f"{added:.2f}", peer, f"{peer_ms:.1f}",
+                     f"{ratio:.3f}", f"<= {goal}", f"{sent_share:.0%}", f"{r['rss_growth_kib'] / 1024:.1f}", meta])
+        extra = " and under 25% sent" if what == "progressive JPEG" else ""
+        verdicts.append(f"  [{'met' if met else 'NOT met'}] {r['name']} ({what}): ratio {ratio:.3f} <= {goal}{extra}"
+                        f" (sent {sent_share:.0%})")
+    widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
+    for row in [header, ["-" * w for w in widths]] + rows:
+        print("  " + "  ".join(str(c).rjust(w) if k else str(c).ljust(w) for k, (c, w) in enumerate(zip(row, widths))))
+    print("\n".join(verdicts))
+
+
+def peer_times(images: list[dict]) -> None:
+    """Adds to each image the in-memory median ms of each peer (scripts/bench_probe's peers), and its pixels."""
+    files = [str(image["file"]) for image in images]
+    peers = {
+        "sharp+blurhash": (["node", str(BENCH_PROBE / "peer_sharp.cjs"), PEER_SECONDS],
+                           {"NODE_PATH": str(ROOT / ".bench/node_modules")}),
+        "pillow+blurhash-python": ([str(BENCH_PYTHON), str(BENCH_PROBE / "peer_pillow.py"), "blurhash-python",
+                                    PEER_SECONDS], {}),
+        "pillow+fast-blurhash": ([str(BENCH_PYTHON), str(BENCH_PROBE / "peer_pillow.py"), "fast-blurhash",
+                                  PEER_SECONDS], {}),
+    }
+    for image in images:
+        image["peers"] = {}
+    for name, (cmd, env) in peers.items():
+        print(f"  in-memory peer {name} ...", file=sys.stderr, flush=True)
+        out = subprocess.run(cmd + files, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
+                             check=True)
+        by_file = {json.loads(line)["file"]: json.loads(line) for line in out.stdout.splitlines()
+                   if line.startswith("{")}
+        for image in images:
+            r = by_file[str(image["file"])]
+            image["peers"][name] = r["median_ms"]
+            image["pixels"] = r["width"] * r["height"]
+
+
+def e2e_images() -> list[dict]:
+    """The end-to-end images, made by the probe benchmark's driver (with its Pillow), or none without .bench."""
+    if not BENCH_PYTHON.exists():
+        print("no .bench (run `make bench`, whose probe section sets it up): no end-to-end section", file=sys.stderr)
+        return []
+    out = subprocess.run([str(BENCH_PYTHON), str(BENCH_PROBE / "driver.py"), "--make-images"], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    images = []
+    for file, desc in json.loads(out.stdout.strip().splitlines()[-1]):
+        file = Path(file)
+        images.append({"name": file.name, "file": file, "desc": desc, "path": f"/e2e/{file.name}",
+                       "size": file.stat().st_size})
+    return images
 
 
 class ServerProcess:
@@ -250,6 +358,18 @@ class ServerProcess:
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
+
+    def bytes_sent(self, path: str) -> int:
+        with urllib.request.urlopen(self.url(f"/_sent?{path}"), timeout=10) as answer:
+            return int(answer.read())
+
+    def settled_bytes_sent(self, path: str) -> int:
+        """bytes_sent once the server's writes for `path` have stopped (it writes until a closed socket fails)."""
+        last = -1
+        while (now := self.bytes_sent(path)) != last:
+            last = now
+            time.sleep(0.2)  # waiting for the file server's threads to notice closed connections
+        return now
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -270,11 +390,17 @@ async def main() -> int:
         files["/large.jpg"] = (PHOTO, "image/jpeg")
         large_paths.append("/large.jpg")
         large_desc += f" and 3840x2160 JPEG of {PHOTO.stat().st_size / 2**20:.1f} MiB, alternating"
+    images = e2e_images()
+    for image in images:
+        files[image["path"]] = (image["file"], "application/octet-stream")
+    if images:
+        peer_times(images)
     media = ServerProcess(files)
     try:
         for version in versions:
             for gc in (None, TUNED_GC):
-                result = await bench_version(version, gc, modules_dir, media, [media.url(p) for p in large_paths])
+                result = await bench_version(version, gc, modules_dir, media, [media.url(p) for p in large_paths],
+                                             images if gc is None else [])
                 report(version, gc, result, large_desc)
     finally:
         media.stop()

@@ -1,5 +1,5 @@
 //! Fuzz target: `probe::probe` on arbitrary bytes never panics, and what it returns is consistent.
-//! The first byte picks the limits (small pixel and memory limits, or the defaults), the rest is the
+//! The first byte picks the limits (small pixel and memory limits, or 4 MP and the default memory), the rest is the
 //! input; the corpus is seeded from tests/data by scripts/fuzz.sh.
 
 #![no_main]
@@ -11,7 +11,9 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, bytes)) = data.split_first() else {
         return;
     };
+    // Small pixel limits keep each run short (a 36 MP seed would take a second); both still decode.
     let mut limits = ProbeLimits::default();
+    limits.max_pixels = 1 << 22;
     if selector & 1 == 1 {
         limits.max_pixels = 1 << 16;
         limits.max_decode_memory = 1 << 20;

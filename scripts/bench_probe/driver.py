@@ -31,6 +31,8 @@ CASES = [
     ("photo_12MP.png", "12 MP PNG, 4000x3000 RGB (same photo)"),
     ("photo_1MP.jpg", "1 MP JPEG, 1224x816, q90 (from Storm.jpg)"),
     ("photo_256.png", "256x256 PNG (from LadyBird.jpg)"),
+    ("progressive_5120x2880.jpg", "14.7 MP progressive JPEG, 5120x2880, q96 4:4:4, about 9 MB (from Elephants)"),
+    ("photo_5120x2880.png", "14.7 MP PNG, 5120x2880 RGB, about 29 MB (same photo)"),
 ]
 
 
@@ -54,6 +56,12 @@ def make_images():
     s = min(w, h)
     box = ((w - s) // 2, (h - s) // 2, (w + s) // 2, (h + s) // 2)
     bird.crop(box).resize((256, 256), Image.LANCZOS).save(IMAGES / "photo_256.png")
+    w, h = im.size
+    crop_h = w * 9 // 16
+    y0 = (h - crop_h) // 2
+    wide = im.crop((0, y0, w, y0 + crop_h)).resize((5120, 2880), Image.LANCZOS)
+    wide.save(IMAGES / "progressive_5120x2880.jpg", quality=96, subsampling=0, progressive=True)
+    wide.save(IMAGES / "photo_5120x2880.png")
 
 
 def run(name, cmd, env=None):
@@ -72,6 +80,10 @@ def run(name, cmd, env=None):
 
 def main():
     make_images()
+    if sys.argv[1:] == ["--make-images"]:
+        # For the delivery benchmark, which runs in another Python: the images and what they are.
+        print(json.dumps([[str(IMAGES / name), desc] for name, desc in CASES]))
+        return
     files = [str(IMAGES / name) for name, _ in CASES]
     py = str(BENCH / "venv/bin/python")
     here = Path(__file__).resolve().parent
