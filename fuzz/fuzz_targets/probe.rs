@@ -1,6 +1,6 @@
 //! Fuzz target: `probe::probe` on arbitrary bytes never panics, and what it returns is consistent.
-//! The first byte picks the limits (small pixel and memory limits, or 4 MP and the default memory), the rest is the
-//! input; the corpus is seeded from tests/data by scripts/fuzz.sh.
+//! The first byte picks the limits (small pixel and memory limits, or 4 MP and the default memory), the
+//! rest is the input; the corpus is seeded from tests/data by scripts/fuzz.sh.
 
 #![no_main]
 
