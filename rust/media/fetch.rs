@@ -490,6 +490,8 @@ pub(crate) mod tests {
         /// A `Content-Length` other than the body's (a lying server).
         pub declared_length: Option<u64>,
         pub stall: bool,
+        /// Sends this much of the body, then nothing more for 30 s.
+        pub stall_after: Option<usize>,
     }
 
     impl Answer {
@@ -501,6 +503,7 @@ pub(crate) mod tests {
                 content_length: true,
                 declared_length: None,
                 stall: false,
+                stall_after: None,
             }
         }
 
@@ -512,6 +515,7 @@ pub(crate) mod tests {
                 content_length: true,
                 declared_length: None,
                 stall: false,
+                stall_after: None,
             }
         }
 
@@ -617,11 +621,18 @@ pub(crate) mod tests {
         }
         // Small writes into a small send buffer: what is counted is close to what the client took.
         let _ = socket_send_buffer(&stream, 16 << 10);
-        for part in answer.body.chunks(16 << 10) {
+        let body = match answer.stall_after {
+            Some(n) => &answer.body[..n.min(answer.body.len())],
+            None => &answer.body[..],
+        };
+        for part in body.chunks(16 << 10) {
             if stream.write_all(part).is_err() {
                 return;
             }
             sent.fetch_add(part.len(), Ordering::SeqCst);
+        }
+        if answer.stall_after.is_some() {
+            thread::sleep(Duration::from_secs(30));
         }
     }
 

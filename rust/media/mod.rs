@@ -9,9 +9,10 @@
 //!
 //! How a probe runs:
 //! - The body is read as it arrives, in batches of [`BATCH_BYTES`], each fed to the [`probe::StreamProbe`]
-//!   on a CPU thread ([`crate::jobs::blocking`]) while the kernel keeps receiving the next bytes. Nothing
-//!   holds the whole file: a probe's heap is the HTTP client's read buffer (at most about 400 KiB), one
-//!   batch and the prober, under 1 MiB for JPEG, PNG and GIF (`rust/tests/memory.rs`).
+//!   on a CPU thread ([`crate::jobs::blocking`]) while the next batch is read. Nothing holds the whole
+//!   file: a probe's heap is the HTTP client's read buffers ([`fetch::READ_BUFFER_BYTES`]), three batches
+//!   (one read, one waiting, one decoded) and the prober, under 1 MiB for JPEG, PNG and GIF
+//!   (`rust/tests/memory.rs`).
 //! - The download stops as soon as the prober has its answer (a progressive JPEG's first scan, a PNG's last
 //!   row, any header for formats read for their dimensions) and the file's size is known: dropping the
 //!   answer closes the connection. Without a stated size (`Content-Length`, or the total of a
@@ -37,10 +38,10 @@ pub mod netguard;
 pub mod probe;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::Error;
@@ -416,13 +417,9 @@ impl Transfer {
     }
 }
 
-/// A prober step on a CPU thread: the answer to its memory request, then the batch. Gives back the prober,
-/// what it needs next, and the emptied batch for reuse.
-fn probe_step(
-    mut probe: Box<StreamProbe>,
-    grant: Option<bool>,
-    mut batch: Vec<u8>,
-) -> (Box<StreamProbe>, Need, Vec<u8>) {
+/// A prober step on a CPU thread: the answer to its memory request, then the batch. Gives back the prober
+/// and what it needs next.
+fn probe_step(mut probe: Box<StreamProbe>, grant: Option<bool>, batch: Vec<u8>) -> (Box<StreamProbe>, Need) {
     if let Some(granted) = grant {
         probe.grant(granted);
     }
@@ -431,108 +428,214 @@ fn probe_step(
     } else {
         probe.feed(&batch)
     };
-    batch.clear();
-    (probe, need, batch)
+    (probe, need)
 }
 
-/// Reads the body of `response` into a streaming prober as it arrives, until the prober needs nothing more
-/// and the size is known, the transfer cap, the end of the body, the deadline or a broken body.
+/// Set by the feeding side when the prober needs nothing more, for the reading side.
+#[derive(Default)]
+struct Done {
+    flag: AtomicBool,
+    changed: tokio::sync::Notify,
+}
+
+/// How reading a body went.
+struct Reading {
+    /// Body bytes read (at most the cap).
+    read: u64,
+    /// The body ended (within the cap).
+    ended: bool,
+    /// Why the transfer broke off (time limit, a broken body), if it did.
+    failure: Option<Error>,
+}
+
+/// Reads the body of `response` as it arrives, in batches of [`BATCH_BYTES`] sent to the prober, until
+/// `done` (the prober needs nothing more) once the size is known, the transfer cap, the end of the body,
+/// the deadline or a broken body. Once the prober is done and the size unknown, the rest is read and
+/// counted, not kept, up to the cap.
 ///
-/// Each chunk is copied into a batch of at most [`BATCH_BYTES`] and let go at once: a chunk shares the
-/// HTTP client's read buffer, which could not be reused while any part of it were kept.
+/// Each chunk is copied into a batch and let go at once: a chunk shares the HTTP client's read buffer, which
+/// could not be reused while any part of it were kept.
+async fn read_batches(
+    response: &mut Response,
+    batches: tokio::sync::mpsc::Sender<Vec<u8>>,
+    limits: &MediaLimits,
+    deadline: tokio::time::Instant,
+    done: &Done,
+) -> Reading {
+    let cap = limits.fetch.max_bytes;
+    let mut batches = Some(batches);
+    let mut batch = Vec::with_capacity(BATCH_BYTES);
+    let mut reading = Reading {
+        read: 0,
+        ended: false,
+        failure: None,
+    };
+    while reading.read < cap {
+        if done.flag.load(Ordering::Acquire) {
+            if response.size.is_some() {
+                break;
+            }
+            batches = None;
+        }
+        let next = if batch.is_empty() {
+            tokio::select! {
+                next = tokio::time::timeout_at(deadline, response.chunk()) => next,
+                // The prober finished while the server was slow to send more: look again.
+                () = done.changed.notified() => continue,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                next = tokio::time::timeout_at(deadline, response.chunk()) => next,
+                // Nothing more yet: what arrived goes to the prober now, not when a batch is full.
+                () = std::future::ready(()) => {
+                    let partial = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_BYTES));
+                    if let Some(sender) = batches.as_ref() {
+                        if sender.send(partial).await.is_err() {
+                            batches = None;
+                        }
+                    }
+                    continue;
+                }
+            }
+        };
+        let chunk = match next {
+            Err(_) => {
+                reading.failure = Some(timed_out(limits));
+                break;
+            }
+            Ok(Err(e)) => {
+                reading.failure = Some(e);
+                break;
+            }
+            Ok(Ok(None)) => {
+                reading.ended = true;
+                break;
+            }
+            Ok(Ok(Some(chunk))) => chunk,
+        };
+        let take = chunk
+            .len()
+            .min(usize::try_from(cap - reading.read).unwrap_or(usize::MAX));
+        reading.read += take as u64;
+        let Some(sender) = batches.as_ref() else {
+            continue;
+        };
+        let mut prober_gone = false;
+        for piece in chunk[..take].chunks(BATCH_BYTES) {
+            let room = BATCH_BYTES - batch.len();
+            let (now, later) = piece.split_at(room.min(piece.len()));
+            batch.extend_from_slice(now);
+            if batch.len() == BATCH_BYTES {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_BYTES));
+                if sender.send(full).await.is_err() {
+                    prober_gone = true; // it is done: see `done`
+                    break;
+                }
+                batch.extend_from_slice(later);
+            }
+        }
+        if prober_gone {
+            batches = None;
+            batch = Vec::new();
+        }
+    }
+    if let Some(sender) = batches {
+        if !batch.is_empty() {
+            let _ = sender.send(batch).await;
+        }
+    }
+    reading
+}
+
+/// Feeds the batches to the prober on CPU threads as they come (while the next one is read), answering its
+/// memory requests from the decode budget, until it needs nothing more or the batches end. Sets `done` when
+/// the prober's answer is complete. Gives back the prober, the decode memory it holds, and the time limit's
+/// error if it passed while waiting for memory.
+async fn feed_batches(
+    mut probe: Box<StreamProbe>,
+    mut batches: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    limits: &MediaLimits,
+    budget: &Arc<Semaphore>,
+    deadline: tokio::time::Instant,
+    done: &Done,
+) -> Result<(Box<StreamProbe>, Vec<OwnedSemaphorePermit>, Option<Error>), Error> {
+    let mut need = Need::Bytes;
+    let mut permits = Vec::new();
+    let mut failure = None;
+    loop {
+        let (grant, batch) = match need {
+            Need::Memory(bytes) => {
+                let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+                let permit = if kib as u64 > limits.probe.max_decode_memory >> 10 {
+                    None
+                } else if failure.is_some() {
+                    budget.clone().try_acquire_many_owned(kib).ok()
+                } else {
+                    match tokio::time::timeout_at(deadline, budget.clone().acquire_many_owned(kib)).await {
+                        Ok(Ok(permit)) => Some(permit),
+                        Ok(Err(_)) => return Err(Error::Internal("decode budget closed".into())),
+                        Err(_) => {
+                            failure = Some(timed_out(limits));
+                            None
+                        }
+                    }
+                };
+                let granted = permit.is_some();
+                permits.extend(permit);
+                (Some(granted), Vec::new())
+            }
+            Need::Nothing => break,
+            Need::Bytes => match batches.recv().await {
+                Some(batch) => (None, batch),
+                None => break,
+            },
+        };
+        // A step is CPU work bounded by the batch (and the image), not a wait: the deadline applies to the
+        // waits around it.
+        (probe, need) = jobs::blocking(move || Ok(probe_step(probe, grant, batch))).await?;
+    }
+    if need == Need::Nothing {
+        done.flag.store(true, Ordering::Release);
+        done.changed.notify_one();
+    }
+    drop(batches); // a reader waiting to hand over a batch stops
+    Ok((probe, permits, failure))
+}
+
+/// Reads the body of `response` into a streaming prober as it arrives: one future reads batches, another
+/// feeds them to the prober, so that decoding one batch overlaps reading the next. Returns the prober's
+/// answer with the size and how the transfer went.
 async fn read_body(
     response: &mut Response,
     limits: &MediaLimits,
     budget: &Arc<Semaphore>,
     deadline: tokio::time::Instant,
 ) -> Result<Transfer, Error> {
-    let cap = limits.fetch.max_bytes;
-    let mut probe = Box::new(StreamProbe::new(limits.probe.clone())?);
-    let mut need = Need::Bytes;
-    let mut grant = None;
-    let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
-    let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
-    // The part of the last chunk read that is not in a batch yet.
-    let mut rest = Bytes::new();
-    let mut read = 0u64;
-    let mut ended = false;
-    let mut failure: Option<Error> = None;
-    loop {
-        // Reading is over at the end of the body, at the cap, or when the transfer broke off; what has
-        // arrived is still fed.
-        let over = rest.is_empty() && (ended || read >= cap || failure.is_some());
-        if let Need::Memory(bytes) = need {
-            let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-            let permit = if kib as u64 > limits.probe.max_decode_memory >> 10 {
-                None
-            } else if failure.is_some() {
-                // Past the deadline (or the body broke off): only memory that is free at once.
-                budget.clone().try_acquire_many_owned(kib).ok()
-            } else {
-                match tokio::time::timeout_at(deadline, budget.clone().acquire_many_owned(kib)).await {
-                    Ok(Ok(permit)) => Some(permit),
-                    Ok(Err(_)) => return Err(Error::Internal("decode budget closed".into())),
-                    Err(_) => {
-                        failure = Some(timed_out(limits));
-                        None
-                    }
-                }
-            };
-            grant = Some(permit.is_some());
-            permits.extend(permit);
-        }
-        let full = batch.len() == BATCH_BYTES || (over && !batch.is_empty());
-        if grant.is_some() || (need == Need::Bytes && full) {
-            // A step is CPU work bounded by the batch (and the image), not a wait: the deadline applies to
-            // the waits around it.
-            let (p, g, b) = (probe, grant.take(), std::mem::take(&mut batch));
-            (probe, need, batch) = jobs::blocking(move || Ok(probe_step(p, g, b))).await?;
-            continue;
-        }
-        if !rest.is_empty() {
-            if need == Need::Nothing {
-                rest = Bytes::new();
-            } else {
-                let n = rest.len().min(BATCH_BYTES - batch.len());
-                batch.extend_from_slice(&rest.split_to(n));
-                if rest.is_empty() {
-                    // Even empty, it would keep the read buffer shared, and the next read would need another.
-                    rest = Bytes::new();
-                }
-            }
-            continue;
-        }
-        if over || (need == Need::Nothing && response.size.is_some()) {
-            break;
-        }
-        match tokio::time::timeout_at(deadline, response.chunk()).await {
-            Err(_) => failure = Some(timed_out(limits)),
-            Ok(Err(e)) => failure = Some(e),
-            Ok(Ok(None)) => ended = true,
-            Ok(Ok(Some(mut chunk))) => {
-                let take = chunk.len().min(usize::try_from(cap - read).unwrap_or(usize::MAX));
-                read += take as u64;
-                chunk.truncate(take);
-                if need != Need::Nothing {
-                    rest = chunk;
-                }
-            }
-        }
-    }
-    drop(batch);
+    let probe = Box::new(StreamProbe::new(limits.probe.clone())?);
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    let done = Done::default();
+    let declared = response.content_type.clone();
+    let size = response.size;
+    let (fed, reading) = tokio::join!(
+        feed_batches(probe, receiver, limits, budget, deadline, &done),
+        read_batches(response, sender, limits, deadline, &done),
+    );
+    let (probe, permits, waited) = fed?;
+    let failure = reading.failure.or(waited);
     let broken = failure.as_ref().is_some_and(|f| f.code() != "timeout");
-    let bytes = match response.size {
+    let bytes = match size {
         // A body that broke off before its stated size makes that size doubtful.
         Some(size) if !broken => Some(size),
         Some(_) => None,
-        None if ended => Some(read),
+        None if reading.ended => Some(reading.read),
         None => None,
     };
     let info = jobs::blocking(move || Ok(probe.finish())).await?;
     drop(permits);
     Ok(Transfer {
         info,
-        declared: response.content_type.clone(),
+        declared,
         bytes,
         failure,
     })
@@ -720,6 +823,29 @@ mod tests {
         // The server stops when its writes fail: what it sent is what the client took, plus socket buffers.
         let sent = wait_until_settled(&server.sent);
         assert!(sent < len / 4, "sent {sent} of {len}");
+    }
+
+    #[test]
+    fn a_prober_done_early_does_not_wait_for_a_slow_server() {
+        // The server sends the DC scan and a little more, then nothing for 30 s; the probe's time limit is
+        // longer still, so only stopping when the answer is complete delivers it within the test's wait.
+        let (image, dc_end) = crate::media::probe::tests::padded_progressive(64);
+        let len = image.len();
+        let server = TestServer::start("127.0.0.1", move |_, _| {
+            let mut a = Answer::ok("image/jpeg", &image);
+            a.stall_after = Some(dc_end + 100);
+            a
+        });
+        let patient = MediaLimits {
+            fetch: FetchLimits {
+                timeout: Duration::from_secs(600),
+                ..FetchLimits::default()
+            },
+            ..loopback()
+        };
+        let fields = complete(submit(&server.url("/slow.jpg"), patient)).unwrap();
+        assert_eq!(Some(&Field::Int(len as i64)), field(&fields, "bytes"));
+        assert!(field(&fields, "blurhash").is_some());
     }
 
     /// The value of `counter` once it has stopped changing (the server's writes end when the client closes).

@@ -395,12 +395,16 @@ impl StreamProbe {
 /// component counts outside 1..=9, [`Error::UnsupportedFormat`] when the bytes are in no recognised format.
 pub fn probe(bytes: &[u8], limits: &ProbeLimits) -> Result<MediaInfo, Error> {
     let mut stream = StreamProbe::new(limits.clone())?;
-    let mut need = stream.feed(bytes);
-    // A probe asks at most twice (a WebP: once recognised, never; once its header is in, its estimate),
-    // and keeps what it was fed while it asked.
-    while let Need::Memory(bytes) = need {
-        stream.grant(bytes <= limits.max_decode_memory);
-        need = stream.need();
+    // In pieces, as a download arrives: a decoder waiting for its memory keeps what it is fed meanwhile.
+    for piece in bytes.chunks(PIECE_BYTES) {
+        let mut need = stream.feed(piece);
+        while let Need::Memory(bytes) = need {
+            stream.grant(bytes <= limits.max_decode_memory);
+            need = stream.need();
+        }
+        if need == Need::Nothing {
+            break;
+        }
     }
     stream.finish()
 }
