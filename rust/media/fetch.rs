@@ -492,6 +492,8 @@ pub(crate) mod tests {
         pub stall: bool,
         /// Sends this much of the body, then nothing more for 30 s.
         pub stall_after: Option<usize>,
+        /// Keeps the connection open for another request.
+        pub keep_alive: bool,
     }
 
     impl Answer {
@@ -504,6 +506,7 @@ pub(crate) mod tests {
                 declared_length: None,
                 stall: false,
                 stall_after: None,
+                keep_alive: false,
             }
         }
 
@@ -516,6 +519,7 @@ pub(crate) mod tests {
                 declared_length: None,
                 stall: false,
                 stall_after: None,
+                keep_alive: false,
             }
         }
 
@@ -585,12 +589,23 @@ pub(crate) mod tests {
         log: &std::sync::Mutex<Vec<String>>,
         sent: &AtomicUsize,
     ) {
+        // Requests on the same connection while the answers keep it open.
+        while serve_one(&mut stream, route, log, sent) {}
+    }
+
+    /// Answers one request; returns whether the connection stays open for another.
+    fn serve_one(
+        stream: &mut TcpStream,
+        route: &dyn Fn(&str, &str) -> Answer,
+        log: &std::sync::Mutex<Vec<String>>,
+        sent: &AtomicUsize,
+    ) -> bool {
         let mut request = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut buf = [0u8; 1];
+        while !request.ends_with(b"\r\n\r\n") {
             match stream.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => request.extend_from_slice(&buf[..n]),
+                Ok(0) | Err(_) => return false,
+                Ok(_) => request.push(buf[0]),
             }
         }
         let text = String::from_utf8_lossy(&request).to_string();
@@ -605,7 +620,8 @@ pub(crate) mod tests {
             })
             .unwrap_or_default();
         let answer = route(&path, &inm);
-        let mut head = format!("HTTP/1.1 {}\r\nConnection: close\r\n", answer.status);
+        let connection = if answer.keep_alive { "keep-alive" } else { "close" };
+        let mut head = format!("HTTP/1.1 {}\r\nConnection: {connection}\r\n", answer.status);
         for (k, v) in &answer.headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -617,23 +633,25 @@ pub(crate) mod tests {
         let _ = stream.write_all(head.as_bytes());
         if answer.stall {
             thread::sleep(Duration::from_secs(30));
-            return;
+            return false;
         }
         // Small writes into a small send buffer: what is counted is close to what the client took.
-        let _ = socket_send_buffer(&stream, 16 << 10);
+        let _ = socket_send_buffer(stream, 16 << 10);
         let body = match answer.stall_after {
             Some(n) => &answer.body[..n.min(answer.body.len())],
             None => &answer.body[..],
         };
         for part in body.chunks(16 << 10) {
             if stream.write_all(part).is_err() {
-                return;
+                return false;
             }
             sent.fetch_add(part.len(), Ordering::SeqCst);
         }
         if answer.stall_after.is_some() {
             thread::sleep(Duration::from_secs(30));
+            return false;
         }
+        answer.keep_alive
     }
 
     fn socket_send_buffer(stream: &TcpStream, bytes: libc::c_int) -> std::io::Result<()> {

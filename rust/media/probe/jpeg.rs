@@ -254,6 +254,11 @@ impl Huffman {
 impl Huffman {
     /// The code at the start of `bits` (its top `avail` bits are valid): (code length, symbol).
     fn decode_prefix(&self, bits: u32, avail: u32) -> Option<(u32, u8)> {
+        // Most codes are in the direct lookup: building a skip table asks this 8192 times.
+        let entry = self.lookup[(bits >> (32 - LOOKUP_BITS)) as usize];
+        if entry != 0 && (entry >> 8) as u32 <= avail {
+            return Some(((entry >> 8) as u32, entry as u8));
+        }
         for len in 1..=avail.min(16) {
             let code = bits >> (32 - len);
             if code < self.max_code[len as usize] {
