@@ -5,8 +5,9 @@
 //! computation and slow I/O, and nothing else.
 //!
 //! ## Boundary rules
-//! - Only plain data crosses into Rust: byte strings, numbers, booleans and flat tables. Rust never sees a
-//!   stanza or Prosody's `module` object, and keeps no configuration: Lua passes limits in on every call.
+//! - Only plain data crosses into Rust: byte strings, numbers, booleans, flat tables and opaque handles. Rust
+//!   never sees a stanza or Prosody's `module` object, and keeps no global configuration: what Lua reads from
+//!   its options becomes a handle it owns (such as [`media::Prober`]), made at load and again on reload.
 //! - Errors cross as `nil, code, text` like Prosody's C libraries: `code` is a stable kebab-case string
 //!   ([`error::Error::code`]), `text` is for people. A Rust panic is caught at the seam and becomes
 //!   `nil, "internal-error"`; it never unwinds into Lua.
@@ -19,11 +20,13 @@
 //! - [`token`] and [`kick`]: stateless scoped API tokens, constant-time secret comparison and the JSON body
 //!   of an HTTP kick (mod_http_muc_kick).
 //! - [`invite`]: form values of invitations and the per-user quota (mod_invites_adhoc).
-//! - Media (mod_muc_media_metadata), the folder [`media`]: its `mod.rs` ties one URL's job together:
-//!   [`media::cache`] first, then a safe fetch ([`media::fetch`], with [`media::netguard`] deciding which
-//!   addresses may be contacted), then [`media::probe`] for the MIME type, header dimensions and BlurHash,
-//!   decoding only under explicit limits; [`media::jpeg`] (DC-only JPEG decoding) and [`media::blurhash`]
-//!   (bounded-memory downsizing and encoding) serve it. [`jobs`] runs such work on worker threads and wakes
+//! - Media (mod_muc_media_metadata), the folder [`media`]: its `mod.rs` holds the [`media::Prober`] handle
+//!   and ties one URL's job together: [`media::cache`] first, then a safe fetch ([`media::fetch`], with
+//!   [`media::netguard`] deciding which addresses may be contacted) whose body goes, as it arrives, into the
+//!   streaming prober [`media::probe`]: one decoder per format (`jpeg` reads the DC coefficients, `png` and
+//!   `gif` rows, `webp` a whole frame under a memory budget, `header` and `isobmff` only dimensions), each
+//!   feeding a small working image that `blurhash` encodes. The download stops as soon as the answer is
+//!   complete, and memory does not grow with the file. [`jobs`] runs such work on worker threads and wakes
 //!   Prosody's loop through a descriptor.
 //! - `lua` (feature `lua54`): the only module that imports mlua; each function converts, calls the core and
 //!   maps the result.

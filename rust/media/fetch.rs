@@ -1,7 +1,7 @@
 //! Safe fetching of shared media over HTTP(S), modelled on Synapse's URL previews and Mastodon's request layer.
 //!
 //! - Only `http` and `https` URLs, without credentials, at most [`MAX_URL_BYTES`] long.
-//! - The connection is made by our own connector ([`GuardedConnector`]): every address a host name resolves
+//! - The connection is made by our own connector (`GuardedConnector`): every address a host name resolves
 //!   to goes through [`Policy::check`], and only addresses that passed are connected to, so a DNS answer that
 //!   changes between check and connect (rebinding) cannot reach a blocked network. IP literals are checked the
 //!   same way. A name that resolves only to blocked addresses is `blocked`.

@@ -5,7 +5,7 @@
 //! chunk what it needs next ([`Need`]): more bytes, memory from the caller's decode budget, or nothing, when
 //! its answer is complete and the download can stop. [`StreamProbe::finish`] gives the answer.
 //!
-//! - The format is recognised by its magic bytes ([`sniff`]), never by a file name or a `Content-Type`:
+//! - The format is recognised by its magic bytes ([`sniff()`]), never by a file name or a `Content-Type`:
 //!   JPEG, PNG, GIF and WebP from their first 12 bytes, others from the first [`sniff::SNIFF_BYTES`].
 //! - Dimensions come from the header as soon as it has arrived, never from a decode, so they are known
 //!   even for images whose pixels are refused or never arrive.

@@ -1,7 +1,7 @@
 //! PNG, streamed: the dimensions from IHDR (the first chunk, in the first 33 bytes), then every row
 //! inflated, unfiltered and added to the working image as the IDAT data arrives.
 //!
-//! Memory is the inflate window and a work area ([`OUT_BYTES`] together), two rows (the row being
+//! Memory is the inflate window and a work area (`OUT_BYTES` together), two rows (the row being
 //! unfiltered and the one above it, at most [`MAX_ROW_BYTES`] each), a row of expanded pixels when the
 //! format needs one, and the [`Shrinker`]: a few hundred kilobytes at most, whatever the image's height.
 //! Images whose rows are longer get their dimensions and no BlurHash.

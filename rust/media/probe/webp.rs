@@ -59,7 +59,7 @@ const FIXED_BYTES: u64 = 512 << 10;
 
 /// The most memory decoding a WebP of `file_bytes` bytes whose first 30 bytes are `head` takes, or `None`
 /// before the header has arrived: the file itself (twice for an animation, whose frame data is copied),
-/// and per pixel what its kind needs (see [`PER_PIXEL_LOSSY`] and the others).
+/// and per pixel what its kind needs (`PER_PIXEL_LOSSY` and the others, below).
 pub fn estimate(head: &[u8], file_bytes: u64) -> Option<u64> {
     let (width, height) = dims(head)?;
     let pixels = width as u64 * height as u64;
