@@ -548,6 +548,8 @@ struct Scan {
     /// The interval has ended: a restart marker comes next.
     restart_pending: bool,
     bits: BitState,
+    /// Bytes after where decoding stopped last that are known to hold no marker: not searched again.
+    searched: usize,
 }
 
 /// Where the stream is.
@@ -1062,6 +1064,7 @@ impl Scan {
             remaining: mcus_x as u64 * mcus_y as u64,
             restart_pending: false,
             bits: BitState::default(),
+            searched: 0,
         }))
     }
 
@@ -1078,6 +1081,7 @@ impl Scan {
         let mut bits = Bits::resume(input, pos, self.bits);
         // Once a marker is in sight, every byte the scan can use has arrived.
         let mut marker_ahead = end;
+        let searched_to = pos + self.searched;
         while self.remaining > 0 {
             if self.restart_pending {
                 if !bits.restart(!end)? {
@@ -1089,8 +1093,10 @@ impl Scan {
                 self.restart_pending = false;
             }
             if !marker_ahead && input.len() - bits.pos.min(input.len()) < SCAN_MARGIN {
-                marker_ahead = next_marker(input, bits.pos).is_some();
+                marker_ahead = next_marker(input, bits.pos.max(searched_to)).is_some();
                 if !marker_ahead {
+                    // All but a last 0xFF (which may start a marker) need not be searched again.
+                    self.searched = input.len().saturating_sub(bits.pos + 1);
                     self.bits = bits.state();
                     return Ok((bits.pos, false));
                 }
