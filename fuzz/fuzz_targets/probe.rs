@@ -4,22 +4,16 @@
 
 #![no_main]
 
+mod limits;
+
 use libfuzzer_sys::fuzz_target;
-use prosody_native::media::probe::{probe, sniff, ProbeLimits};
+use prosody_native::media::probe::{probe, sniff};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, bytes)) = data.split_first() else {
         return;
     };
-    // Small pixel limits keep each run short (a 36 MP seed would take a second); both still decode.
-    let mut limits = ProbeLimits::default();
-    limits.max_pixels = 1 << 22;
-    if selector & 1 == 1 {
-        limits.max_pixels = 1 << 16;
-        limits.max_decode_memory = 1 << 20;
-    }
-    limits.components_x = 1 + (selector >> 1) as u32 % 9;
-    limits.components_y = 1 + (selector >> 5) as u32 % 9;
+    let limits = limits::from_selector(selector);
     match probe(bytes, &limits) {
         Ok(info) => {
             assert_eq!(sniff(bytes), Some(info.mime.as_str()));

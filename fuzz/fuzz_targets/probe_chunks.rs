@@ -7,8 +7,10 @@
 
 #![no_main]
 
+mod limits;
+
 use libfuzzer_sys::fuzz_target;
-use prosody_native::media::probe::{probe, Need, ProbeLimits, StreamProbe};
+use prosody_native::media::probe::{probe, Need, StreamProbe};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else {
@@ -21,15 +23,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((cuts, bytes)) = rest.split_at_checked(count * 2) else {
         return;
     };
-    // Small pixel limits keep each run short (a 36 MP seed would take a second); both still decode.
-    let mut limits = ProbeLimits::default();
-    limits.max_pixels = 1 << 22;
-    if selector & 1 == 1 {
-        limits.max_pixels = 1 << 16;
-        limits.max_decode_memory = 1 << 20;
-    }
-    limits.components_x = 1 + (selector >> 1) as u32 % 9;
-    limits.components_y = 1 + (selector >> 5) as u32 % 9;
+    let limits = limits::from_selector(selector);
     let mut cuts: Vec<usize> = cuts
         .chunks_exact(2)
         .map(|c| u16::from_le_bytes([c[0], c[1]]) as usize % (bytes.len() + 1))
