@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::Error;
 use crate::jobs::{self, Field, Fields, JobId};
@@ -420,18 +420,37 @@ impl Transfer {
     }
 }
 
-/// A prober step on a CPU thread: the answer to its memory request, then the batch. Gives back the prober
-/// and what it needs next.
-fn probe_step(mut probe: Box<StreamProbe>, grant: Option<bool>, batch: Vec<u8>) -> (Box<StreamProbe>, Need) {
+/// Most batches one prober step feeds: a probe gives its CPU thread back to the others at least this often.
+const STEP_BATCHES: usize = 16;
+
+/// A prober step on a CPU thread: the answer to its memory request, then the batch, then the batches that
+/// have arrived meanwhile (at most [`STEP_BATCHES`] in all), so that a download faster than decoding costs a
+/// trip to a CPU thread per megabyte rather than per batch. Gives back the prober, what it needs next and the
+/// batches' receiver.
+fn probe_step(
+    mut probe: Box<StreamProbe>,
+    grant: Option<bool>,
+    batch: Vec<u8>,
+    mut batches: mpsc::Receiver<Vec<u8>>,
+) -> (Box<StreamProbe>, Need, mpsc::Receiver<Vec<u8>>) {
     if let Some(granted) = grant {
         probe.grant(granted);
     }
-    let need = if batch.is_empty() {
+    let mut need = if batch.is_empty() {
         probe.need()
     } else {
         probe.feed(&batch)
     };
-    (probe, need)
+    for _ in 1..STEP_BATCHES {
+        if need != Need::Bytes {
+            break;
+        }
+        match batches.try_recv() {
+            Ok(batch) => need = probe.feed(&batch),
+            Err(_) => break,
+        }
+    }
+    (probe, need, batches)
 }
 
 /// Set by the feeding side when the prober needs nothing more, for the reading side.
@@ -460,7 +479,7 @@ struct Reading {
 /// could not be reused while any part of it were kept.
 async fn read_batches(
     response: &mut Response,
-    batches: tokio::sync::mpsc::Sender<Vec<u8>>,
+    batches: mpsc::Sender<Vec<u8>>,
     limits: &MediaLimits,
     deadline: tokio::time::Instant,
     done: &Done,
@@ -559,7 +578,7 @@ async fn read_batches(
 /// error if it passed while waiting for memory.
 async fn feed_batches(
     mut probe: Box<StreamProbe>,
-    mut batches: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    mut batches: mpsc::Receiver<Vec<u8>>,
     limits: &MediaLimits,
     budget: &Arc<Semaphore>,
     deadline: tokio::time::Instant,
@@ -598,7 +617,7 @@ async fn feed_batches(
         };
         // A step is CPU work bounded by the batch (and the image), not a wait: the deadline applies to the
         // waits around it.
-        (probe, need) = jobs::blocking(move || Ok(probe_step(probe, grant, batch))).await?;
+        (probe, need, batches) = jobs::blocking(move || Ok(probe_step(probe, grant, batch, batches))).await?;
     }
     if need == Need::Nothing {
         done.flag.store(true, Ordering::Release);
@@ -618,7 +637,7 @@ async fn read_body(
     deadline: tokio::time::Instant,
 ) -> Result<Transfer, Error> {
     let probe = Box::new(StreamProbe::new(limits.probe.clone())?);
-    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    let (sender, receiver) = mpsc::channel(1);
     let done = Done::default();
     let declared = response.content_type.clone();
     let size = response.size;
