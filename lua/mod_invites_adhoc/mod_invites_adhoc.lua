@@ -1095,48 +1095,50 @@ end, 501);
 local audited_refusals = { ["invite-closed"] = true; ["invite-busy"] = true; ["wrong-username"] = true;
 	["username-reserved"] = true };
 
-local function refuse(event, err)
+local function refuse(event, code, text)
+	local err = fail(code, text);
 	event.allowed = false;
 	event.error = err;
 	event.reason = err.text;
-	if audited_refusals[err.code] then
-		audit("registration-refused", { account = event.username; reason = err.code; ip = event.ip });
+	if audited_refusals[code] then
+		audit("registration-refused", { account = event.username; reason = code; ip = event.ip });
 	end
 end
 
--- Checks a registration against the invitations in storage (the token is claimed already); nil, error to refuse.
+-- Checks a registration against the invitations in storage (the token is claimed already); nil, code[, text] to
+-- refuse it.
 local function check_registration(username, invite, now)
 	local open, err = open_account_invites(now);
 	if not open then
 		module:log("error", "Cannot read the open account invitations: %s", err);
-		return nil, fail("internal-error", "Could not check the invitation, try again later");
+		return nil, "internal-error", "Could not check the invitation, try again later";
 	end
 	local token = invite and invite.token;
 	if invite then
 		local info = open[token];
 		if not info then
-			return nil, fail("invite-closed");
+			return nil, "invite-closed";
 		end
 		local reserved = info.type == "register" and jid.node(info.jid);
 		if reserved and reserved ~= username then
-			return nil, fail("wrong-username", ("This invitation is for the username '%s'"):format(reserved));
+			return nil, "wrong-username", ("This invitation is for the username '%s'"):format(reserved);
 		end
 		local inviter = inviter_of(info);
 		if inviter and creates_account(core_kind(info)) and not is_unlimited(user_jid(inviter)) then
 			local count, count_err = accounts_created(inviter, now);
 			if not count then
 				module:log("error", "Cannot read whom %s invited: %s", inviter, count_err);
-				return nil, fail("internal-error", "Could not check the invitation, try again later");
+				return nil, "internal-error", "Could not check the invitation, try again later";
 			end
 			if count >= max_accounts then
-				return nil, fail("inviter-quota");
+				return nil, "inviter-quota";
 			end
 		end
 	end
 	-- Any of the invitations reserving the name may register it (two reset links for one account both work).
 	local reserving = reserving_tokens(username, open);
 	if next(reserving) and not (token and reserving[token]) then
-		return nil, fail("username-reserved", ("The username '%s' is reserved for an invitation"):format(username));
+		return nil, "username-reserved", ("The username '%s' is reserved for an invitation"):format(username);
 	end
 	return true;
 end
@@ -1153,14 +1155,14 @@ module:hook("user-registering", function (event)
 		-- No storage call before the claim: with asynchronous storage, another registration could run meanwhile.
 		local claimed, why = claim(token, holder);
 		if not claimed then
-			refuse(event, fail(why));
+			refuse(event, why);
 			return;
 		end
 	end
-	local ok, err = check_registration(event.username, invite, os.time());
+	local ok, code, text = check_registration(event.username, invite, os.time());
 	if not ok then
 		if token then release(token, holder); end
-		refuse(event, err);
+		refuse(event, code, text);
 	end
 end, 10);
 
