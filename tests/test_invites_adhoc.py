@@ -994,21 +994,33 @@ async def test_a_storage_read_error_forgets_no_invitation(start):
         assert [item["token"] for item in await list_invites(alice)] == [token]
 
 
-async def test_expired_and_closed_invitations_are_pruned(shell_options, start):
-    server = start(global_modules=["admin_shell"], global_options=shell_options)
+def stored(server, request, store: str) -> str:
+    """Everything stored in `store` on localhost, as text (internal: its files; postgres: its rows)."""
+    if server.storage == "postgres":
+        database = server._options["sql"]["database"]
+        return request.getfixturevalue("postgres").psql(
+            f"SELECT \"user\", \"key\", \"value\" FROM prosody WHERE host = '{HOST}' AND store = '{store}'", database)
+    files = [server.data_dir / HOST / f"{store}.dat", *(server.data_dir / HOST / store).glob("*.dat")]
+    return "".join(f"{path.name}: {path.read_text()}" for path in files if path.exists())
+
+
+@pytest.mark.parametrize("storage", ["internal", "postgres"])
+async def test_expired_and_closed_invitations_are_pruned(shell_options, start, request, storage):
+    server = start(storage=storage, global_modules=["admin_shell"], global_options=shell_options)
     async with login(server, "admin") as admin:
         closed = token_of((await create_account_invite(admin))["uri"])
-    shell_invite(server, 'create_account("juliet", nil, -60)')  # expired a minute ago
-    shell_invite(server, 'create_contact("alice", false, nil, -60)')
+    expired = [shell_invite(server, 'create_account("juliet", nil, -60)'),  # expired a minute ago
+               shell_invite(server, 'create_contact("alice", false, nil, -60)')]
     kept = shell_invite(server, 'create_account("romeo")')
     server.prosodyctl("shell", f'>prosody.hosts["{HOST}"].modules.invites.delete_account_invite("{closed}")')
+    assert closed in stored(server, request, "invites_adhoc")
+    assert all(token in stored(server, request, "invite_token") for token in expired)
     since = server.log_path.stat().st_size
     server.restart()  # pruning runs at start, then every invites_adhoc_prune_interval
     assert (await logged(server, "AUDIT invites-pruned", since)).endswith("AUDIT invites-pruned records=1 tokens=2")
-    host_tokens = (server.data_dir / HOST / "invite_token.dat").read_text()
-    assert kept in host_tokens and "juliet" not in host_tokens
-    assert not (server.data_dir / HOST / "invite_token" / "alice.dat").exists()
-    assert not (server.data_dir / HOST / "invites_adhoc" / "admin.dat").exists()
+    tokens = stored(server, request, "invite_token")
+    assert kept in tokens and not any(token in tokens for token in expired)
+    assert closed not in stored(server, request, "invites_adhoc")
 
 
 # --- 9. Cancel ------------------------------------------------------------------------------------------------------
