@@ -942,6 +942,8 @@ async def test_admins_list_every_users_invitations(shell_options, start):
         }
         condition, _ = await refusal(run_command(alice, HOST, LIST_ALL))
         assert condition == "forbidden"
+    # Made outside the commands, and audited all the same.
+    assert "invite-created account=juliet kind=account via=mod_invites" in audit_lines(server)
 
 
 async def test_admins_revoke_a_users_invitations_in_a_multi_stage_session(start):

@@ -270,6 +270,34 @@ local function open_invites(username)
 	return open, records;
 end
 
+-- Every invitation mod_invites makes is counted; those of our commands are audited by the command, which knows its
+-- actor, and the others (13's shell, prosodyctl, other modules) here. `own_creation` is consumed by the event, which
+-- mod_invites fires before any storage call could let another creation in.
+local own_creation = false;
+
+local function create(create_invite, ...)
+	own_creation = true;
+	local invite, err = create_invite(...);
+	own_creation = false;
+	return invite, err;
+end
+
+module:hook("invite-created", function (invite)
+	local ours = own_creation;
+	own_creation = false;
+	local kind;
+	if invite.type == "roster" then
+		kind = invite.allow_registration and "account-and-contact" or "contact";
+	else
+		kind = core_kind(invite);
+	end
+	created_metric:with_labels(kind):add(1);
+	if not ours then
+		audit("invite-created", { kind = kind; account = invite.type == "register" and jid.node(invite.jid) or nil;
+			via = "mod_invites" });
+	end
+end);
+
 -- Closes an invitation in mod_invites' store, so that its token no longer works.
 local function close_invite(username, token, record)
 	if record.allow_registration then
@@ -542,7 +570,7 @@ local function contact_command(_, data)
 			allow_registration, note = false, ("This invitation does not let the invitee register here. %s"):format(why);
 		end
 	end
-	local invite, err = invites.create_contact(username, allow_registration, { source = data.from });
+	local invite, err = create(invites.create_contact, username, allow_registration, { source = data.from });
 	if not invite then
 		module:log("error", "Cannot create a contact invite for %s: %s", actor, err);
 		return error_result(fail("internal-error"));
@@ -551,7 +579,6 @@ local function contact_command(_, data)
 	local remembered, remember_err = remember(username, invite, record);
 	if not remembered then return error_result(remember_err); end
 	local kind = invite_kind(record);
-	created_metric:with_labels(kind):add(1);
 	audit("invite-created", { actor = actor; kind = kind });
 	return invite_result(invite, note);
 end
@@ -624,7 +651,7 @@ local function create_account_invite(fields, data)
 	local within, why = within_account_quota(data, username, open);
 	if within == nil then return error_result(why); end
 	if not within then return error_result(fail("quota-exceeded", why)); end
-	local invite, create_err = invites.create_account(options.username, {
+	local invite, create_err = create(invites.create_account, options.username, {
 		source = data.from;
 		note = options.note;
 		roster_subscription = options.roster_subscription or nil;
@@ -637,7 +664,6 @@ local function create_account_invite(fields, data)
 		type = "account"; allow_registration = true; username = options.username; note = options.note;
 	});
 	if not remembered then return error_result(remember_err); end
-	created_metric:with_labels("account"):add(1);
 	audit("invite-created", { actor = actor; kind = "account"; account = options.username });
 	return invite_result(invite);
 end
@@ -687,14 +713,13 @@ local function create_reset_invite(fields, data)
 		module:log("error", "Cannot close the older password reset invitations of %s: %s", target, close_err);
 		return error_result(fail("internal-error"));
 	end
-	local invite, err = invites.create_account_reset(target, reset_validity);
+	local invite, err = create(invites.create_account_reset, target, reset_validity);
 	if not invite then
 		module:log("error", "Cannot create a password reset invite for %s: %s", actor, err);
 		return error_result(fail("internal-error"));
 	end
 	local remembered, remember_err = remember(username, invite, { type = "password-reset"; allow_registration = true; username = target });
 	if not remembered then return error_result(remember_err); end
-	created_metric:with_labels("password-reset"):add(1);
 	audit("invite-created", { actor = actor; kind = "password-reset"; account = target; replaced = replaced > 0 and replaced or nil });
 	return invite_result(invite);
 end
