@@ -58,6 +58,11 @@ local function new_host(options)
 		end
 	end
 
+	local function add_handler(hooks, event, handler)
+		hooks[event] = hooks[event] or {};
+		table.insert(hooks[event], handler);
+	end
+
 	local function load(name)
 		local module = { name = name; host = muc_host };
 		local env = setmetatable({ module = module }, { __index = _G });
@@ -70,10 +75,7 @@ local function new_host(options)
 			if host.options[option] == nil then return default; end
 			return host.options[option];
 		end
-		function module:hook_global(event, handler)
-			host.global_hooks[event] = host.global_hooks[event] or {};
-			table.insert(host.global_hooks[event], handler);
-		end
+		function module:hook_global(event, handler) add_handler(host.global_hooks, event, handler); end
 		-- a counter family: counts[name][label values joined with " "]
 		function module:metric(_, metric_name)
 			local counts = {};
@@ -91,10 +93,7 @@ local function new_host(options)
 			host.shared[what] = host.shared[what] or {};
 			return host.shared[what];
 		end
-		function module:hook(event, handler)
-			host.hooks[event] = host.hooks[event] or {};
-			table.insert(host.hooks[event], handler);
-		end
+		function module:hook(event, handler) add_handler(host.hooks, event, handler); end
 		function module:fire_event(event, data) return host.fire(event, data); end
 		function module:provides(kind, item)
 			assert.equal("adhoc", kind);

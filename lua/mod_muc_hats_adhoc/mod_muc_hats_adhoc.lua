@@ -248,26 +248,34 @@ local remove_layout = dataforms.new {
 	{ name = "uri"; type = "text-single"; label = "Hat URI"; required = true; check = "uri" };
 };
 
--- The room and the user's affiliation named by a form, or nil, error.
-local function affiliated_room(room_jid, user_bare)
+-- The room a form names, or nil, error.
+local function named_room(room_jid)
 	local room = find_room(room_jid);
 	if not room then
 		return nil, fail("room-not-found", ("There is no room %s on this service"):format(room_jid));
 	end
-	if not room:get_affiliation(user_bare) then
-		return nil, fail("not-affiliated", ("%s has no affiliation with %s; make them a member first")
-			:format(user_bare, room.jid));
+	return room;
+end
+
+local function not_affiliated(room, user_bare)
+	return fail("not-affiliated", ("%s has no affiliation with %s; make them a member first"):format(user_bare, room.jid));
+end
+
+-- The room a form names, where the user is a member, admin or owner; or nil, error.
+local function affiliated_room(room_jid, user_bare)
+	local room, err = named_room(room_jid);
+	if not room then return nil, err; end
+	local affiliation = room:get_affiliation(user_bare);
+	if not affiliation or affiliation == "outcast" then
+		return nil, not_affiliated(room, user_bare);
 	end
 	return room;
 end
 
--- The hats a user wears in a room, or nil and an error when they neither wear any nor are affiliated.
+-- The hats a user wears in a room, or nil, error when they neither wear any nor are affiliated.
 local function worn_hats(room, user_bare)
 	local hats = hats_api.get_user_hats(user_bare, room.jid);
-	if not hats then
-		return nil, fail("not-affiliated", ("%s has no affiliation with %s; make them a member first")
-			:format(user_bare, room.jid));
-	end
+	if not hats then return nil, not_affiliated(room, user_bare); end
 	return hats;
 end
 
@@ -282,10 +290,8 @@ local function add_hat(fields, by)
 end
 
 local function remove_hat(fields, by)
-	local room = find_room(fields.room);
-	if not room then
-		return nil, fail("room-not-found", ("There is no room %s on this service"):format(fields.room));
-	end
+	local room, room_err = named_room(fields.room);
+	if not room then return nil, room_err; end
 	local hats, err = worn_hats(room, fields.user);
 	if not hats then return nil, err; end
 	if hats[fields.uri] == nil then
