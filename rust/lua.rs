@@ -129,6 +129,10 @@ fn validate_hat(
     clean.set("required", attachment.required)?;
     clean.set("title", attachment.title)?;
     clean.set("hue", attachment.hue)?;
+    clean.set(
+        "assigned_by",
+        attachment.assigned_by.map(validate::Assigner::as_str),
+    )?;
     (uri, clean).into_lua_multi(lua)
 }
 

@@ -48,6 +48,7 @@ METRICS_MODULES = ["http_openmetrics"]
 METRICS_OPTIONS = {"statistics": "internal", "statistics_interval": "manual"}
 _METRIC_LINE = re.compile(r'^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})? (\S+)')
 _METRIC_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+_AUDIT_FIELD = re.compile(r'([A-Za-z0-9_-]+)=(?:"((?:[^"\\]|\\.)*)"|(\S+))')
 STORAGES = ("internal", "sql", "postgres")  # sql is SQLite3 in the data folder; postgres needs a PostgresServer
 
 
@@ -299,6 +300,23 @@ class Prosody:
         self.stop()
         self.start(daemonize=self.daemonized)
 
+    def reload(self, *, global_options: dict | None = None, host_options: dict | None = None,
+               muc_options: dict | None = None) -> None:
+        """Merges options into the config's sections, rewrites it and makes Prosody re-read it with SIGHUP, as
+        `prosodyctl reload` does: that fires config-reloaded but reloads no module. Returns once Prosody logged the
+        reload; it handles the event before any stanza that arrives later."""
+        self._options.update(global_options or {})
+        self._sections[0].update(host_options or {})
+        self._sections[1].update(muc_options or {})
+        self._write_config()
+        log_start = self.log_path.stat().st_size
+        os.kill(self.pid, signal.SIGHUP)
+        deadline = time.monotonic() + TIMEOUT
+        while "Reloading configuration file" not in self.log_text(log_start):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self} did not reload its config within {TIMEOUT}s" + self._tail_for_error())
+            time.sleep(0.05)  # a log line has no event to wait on; bounded by the deadline
+
     def is_running(self) -> bool:
         if self.pid is None:
             return False
@@ -420,6 +438,23 @@ class Prosody:
     def log_errors(self) -> list[str]:
         """Log lines at level error (the file sink writes `time source<TAB>level<TAB>message`)."""
         return [line for line in self.log_text().splitlines() if "\terror\t" in line]
+
+    def audit(self, since: int = 0) -> list[tuple[str, str, dict[str, str]]]:
+        """The audit lines of compat.audit (`AUDIT <action> key=value key="quoted" ...` at info) in the log, from
+        byte offset `since`, as (source, action, fields): source is the logger, e.g. `conference.localhost:muc_x`."""
+        found = []
+        for line in self.log_text(since).splitlines():
+            head, _, message = line.partition("\tinfo\tAUDIT ")
+            if not message:
+                continue
+            action, _, rest = message.partition(" ")
+            fields = {
+                key: re.sub(r'\\x([0-9a-f]{2})|\\(.)', lambda m: chr(int(m[1], 16)) if m[1] else m[2], quoted)
+                if quoted else bare
+                for key, quoted, bare in _AUDIT_FIELD.findall(rest)
+            }
+            found.append((head.split()[-1], action, fields))
+        return found
 
     def module_errors(self, name: str | None = None, since: int = 0) -> list[str]:
         """Lines where Prosody says a module (`name` without `mod_`, or any) failed to load or initialise."""
