@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import signal
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -665,9 +663,10 @@ def shell_invite(server, call: str) -> str:
     return token_of(out.strip().removeprefix("Result: "))
 
 
-def audit_lines(server, since: int = 0) -> list[str]:
-    """The audit lines of the log (`AUDIT <action> key=value ...`, at info), from byte offset `since`."""
-    return [line.split("\tAUDIT ", 1)[1] for line in server.log_text(since).splitlines() if "\tinfo\tAUDIT " in line]
+def audited(server, since: int = 0, action: str | None = None) -> list:
+    """This module's audit lines from byte offset `since` (all, or those of `action`), as (action, fields)."""
+    return [(found, fields) for source, found, fields in server.audit(since)
+            if source == f"{HOST}:invites_adhoc" and action in (None, found)]
 
 
 async def logged(server, text: str, since: int = 0) -> str:
@@ -735,7 +734,7 @@ async def test_a_new_password_reset_replaces_the_older_link(start):
     assert condition == "forbidden"
     await register_with(server, newer, "alice", "newerpw")
     assert await can_login(server, "alice", "newerpw")
-    assert any(line.startswith("invite-created ") and " replaced=1" in line for line in audit_lines(server))
+    assert audited(server, action="invite-created")[-1][1].get("replaced") == "1"
 
 
 async def test_every_link_reserving_a_username_registers_it(shell_options, start):
@@ -802,8 +801,7 @@ async def test_inviter_quota_is_checked_again_at_registration(start):
     server = start(**user_invites(invites_adhoc_max_accounts_per_user=2))
     async with login(server, "alice") as alice:
         tokens = [token_of((await create_contact_invite(alice))["uri"]) for _ in range(2)]
-    set_host_options(server, invites_adhoc_max_accounts_per_user=1)
-    await reload_config(server)
+    server.reload(host_options={"invites_adhoc_max_accounts_per_user": 1})
     await register_with(server, tokens[0], "juliet", "julietpw")
     condition, text = await refusal(register_with(server, tokens[1], "romeo", "romeopw"))
     assert (condition, text) == ("resource-constraint", "Whoever invited you cannot invite more new accounts for now")
@@ -860,9 +858,9 @@ async def test_delegated_password_reset_cannot_reset_an_outranking_account(start
         condition, text = await refusal(run_command(alice, HOST, RESET, {"accountjid": f"admin@{HOST}"}))
         assert (condition, text) == (
             "forbidden", f"The role of admin@{HOST} (prosody:operator) outranks yours (prosody:registered)")
-        assert audit_lines(server, since) == [
-            f"invite-refused account=admin actor=alice@{HOST} actor_role=prosody:registered kind=password-reset "
-            "reason=outranked role=prosody:operator"]
+        assert audited(server, since) == [("invite-refused", {
+            "account": "admin", "actor": f"alice@{HOST}", "actor_role": "prosody:registered", "kind": "password-reset",
+            "reason": "outranked", "role": "prosody:operator"})]
         await invitation_of_reset(alice, f"bob@{HOST}")  # an equal
 
 
@@ -904,7 +902,7 @@ async def test_two_connections_racing_with_one_token_register_one_account(start,
         "forbidden", "The invitation is being used to register on another connection")
     assert sorted([await can_login(server, "juliet", "julietpw"), await can_login(server, "romeo", "romeopw")]) == [
         False, True]
-    assert len([line for line in audit_lines(server, since) if "reason=invite-busy" in line]) == 1
+    assert [fields["reason"] for _, fields in audited(server, since, "registration-refused")] == ["invite-busy"]
 
 
 # --- 6. Strict nodeprep ---------------------------------------------------------------------------------------------
@@ -943,7 +941,7 @@ async def test_admins_list_every_users_invitations(shell_options, start):
         condition, _ = await refusal(run_command(alice, HOST, LIST_ALL))
         assert condition == "forbidden"
     # Made outside the commands, and audited all the same.
-    assert "invite-created account=juliet kind=account via=mod_invites" in audit_lines(server)
+    assert ("invite-created", {"account": "juliet", "kind": "account", "via": "mod_invites"}) in audited(server)
 
 
 async def test_admins_revoke_a_users_invitations_in_a_multi_stage_session(start):
@@ -966,8 +964,8 @@ async def test_admins_revoke_a_users_invitations_in_a_multi_stage_session(start)
         assert [item["token"] for item in await list_invites(alice)] == [kept]
     condition, _ = await refusal(register_with(server, gone, "juliet", "julietpw"))
     assert condition == "forbidden"
-    assert [line for line in audit_lines(server) if line.startswith("invite-revoked")] == [
-        f"invite-revoked actor=admin@{HOST} creator=alice@{HOST} kind=contact reason=revoked-by-admin"]
+    assert audited(server, action="invite-revoked") == [("invite-revoked", {
+        "actor": f"admin@{HOST}", "creator": f"alice@{HOST}", "kind": "contact", "reason": "revoked-by-admin"})]
 
 
 async def test_cancelling_the_manage_session_revokes_nothing(start):
@@ -1034,7 +1032,7 @@ async def test_cancelling_the_contact_invite_command_creates_nothing(start):
         canceled = await command_step(alice, CONTACT, "cancel")
         assert canceled["status"] == "canceled"
         assert await list_invites(alice) == []
-    assert not [line for line in audit_lines(server) if line.startswith("invite-created")]
+    assert audited(server, action="invite-created") == []
 
 
 # --- Real clients' shapes -------------------------------------------------------------------------------------------
@@ -1138,28 +1136,14 @@ async def test_every_change_leaves_one_audit_line(start):
         await revoke(alice, contact)
         await invitation_of_reset(admin, f"bob@{HOST}")
     await register_with(server, account, "juliet", "julietpw")
-    assert audit_lines(server) == [
-        f"invite-created actor=alice@{HOST} kind=contact",
-        f"invite-created account=juliet actor=admin@{HOST} kind=account",
-        f"invite-revoked actor=alice@{HOST} creator=alice@{HOST} kind=contact reason=revoked",
-        f"invite-created account=bob actor=admin@{HOST} kind=password-reset",
-        f"invite-redeemed account=juliet inviter=admin@{HOST} kind=account",
+    assert audited(server) == [
+        ("invite-created", {"actor": f"alice@{HOST}", "kind": "contact"}),
+        ("invite-created", {"account": "juliet", "actor": f"admin@{HOST}", "kind": "account"}),
+        ("invite-revoked", {"actor": f"alice@{HOST}", "creator": f"alice@{HOST}", "kind": "contact", "reason": "revoked"}),
+        ("invite-created", {"account": "bob", "actor": f"admin@{HOST}", "kind": "password-reset"}),
+        ("invite-redeemed", {"account": "juliet", "inviter": f"admin@{HOST}", "kind": "account"}),
     ]
-    assert not [line for line in audit_lines(server) if contact in line or account in line]  # never a token
-
-
-def set_host_options(server, **options):
-    """Changes options of the localhost section in the server's config file (read again on reload)."""
-    server._sections[0].update(options)
-    server._write_config()
-
-
-async def reload_config(server):
-    """`prosodyctl reload` (SIGHUP): Prosody reads its config again and fires config-reloaded, which this module
-    answers by reading its options again; returns once it has."""
-    since = server.log_path.stat().st_size
-    os.kill(server.pid, signal.SIGHUP)
-    await logged(server, "invites_adhoc\tdebug\tOptions re-read", since)
+    assert not [line for line in server.log_text().splitlines() if "AUDIT" in line and (contact in line or account in line)]
 
 
 async def test_options_are_read_again_on_reload(start):
@@ -1168,9 +1152,7 @@ async def test_options_are_read_again_on_reload(start):
         await create_contact_invite(alice)
         condition, _ = await refusal(run_command(alice, HOST, CONTACT))
         assert condition == "resource-constraint"
-        set_host_options(server, invites_adhoc_max_open_per_user=2, allow_contact_invites=False)
-        await reload_config(server)
+        server.reload(host_options={"invites_adhoc_max_open_per_user": 2, "allow_contact_invites": False})
         assert set() == await listed_commands(alice) & OURS  # allow_contact_invites = false took effect too
-        set_host_options(server, allow_contact_invites=True)
-        await reload_config(server)
+        server.reload(host_options={"allow_contact_invites": True})
         await create_contact_invite(alice)
