@@ -271,7 +271,7 @@ local function open_invites(username)
 end
 
 -- Every invitation mod_invites makes is counted; those of our commands are audited by the command, which knows its
--- actor, and the others (13's shell, prosodyctl, other modules) here. `own_creation` is consumed by the event, which
+-- actor, and the others (prosodyctl shell, other modules) here. `own_creation` is consumed by the event, which
 -- mod_invites fires before any storage call could let another creation in.
 local own_creation = false;
 
