@@ -226,6 +226,13 @@ class Prosody:
     def __repr__(self) -> str:
         return f"<Prosody {self.version} c2s={self.c2s_port} http={self.http_port} {self.dir}>"
 
+    @property
+    def sql(self) -> dict | None:
+        """The `sql` option of storage "sql" and "postgres" (driver, database, and host, port, username for
+        PostgreSQL), a copy; None for internal storage."""
+        sql = self._options.get("sql")
+        return dict(sql) if sql is not None else None
+
     # Process control
 
     def start(self, daemonize: bool = False, check_modules: bool = True) -> None:

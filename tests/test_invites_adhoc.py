@@ -997,9 +997,9 @@ async def test_a_storage_read_error_forgets_no_invitation(start):
 def stored(server, request, store: str) -> str:
     """Everything stored in `store` on localhost, as text (internal: its files; postgres: its rows)."""
     if server.storage == "postgres":
-        database = server._options["sql"]["database"]
         return request.getfixturevalue("postgres").psql(
-            f"SELECT \"user\", \"key\", \"value\" FROM prosody WHERE host = '{HOST}' AND store = '{store}'", database)
+            f"SELECT \"user\", \"key\", \"value\" FROM prosody WHERE host = '{HOST}' AND store = '{store}'",
+            server.sql["database"])
     files = [server.data_dir / HOST / f"{store}.dat", *(server.data_dir / HOST / store).glob("*.dat")]
     return "".join(f"{path.name}: {path.read_text()}" for path in files if path.exists())
 
