@@ -1156,3 +1156,151 @@ async def test_options_are_read_again_on_reload(start):
         assert set() == await listed_commands(alice) & OURS  # allow_contact_invites = false took effect too
         server.reload(host_options={"allow_contact_invites": True})
         await create_contact_invite(alice)
+
+
+# --- Follow-ups: pruning in batches, deleted accounts, the shell's contact invites ----------------------------------
+
+
+def watched_storage(modules_dir, **options) -> dict:
+    """Global options that put this module's `invites_adhoc` store on tests/plugins' mod_storage_test_watched (internal
+    storage that logs each name its listing hands out, and holds the listing at the `test_watched_hold_at`-th name
+    until a client pings)."""
+    return {"plugin_paths": [str(modules_dir), PLUGINS_DIR], "storage": {"invites_adhoc": "test_watched"}, **options}
+
+
+def write_closed_records(server, creators):
+    """Records of invitations that expired long ago, one per creator, as internal storage keeps them: what pruning
+    deletes, one creator per step. Write them while the server is stopped."""
+    folder = server.data_dir / HOST / "invites_adhoc"
+    folder.mkdir(parents=True, exist_ok=True)
+    for n, creator in enumerate(creators):
+        (folder / f"{creator}.dat").write_text(
+            f'return {{ ["closed{n}"] = {{ ["type"] = "contact"; ["created"] = 1; ["expires"] = 2; ["serial"] = 1 }} }};\n')
+
+
+def listing(server, since: int) -> list[str]:
+    """For each name the watched listing handed out since `since`, whether the event loop turned before it."""
+    return re.findall(r"Listed name \d+ \(loop turned since the previous: (yes|no)\)", server.log_text(since))
+
+
+async def ping(client):
+    await client.plugin["xep_0199"].send_ping(HOST, timeout=TIMEOUT)
+
+
+async def test_pruning_works_in_batches_and_serves_clients_between_them(start, modules_dir):
+    server = start(invites_adhoc_prune_batch_size=2, global_options=watched_storage(modules_dir, test_watched_hold_at=3))
+    server.stop()
+    write_closed_records(server, [f"creator{n}" for n in range(6)])
+    since = server.log_path.stat().st_size
+    server.start()  # pruning runs at every start
+    # Held at the start of its second batch (as storage that waits would hold it): the server still serves clients.
+    await logged(server, "Holding the listing until a ping", since)
+    async with login(server, "alice") as alice:
+        await ping(alice)
+    line = await logged(server, "AUDIT invites-pruned", since)
+    assert line.endswith("AUDIT invites-pruned records=6 tokens=0")
+    # Six creators in batches of two: the pass gave the loop back before the 3rd and the 5th, and only there.
+    assert listing(server, since) == ["no", "no", "yes", "no", "yes", "no"]
+    assert "Pruning pass done: 6 steps, in batches of up to 2" in server.log_text(since)
+
+
+async def test_a_pass_that_a_module_reload_interrupts_stops_and_the_new_one_prunes(shell_options, start, modules_dir):
+    server = start(invites_adhoc_prune_batch_size=2, global_modules=["admin_shell"],
+                   global_options=watched_storage(modules_dir, test_watched_hold_at=3, **shell_options))
+    server.stop()
+    write_closed_records(server, [f"creator{n}" for n in range(6)])
+    since = server.log_path.stat().st_size
+    server.start()
+    await logged(server, "Holding the listing until a ping", since)  # two records pruned, four left
+    server.prosodyctl("shell", f'module:reload("invites_adhoc", "{HOST}")')
+    line = await logged(server, "AUDIT invites-pruned", since)  # the new instance's pass, at load
+    assert line.endswith("AUDIT invites-pruned records=4 tokens=0")
+    async with login(server, "alice") as alice:
+        await ping(alice)  # releases the interrupted pass: it ends its batch, then waits for a timer that never fires
+        await ping(alice)  # a later turn of the loop, where that timer would have fired
+    log = server.log_text(since)
+    assert log.count("AUDIT invites-pruned") == 1
+    assert log.count("Pruning pass done") == 1
+    assert server.log_errors() == []
+
+
+async def test_a_deleted_accounts_invitations_are_closed(shell_options, start, prosody_version):
+    server = start(allow_user_invites=True, global_modules=["admin_shell"], global_options=shell_options)
+    async with login(server, "alice") as alice, login(server, "admin") as admin:
+        invite = token_of((await create_contact_invite(alice))["uri"])  # with ibr=y: it can register an account
+        reset = token_of((await invitation_of_reset(admin, f"alice@{HOST}"))["uri"])
+    since = server.log_path.stat().st_size
+    server.prosodyctl("deluser", f"alice@{HOST}")
+    if prosody_version == "0.12":
+        # 0.12's prosodyctl deletes the account in a process of its own, so the server never hears of it:
+        # registration refuses the invitations at once, and pruning (at every start) closes them.
+        for token, username in ((invite, "juliet"), (reset, "alice")):
+            condition, _ = await refusal(register_with(server, token, username, "newpw"))
+            assert condition == "forbidden"
+        restarted = server.log_path.stat().st_size
+        server.restart()
+        await logged(server, "Pruning pass done", restarted)
+    # The reset link would have registered the name anew; neither works any more.
+    for token, username in ((invite, "juliet"), (reset, "alice")):
+        condition, _ = await refusal(register_with(server, token, username, "newpw"))
+        assert condition == "forbidden"
+    assert not await can_login(server, "alice", "newpw")
+    assert sorted(audited(server, since, "invite-revoked"), key=str) == sorted([
+        ("invite-revoked", {"creator": f"alice@{HOST}", "kind": "account-and-contact", "reason": "account-deleted"}),
+        ("invite-revoked", {"account": "alice", "creator": HOST, "kind": "password-reset", "reason": "account-deleted"}),
+    ], key=str)
+
+
+async def unregister(server, user, password):
+    """The user deletes their own account in band (XEP-0077), which the server sees on both versions."""
+    async with login(server, user, password) as client:
+        await client.plugin["xep_0077"].cancel_registration(timeout=TIMEOUT)
+
+
+async def test_a_name_registered_again_after_its_deletion_has_no_stale_chain(start):
+    server = start(modules=[*MODULES, "user_account_management"], **user_invites(invites_adhoc_max_accounts_per_user=2))
+    async with login(server, "alice") as alice:
+        await register_with(server, token_of((await create_contact_invite(alice))["uri"]), "juliet", "julietpw")
+    await unregister(server, "juliet", "julietpw")
+    server.register("juliet", "anotherpw")  # another person, without an invitation
+    async with login(server, "admin") as admin:
+        juliet = await manage(admin, f"juliet@{HOST}")
+        assert juliet["fields"]["invited-by"] == "Nobody: this account was not made with an invitation"
+        assert juliet["fields"]["chain"] == f"juliet@{HOST}"
+        alice = await manage(admin, f"alice@{HOST}")
+        assert alice["fields"]["invitees"] == [f"juliet@{HOST} (deleted)"]
+        assert alice["fields"]["accounts"] == "1 of 2 in all"  # a deleted account still counts
+
+
+async def test_a_deleted_invitee_still_counts_when_its_inviter_brings_the_name_again(start):
+    server = start(modules=[*MODULES, "user_account_management"], **user_invites())
+    async with login(server, "alice") as alice:
+        await register_with(server, token_of((await create_contact_invite(alice))["uri"]), "juliet", "firstpw")
+        await unregister(server, "juliet", "firstpw")
+        await register_with(server, token_of((await create_contact_invite(alice))["uri"]), "juliet", "secondpw")
+    async with login(server, "admin") as admin:
+        alice = await manage(admin, f"alice@{HOST}")
+        assert alice["fields"]["invitees"] == [f"juliet@{HOST} (deleted)", f"juliet@{HOST}"]
+        assert alice["fields"]["accounts"] == "2 of 10 in all"
+        juliet = await manage(admin, f"juliet@{HOST}")
+        assert juliet["fields"]["chain"] == f"juliet@{HOST} < alice@{HOST}"
+
+
+async def test_contact_invites_made_with_the_shell_are_listed_and_revocable(shell_options, start):
+    server = start(global_modules=["admin_shell"], global_options=shell_options)
+    token = shell_invite(server, 'create_contact("alice", false)')  # contact-only: core keeps only its expiry
+    async with login(server, "alice") as alice, login(server, "bob") as bob, login(server, "admin") as admin:
+        [listed] = await list_all(admin)
+        assert (listed["token"], listed["creator"], listed["kind"], listed["uri"]) == (
+            token, HOST, "contact", f"xmpp:alice@{HOST}?roster;preauth={token}")
+        stage = await manage(admin, HOST)
+        assert stage["revoke"] == [token]
+        done = await command_step(admin, MANAGE, "complete", stage["sessionid"],
+                                  gajim_form(admin, {"revoke": ("list-multi", [token])}))
+        assert done["status"] == "completed"
+        await fetch_rosters(alice, bob)
+        subscribe_with(bob, f"alice@{HOST}", token)
+        # Revoked: an ordinary request, for alice to decide.
+        await alice.wait_for(match("presence", type="subscribe", from_=f"bob@{HOST}"))
+    assert audited(server, action="invite-revoked") == [("invite-revoked", {
+        "actor": f"admin@{HOST}", "creator": HOST, "kind": "contact", "reason": "revoked-by-admin"})]

@@ -10,6 +10,7 @@
 local compat = module:require("prosody_native_compat");
 compat.check_host(module, "local");
 local native = module:require("prosody_native");
+local async = compat.require("util.async");
 local dataforms = compat.require("util.dataforms");
 local datetime = compat.require("util.datetime");
 local encodings = compat.require("util.encodings");
@@ -24,7 +25,7 @@ local nodeprep = encodings.stringprep.nodeprep;
 
 -- Options: read at load and again on config-reloaded (prosodyctl reload), so that a reload applies them.
 local allow_user_invites, allow_contact_invites, allow_user_invite_roles, deny_user_invite_roles;
-local max_open_invites, max_accounts, accounts_period, max_validity, max_note_length, prune_interval;
+local max_open_invites, max_accounts, accounts_period, max_validity, max_note_length, prune_interval, prune_batch_size;
 
 local function read_options()
 	-- Whether users who are not admins may invite people to register here (contact invites with ibr=y).
@@ -41,6 +42,8 @@ local function read_options()
 	max_validity = compat.get_option_period(module, "invites_adhoc_max_validity", 30 * 86400, 3600, 365 * 86400);
 	max_note_length = compat.get_option_integer(module, "invites_adhoc_max_note_length", 200, 1, 1000);
 	prune_interval = compat.get_option_period(module, "invites_adhoc_prune_interval", 86400, 60, 7 * 86400);
+	-- Steps of a pruning pass (a token, a user's tokens, a creator's records) between two turns of the event loop.
+	prune_batch_size = compat.get_option_integer(module, "invites_adhoc_prune_batch_size", 100, 1, 10000);
 end
 read_options();
 
@@ -201,6 +204,12 @@ local function inviter_of(invite)
 	return nil;
 end
 
+-- The local account an account invitation depends on: its inviter, or the account a password reset link is for.
+-- Once that account is deleted, the invitation must register nothing (a reset link would register the name anew).
+local function account_of(invite)
+	return inviter_of(invite) or (invite.additional_data and invite.additional_data.allow_reset) or nil;
+end
+
 -- Open account invitations (token -> invite) in mod_invites' store, whoever made them; nil, err when unreadable.
 local function open_account_invites(now)
 	local all, err = token_lists:get(nil);
@@ -311,19 +320,24 @@ local function close_invite(username, token, record)
 	return true;
 end
 
--- Closes an open invitation of `creator` and forgets it; logs its audit line and counts it.
-local function revoke(actor, creator, token, record, reason)
-	local ok, err = close_invite(creator, token, record);
-	if ok then
+-- Closes an open invitation and forgets our record of it; logs its audit line and counts it. `entry` is { creator,
+-- token, record, owner }: `creator` the user who made it (nil: the server, for invitations nobody recorded here) and
+-- `owner` the user whose contact it makes, when that is not the creator. `actor` is nil when nobody asked (a deleted
+-- account's invitations).
+local function revoke(actor, entry, reason)
+	local creator, token, record = entry.creator, entry.token, entry.record;
+	local ok, err = close_invite(entry.owner or creator, token, record);
+	if ok and creator then
 		ok, err = created_store:set(creator, token, nil);
 	end
 	if not ok then
-		module:log("error", "Cannot revoke an invitation of %s: %s", creator, err);
+		module:log("error", "Cannot revoke an invitation of %s: %s", creator or module.host, err);
 		return nil, fail("internal-error", "Could not revoke the invitation");
 	end
 	local kind = invite_kind(record);
 	revoked_metric:with_labels(kind):add(1);
-	audit("invite-revoked", { actor = actor; creator = user_jid(creator); kind = kind; account = record.username; reason = reason });
+	audit("invite-revoked", { actor = actor; creator = creator and user_jid(creator) or module.host; kind = kind;
+		account = record.username; reason = reason });
 	return true;
 end
 
@@ -414,13 +428,24 @@ local function chain_of(username)
 	return chain;
 end
 
--- The accounts `username`'s invitations created ({ username, at, kind }, oldest first); nil, err when unreadable.
+-- The accounts `username`'s invitations created ({ username, at, kind, is_current }, oldest first); nil, err when
+-- unreadable. An account is current while its own record names this inviter: one that was deleted has none (or, when
+-- its name was registered again, one of the newer account), and the ledger keeps it under "name@date" once the same
+-- inviter brings a newer account of that name.
 local function invitees_of(username)
 	local invitees, err = invitee_lists:get(username);
 	if err then return nil, err; end
 	local list = {};
-	for invitee, entry in pairs(invitees or {}) do
-		table.insert(list, { username = invitee; at = tonumber(entry.at) or 0; kind = entry.kind });
+	for key, entry in pairs(invitees or {}) do
+		local invitee, former = key:match("^([^@]*)(@?)");
+		local at = tonumber(entry.at) or 0;
+		local is_current = false;
+		if former == "" then
+			local own, own_err = invited_by_store:get(invitee);
+			if own_err then return nil, own_err; end
+			is_current = own ~= nil and own.by == username and tonumber(own.at) == at;
+		end
+		table.insert(list, { username = invitee; at = at; kind = entry.kind; is_current = is_current });
 	end
 	table.sort(list, function (a, b)
 		if a.at ~= b.at then return a.at < b.at; end
@@ -429,11 +454,20 @@ local function invitees_of(username)
 	return list;
 end
 
--- Records who invited a new account (the chain admins see, and the inviter's account quota).
+-- Records who invited a new account (the chain admins see, and the inviter's account quota). An entry the
+-- inviter's ledger has under that name is of a deleted account, and still counts: it moves to "name@date".
 local function record_invitee(username, inviter, kind, now)
 	local ok, err = invited_by_store:set(username, { by = inviter; at = now; kind = kind });
 	if ok and inviter then
-		ok, err = invitees_store:set(inviter, username, { at = now; kind = kind });
+		local former;
+		former, err = invitees_store:get(inviter, username);
+		ok = not err;
+		if ok and former then
+			ok, err = invitees_store:set(inviter, ("%s@%d"):format(username, tonumber(former.at) or 0), former);
+		end
+		if ok then
+			ok, err = invitees_store:set(inviter, username, { at = now; kind = kind });
+		end
 	end
 	if not ok then
 		module:log("error", "Cannot record that %s invited %s: %s", inviter or "the server", username, err);
@@ -821,7 +855,7 @@ local function revoke_invite(fields, data)
 	end
 	for _, entry in ipairs(open) do
 		if entry.token == token then
-			local ok, revoke_err = revoke(actor, username, token, entry.record, "revoked");
+			local ok, revoke_err = revoke(actor, { creator = username; token = token; record = entry.record }, "revoked");
 			if not ok then return error_result(revoke_err); end
 			return { status = "completed"; info = "The invitation has been revoked" };
 		end
@@ -829,34 +863,67 @@ local function revoke_invite(fields, data)
 	return error_result(fail("no-such-invite"));
 end
 
--- Open account invitations nobody recorded here (made with prosodyctl or the shell), as records of the server.
-local function unrecorded_invites(recorded)
-	local open, err = open_account_invites(os.time());
+-- An open account invitation in mod_invites' store as an entry of the server ({ token, record, owner }), for
+-- invitations nobody recorded here (made with prosodyctl, the shell or another module).
+local function account_entry(token, invite)
+	local kind = core_kind(invite);
+	local contact = kind == "account-and-contact";
+	return { token = token; owner = contact and jid.node(invite.jid) or nil; record = {
+		type = contact and "contact" or kind; allow_registration = true; username = not contact and jid.node(invite.jid) or nil;
+		created = tonumber(invite.created_at) or 0; expires = tonumber(invite.expires) or 0; uri = invite.uri;
+	} };
+end
+
+-- Open account invitations nobody recorded here (not in `recorded`), as entries of the server; and all open account
+-- invitations (token -> invite). nil, err when unreadable.
+local function unrecorded_account_invites(recorded, now)
+	local open, err = open_account_invites(now);
 	if not open then return nil, err; end
 	local list = {};
 	for token, invite in pairs(open) do
 		if not recorded[token] then
-			local kind = core_kind(invite);
-			table.insert(list, { token = token; record = {
-				type = kind == "account-and-contact" and "contact" or kind; allow_registration = true;
-				username = kind ~= "account-and-contact" and jid.node(invite.jid) or nil;
-				created = tonumber(invite.created_at) or 0; expires = tonumber(invite.expires) or 0; uri = invite.uri;
+			table.insert(list, account_entry(token, invite));
+		end
+	end
+	return list, open;
+end
+
+-- Open contact-only invitations of `username` nobody recorded here, as entries of the server. Core keeps only their
+-- expiry (token -> expires), so the URI is rebuilt as mod_invites builds it; those with an account part are in
+-- `account` (the open account invitations) and listed with them. nil, err when unreadable.
+local function unrecorded_contact_invites(username, recorded, account, now)
+	local tokens, err = token_lists:get(username);
+	if err then return nil, err; end
+	local list = {};
+	for token, expires in pairs(tokens or {}) do
+		expires = tonumber(expires) or 0;
+		if not recorded[token] and not account[token] and expires > now then
+			table.insert(list, { token = token; owner = username; record = {
+				type = "contact"; allow_registration = false; created = 0; expires = expires;
+				uri = ("xmpp:%s?roster;preauth=%s"):format(user_jid(username), token);
 			} });
 		end
 	end
-	table.sort(list, function (a, b) return a.record.created < b.record.created; end);
 	return list;
 end
 
--- Every open invitation on this host: { creator (nil: the server), token, record }, by creator, oldest first.
-local function all_open_invites()
-	local creators = {};
-	local ok, iterate_err = pcall(function ()
-		for creator in created_lists:users() do
-			if creator ~= "" then table.insert(creators, creator); end
+-- Users of a store (keyval view), as a list (the admin commands sort them); nil, err when it cannot be listed.
+local function store_users(store)
+	local users = {};
+	local ok, err = pcall(function ()
+		for user in store:users() do
+			if user ~= "" then table.insert(users, user); end -- "": SQL's name for "no user"
 		end
 	end);
-	if not ok then return nil, iterate_err; end
+	if not ok then return nil, err; end
+	return users;
+end
+
+-- Every open invitation on this host: { creator (nil: the server), token, record, owner }, the users' by creator,
+-- oldest first, then the server's (made with prosodyctl, the shell or another module), soonest to expire first.
+local function all_open_invites()
+	local creators, iterate_err = store_users(created_lists);
+	if not creators then return nil, iterate_err; end
 	table.sort(creators);
 	local all, recorded = {}, {};
 	for _, creator in ipairs(creators) do
@@ -869,11 +936,21 @@ local function all_open_invites()
 			table.insert(all, { creator = creator; token = entry.token; record = entry.record });
 		end
 	end
-	local others, err = unrecorded_invites(recorded);
-	if not others then return nil, err; end
-	for _, entry in ipairs(others) do
-		table.insert(all, entry);
+	local now = os.time();
+	local others, account = unrecorded_account_invites(recorded, now);
+	if not others then return nil, account; end
+	local owners, owners_err = store_users(token_lists);
+	if not owners then return nil, owners_err; end
+	for _, owner in ipairs(owners) do
+		local contacts, err = unrecorded_contact_invites(owner, recorded, account, now);
+		if not contacts then return nil, err; end
+		table.move(contacts, 1, #contacts, #others + 1, others);
 	end
+	table.sort(others, function (a, b)
+		if a.record.expires ~= b.record.expires then return a.record.expires < b.record.expires; end
+		return a.token < b.token;
+	end);
+	table.move(others, 1, #others, #all + 1, all);
 	return all;
 end
 
@@ -926,7 +1003,7 @@ local function manage_details_form(account, chain, invitees, used, open)
 		local names = {};
 		for _, invitee in ipairs(invitees) do
 			local name = user_jid(invitee.username);
-			if not usermanager.user_exists(invitee.username, module.host) then
+			if not (invitee.is_current and usermanager.user_exists(invitee.username, module.host)) then
 				name = name .. " (deleted)";
 			end
 			table.insert(names, name);
@@ -1005,22 +1082,8 @@ local function manage_revoke(actor, state, fields)
 		if not entry then
 			return error_result(fail("no-such-invite", "That invitation was not offered for revocation"));
 		end
-		local creator = state.account or entry.creator;
-		local ok, err;
-		if creator then
-			ok, err = revoke(actor, creator, token, entry.record, "revoked-by-admin");
-		else -- the server's own: only mod_invites has it
-			ok, err = token_store:set(nil, token, nil);
-			if ok then
-				local kind = invite_kind(entry.record);
-				revoked_metric:with_labels(kind):add(1);
-				audit("invite-revoked", { actor = actor; creator = module.host; kind = kind; account = entry.record.username;
-					reason = "revoked-by-admin" });
-			else
-				module:log("error", "Cannot revoke an invitation of %s: %s", module.host, err);
-				err = fail("internal-error", "Could not revoke the invitation");
-			end
-		end
+		local ok, err = revoke(actor, { creator = state.account or entry.creator; token = token; record = entry.record;
+			owner = entry.owner }, "revoked-by-admin");
 		if not ok then return error_result(err); end
 		count = count + 1;
 	end
@@ -1148,6 +1211,11 @@ local function check_registration(username, invite, now)
 		if reserved and reserved ~= username then
 			return nil, "wrong-username", ("This invitation is for the username '%s'"):format(reserved);
 		end
+		-- Closed when its account was deleted; one deleted where this module did not see it is found here first.
+		local account = account_of(info);
+		if account and not usermanager.user_exists(account, module.host) then
+			return nil, "invite-closed";
+		end
 		local inviter = inviter_of(info);
 		if inviter and creates_account(core_kind(info)) and not is_unlimited(user_jid(inviter)) then
 			local count, count_err = accounts_created(inviter, now);
@@ -1239,6 +1307,52 @@ module:hook("user-password-reset", function (event)
 	end
 end);
 
+-- The open invitations tied to `username`: those they made, those that would make someone their contact (made with
+-- the shell too), and the password reset links for their account, as entries for revoke(); nil, err when unreadable.
+local function invites_tied_to(username, now)
+	local open, records = open_invites(username);
+	if not open then return nil, records; end
+	local entries = {};
+	for _, entry in ipairs(open) do
+		table.insert(entries, { creator = username; token = entry.token; record = entry.record });
+	end
+	local others, account = unrecorded_account_invites(records, now);
+	if not others then return nil, account; end
+	for _, entry in ipairs(others) do
+		local invite = account[entry.token];
+		if account_of(invite) == username then
+			entry.creator = inviter_of(invite);
+			table.insert(entries, entry);
+		end
+	end
+	local contacts, err = unrecorded_contact_invites(username, records, account, now);
+	if not contacts then return nil, err; end
+	table.move(contacts, 1, #contacts, #entries + 1, entries);
+	return entries;
+end
+
+-- A deleted account's invitations are closed (an invitation must not outlive its inviter, nor a reset link its
+-- account), and its own place in the chain goes, so that an account registered later under the name starts with
+-- none. Its inviter's ledger keeps it: a deleted account still counts against the account quota (see the README).
+-- Core purges the account's stores after this event.
+module:hook_global("user-deleted", function (event)
+	if event.host ~= module.host then
+		return;
+	end
+	local username = event.username;
+	local entries, err = invites_tied_to(username, os.time());
+	if not entries then
+		module:log("error", "Cannot read the invitations of the deleted account %s: %s", username, err);
+	end
+	for _, entry in ipairs(entries or {}) do
+		revoke(nil, entry, "account-deleted");
+	end
+	local ok, set_err = invited_by_store:set(username, nil);
+	if not ok then
+		module:log("error", "Cannot forget who invited the deleted account %s: %s", username, set_err);
+	end
+end);
+
 -- A contact invite used for a pre-approved subscription (XEP-0379): seen here before mod_invites_register (or, on
 -- 0.12, the hook below) uses it, and counted once it is gone from storage after them (mod_presence runs at 0).
 module:hook("presence/bare", function (event)
@@ -1306,72 +1420,123 @@ if compat.invites_get_fails_on_contact_tokens then
 	end, 2);
 end
 
--- Users of a store (keyval view), collected first: deleting while a folder is listed would disturb the listing.
-local function store_users(store)
-	local users = {};
-	local ok, err = pcall(function ()
-		for user in store:users() do
-			if user ~= "" then table.insert(users, user); end -- "": SQL's name for "no user"
+-- Calls visit(user) for each user of a store (keyval view), one name at a time, so that a pass can pause between
+-- users; stops at the first error of visit or of the listing (nil, err). Deleting the entry of a name already
+-- handed out is safe: the internal store lists a folder (readdir), and the SQL store lists a result read at once.
+local function each_user(store, visit)
+	local ok, iterate, state, user = pcall(store.users, store);
+	if not ok then return nil, iterate; end
+	while true do
+		ok, user = pcall(iterate, state, user);
+		if not ok then return nil, user; end
+		if user == nil then return true; end
+		if user ~= "" then -- "": SQL's name for "no user"
+			local visited, err = visit(user);
+			if not visited then return nil, err; end
 		end
-	end);
-	if not ok then return nil, err; end
-	return users;
+	end
 end
 
 -- Deletes what can never be used again: expired tokens in mod_invites' store (core never does), our records of
--- invitations that were used, revoked or expired, and the marks of used tokens. Returns the counts, or nil, err.
-local function prune()
+-- invitations that were used, revoked or expired, and the marks of used tokens; and closes the open account
+-- invitations of accounts deleted while this module did not see it (0.12's prosodyctl deluser runs in a process of
+-- its own). Calls pace() after each step (a token, a user's tokens, a creator's records). Returns the counts, or
+-- nil, err.
+local function prune(pace)
 	local now, tokens, records = os.time(), 0, 0;
 	local account_tokens, err = token_lists:get(nil);
 	if err then return nil, err; end
-	for token, invite in pairs(account_tokens or {}) do
+	account_tokens = account_tokens or {};
+	for token, holder in pairs(claims) do
+		if holder == spent and not account_tokens[token] then
+			claims[token] = nil;
+		end
+	end
+	for token, invite in pairs(account_tokens) do
 		if type(invite) ~= "table" or (tonumber(invite.expires) or 0) <= now then
 			local ok, set_err = token_store:set(nil, token, nil);
 			if not ok then return nil, set_err; end
-			account_tokens[token], tokens = nil, tokens + 1;
+			tokens = tokens + 1;
+		else
+			local account = account_of(invite);
+			if account and not usermanager.user_exists(account, module.host) then
+				local entry = account_entry(token, invite);
+				entry.creator = inviter_of(invite);
+				local ok, revoke_err = revoke(nil, entry, "account-deleted");
+				if not ok then return nil, revoke_err.text; end
+			end
 		end
+		pace();
 	end
-	local inviters, users_err = store_users(token_lists);
-	if not inviters then return nil, users_err; end
-	for _, inviter in ipairs(inviters) do
+	local ok, walk_err = each_user(token_lists, function (inviter)
 		local contact_tokens, get_err = token_lists:get(inviter);
 		if get_err then return nil, get_err; end
 		for token, expires in pairs(contact_tokens or {}) do
 			if (tonumber(expires) or 0) <= now then
-				local ok, set_err = token_store:set(inviter, token, nil);
-				if not ok then return nil, set_err; end
+				local set_ok, set_err = token_store:set(inviter, token, nil);
+				if not set_ok then return nil, set_err; end
 				tokens = tokens + 1;
 			end
 		end
-	end
-	local creators, creators_err = store_users(created_lists);
-	if not creators then return nil, creators_err; end
-	for _, creator in ipairs(creators) do
+		pace();
+		return true;
+	end);
+	if not ok then return nil, walk_err; end
+	ok, walk_err = each_user(created_lists, function (creator)
 		local open, all = open_invites(creator);
 		if not open then return nil, all; end
 		for _ in pairs(all) do
 			records = records + 1;
 		end
 		records = records - #open;
-	end
-	for token, holder in pairs(claims) do
-		if holder == spent and not (account_tokens or {})[token] then
-			claims[token] = nil;
-		end
-	end
+		pace();
+		return true;
+	end);
+	if not ok then return nil, walk_err; end
 	return tokens, records;
 end
 
--- On every start (the first tick of the loop) and then every prune_interval, which a reload may change.
-module:add_timer(0, function ()
-	local tokens, records = prune();
+-- A pass runs in an async runner (so that storage and authentication backends that wait work), prune_batch_size
+-- steps at a time. After each batch, and before it reports, it waits for a module timer of 0 s, which gives the event
+-- loop back. That timer dies with the module: a pass that the module's unloading or reloading interrupts finishes at
+-- most the batch it is in, and never reports or schedules another (the new instance starts its own at load). The next
+-- pass starts prune_interval after one ends, so two never overlap.
+local start_pruning;
+local pruner = async.runner(function ()
+	local function next_turn()
+		local wait, done = async.waiter();
+		module:add_timer(0, done);
+		wait();
+	end
+	local steps, in_batch = 0, 0;
+	local tokens, records = prune(function ()
+		steps, in_batch = steps + 1, in_batch + 1;
+		if in_batch >= prune_batch_size then
+			in_batch = 0;
+			next_turn();
+		end
+	end);
+	next_turn();
 	if not tokens then
 		module:log("warn", "Cannot prune expired invitations, will try again: %s", records);
 	elseif tokens + records > 0 then
 		audit("invites-pruned", { tokens = tokens; records = records });
 	end
-	return prune_interval;
-end);
+	module:log("debug", "Pruning pass done: %d steps, in batches of up to %d", steps, prune_batch_size);
+	module:add_timer(prune_interval, start_pruning);
+end, {
+	error = function (_, err)
+		module:log("error", "Pruning pass failed, will try again: %s", err);
+		module:add_timer(prune_interval, start_pruning);
+	end;
+});
+
+function start_pruning()
+	pruner:run(true);
+end
+
+-- On every start (the first tick of the loop) and then every prune_interval, which a reload may change.
+module:add_timer(0, start_pruning);
 
 module:log("debug", "prosody-native mod_invites_adhoc serving XEP-0401 commands (quota %d open, %d accounts, longest validity %s)",
 	max_open_invites, max_accounts, native.invite.describe_period(max_validity));
