@@ -398,6 +398,22 @@ describe("mod_http_muc_kick requests", function ()
 		assert.matches("info AUDIT kick-refused address=192.0.2.7 code=too-large status=413", log_text(server), 1, true);
 	end);
 
+	it("does not act on a chunked body that Prosody hands over after it was refused", function ()
+		local req = { method = "POST"; path = "/muc_kick"; ip = "192.0.2.7"; partial = true; headers = {
+			authorization = static_header; content_type = "application/json"; transfer_encoding = "chunked" } };
+		local response = { headers = {} };
+		server.http.route.POST({ request = req; response = response });
+		assert.equal(411, response.status_code);
+		assert.is_table(req.body_sink); -- what comes after is dropped, not buffered
+		req.partial, req.body = nil, kick_bob;
+		local finished = false;
+		local again = { headers = {}; done = function () finished = true; end };
+		assert.is_true(server.http.route.POST({ request = req; response = again }));
+		assert.is_true(finished);
+		assert.is_nil(again.status_code);
+		assert.same({}, server.rooms["lobby@muc.example.org"].kicks);
+	end);
+
 	it("never puts the configured header in its challenge", function ()
 		local header = "Sekrit c3RhdGljLWhlYWRlci1mb3ItdGhlLXNwZWMtb25seQ";
 		server = load_module(with_options({ http_muc_kick_authorization_header = header }));

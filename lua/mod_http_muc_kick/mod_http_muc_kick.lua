@@ -444,8 +444,9 @@ local function nickname_of(occupant)
 	return select(3, jid.split(occupant.nick));
 end
 
--- The request arrived as headers only: its body is larger than http_max_content_size or comes in chunks, and Prosody
--- has not read it. Answer now and close the connection, so that it never reads the body.
+-- Takes in what arrives of a chunked body after the request was answered, so that Prosody does not buffer it.
+local discard_sink = { write = function () return true; end };
+
 local function refuse_unread_body(event)
 	if event.request.headers.transfer_encoding then
 		return error_answer(event, kick_error("length-required", nil, { before_authentication = true }));
@@ -455,10 +456,21 @@ local function refuse_unread_body(event)
 end
 
 local function handle_kick(event)
-	local request = event.request;
+	local request, response = event.request, event.response;
+	if request.kick_answered then
+		-- Prosody calls the route again with the same request when the end of a chunked body it had buffered comes
+		-- after all; it was answered already.
+		response.persistent = false;
+		response:done();
+		return true;
+	end
 	if request.partial then
-		event.response.persistent = false;
-		event.response.headers.connection = "close";
+		-- Headers only: the body is larger than http_max_content_size or comes in chunks, and Prosody has not read it.
+		-- Whatever the answer, close the connection after it, so that the body is never read.
+		request.kick_answered = true;
+		request.body_sink = request.headers.transfer_encoding and discard_sink or nil;
+		response.persistent = false;
+		response.headers.connection = "close";
 	end
 	local wait, first_refusal = settings.limit_address(address_key(request.ip));
 	if wait then
