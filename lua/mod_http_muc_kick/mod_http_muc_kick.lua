@@ -444,9 +444,6 @@ local function nickname_of(occupant)
 	return select(3, jid.split(occupant.nick));
 end
 
--- Takes in what arrives of a chunked body after the request was answered, so that Prosody does not buffer it.
-local discard_sink = { write = function () return true; end };
-
 local function refuse_unread_body(event)
 	if event.request.headers.transfer_encoding then
 		return error_answer(event, kick_error("length-required", nil, { before_authentication = true }));
@@ -458,17 +455,18 @@ end
 local function handle_kick(event)
 	local request, response = event.request, event.response;
 	if request.kick_answered then
-		-- Prosody calls the route again with the same request when the end of a chunked body it had buffered comes
-		-- after all; it was answered already.
+		-- A request answered before its body was read, handed over again once the body is in: 0.12 and 13 never do
+		-- this, but the request was answered and the connection closed.
 		response.persistent = false;
 		response:done();
 		return true;
 	end
-	if request.partial then
-		-- Headers only: the body is larger than http_max_content_size or comes in chunks, and Prosody has not read it.
-		-- Whatever the answer, close the connection after it, so that the body is never read.
+	-- Headers only (partial): the body is larger than http_max_content_size and Prosody has not read it. Chunked:
+	-- Prosody 0.12 and 13 do not read chunked request bodies; they would take the chunks for the next request.
+	-- Whatever the answer, close the connection after it, so that the rest is never read.
+	local unread_body = request.partial or request.headers.transfer_encoding ~= nil;
+	if unread_body then
 		request.kick_answered = true;
-		request.body_sink = request.headers.transfer_encoding and discard_sink or nil;
 		response.persistent = false;
 		response.headers.connection = "close";
 	end
@@ -478,7 +476,7 @@ local function handle_kick(event)
 			("Too many requests from your address; retry after %d s"):format(wait),
 			{ retry_after = wait; first_refusal = first_refusal }));
 	end
-	if request.partial then return refuse_unread_body(event); end
+	if unread_body then return refuse_unread_body(event); end
 
 	local credential, auth_err, refused_credential = authenticate(request.headers.authorization);
 	if not credential then return error_answer(event, auth_err, refused_credential); end
@@ -533,6 +531,8 @@ end
 
 module:provides("http", {
 	default_path = "/muc_kick";
+	-- Without this, mod_http hides requests whose body it has not read (handle_kick answers those at once).
+	streaming_uploads = true;
 	route = {
 		["POST"] = handle_kick;
 		-- OPTIONS is left to mod_http (CORS preflight); HEAD falls back to GET.
