@@ -346,8 +346,9 @@ fn token_api(lua: &Lua) -> LuaResult<LuaTable> {
 
 // --- kick ---
 
-/// Lua: `kick.parse(body, max_body_bytes, max_reason_chars)` -> { muc, nickname = ? | occupant_id = ? | jid = ?,
-/// reason = ? } (exactly one of the three), or nil, code, text with code "too-large" or "bad-request".
+/// Lua: `kick.parse(body, max_body_bytes, max_reason_chars)` -> muc, kind, target, reason (nil when absent), where
+/// kind is "nickname", "occupant-id" or "jid" and target its value; or nil, code, text with code "too-large" or
+/// "bad-request". Plain values rather than a table: the request path allocates nothing it does not keep.
 fn kick_parse(
     lua: &Lua,
     (body, max_body_bytes, max_reason_chars): (LuaString, usize, usize),
@@ -360,15 +361,12 @@ fn kick_parse(
     let body = body.as_bytes();
     match guard(|| crate::kick::parse(&body, &limits)) {
         Ok(request) => {
-            let table = lua.create_table()?;
-            table.set("muc", request.muc)?;
-            match request.target {
-                Target::Nickname(nickname) => table.set("nickname", nickname)?,
-                Target::OccupantId(id) => table.set("occupant_id", id)?,
-                Target::Jid(jid) => table.set("jid", jid)?,
-            }
-            table.set("reason", request.reason)?;
-            table.into_lua_multi(lua)
+            let (kind, target) = match request.target {
+                Target::Nickname(nickname) => ("nickname", nickname),
+                Target::OccupantId(id) => ("occupant-id", id),
+                Target::Jid(jid) => ("jid", jid),
+            };
+            (request.muc, kind, target, request.reason).into_lua_multi(lua)
         }
         Err(e) => to_lua::<()>(lua, Err(e)),
     }

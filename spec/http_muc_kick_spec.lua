@@ -123,7 +123,9 @@ local function load_module(given_options, module_host, storage)
 	end
 	local shared = {};
 	function module:shared(path) shared[path] = shared[path] or {}; return shared[path]; end
+	local clock = {}; -- clock.now, when set, is what os.time() answers the module
 	env = setmetatable({
+		os = setmetatable({ time = function (...) return clock.now or os.time(...); end }, { __index = os });
 		module = module;
 		prosody = { hosts = { [host] = {} }; paths = { config = "/nonexistent" } };
 		print = function (s) table.insert(output, s); end;
@@ -131,7 +133,8 @@ local function load_module(given_options, module_host, storage)
 	}, { __index = _G });
 	assert(loadfile("lua/mod_http_muc_kick/mod_http_muc_kick.lua", "t", env))();
 	return { module = module; http = provided.http; shell = items["shell-command"]; logs = logs; rooms = rooms;
-		output = output; events = events; fired = fired; metrics = metrics; storage = storage; options = options };
+		output = output; events = events; fired = fired; metrics = metrics; storage = storage; options = options;
+		clock = clock };
 end
 
 local default_options = {
@@ -530,6 +533,24 @@ describe("mod_http_muc_kick tokens", function ()
 			assert.equal('Bearer realm="muc.example.org", error="invalid_token"', headers.www_authenticate);
 		end);
 	end
+
+	it("refuses a token it verified before once the token expires or its key is retired", function ()
+		local now = os.time();
+		local token = mint(nil, now, 60);
+		assert.equal(200, (post(server, kick_bob, bearer(token))));
+		server.clock.now = now + 60;
+		assert.equal("token-expired", select(2, post(server, kick_bob, bearer(token))).code);
+
+		local retired_on = os.date("!%Y-%m-%d", now + 2 * 86400);
+		server = load_module(with_options({ http_muc_kick_token_secret = new_secret;
+			http_muc_kick_previous_token_secrets = { { secret = secret; accept_until = retired_on } } }));
+		token = mint(nil, now, 30 * 86400);
+		assert.equal(200, (post(server, kick_bob, bearer(token))));
+		server.clock.now = native.token.parse_utc_time(retired_on);
+		local status, body = post(server, kick_bob, bearer(token));
+		assert.equal(401, status);
+		assert.matches("no longer accepts", body.error, 1, true);
+	end);
 
 	it("answers 401 to a bearer token when tokens are not configured", function ()
 		server = load_module(with_options({ http_muc_kick_token_secret = unset }));

@@ -202,18 +202,18 @@ describe("token.secrets_equal", function ()
 end);
 
 describe("kick.parse", function ()
-	it("returns the request as a flat table", function ()
-		local request = native.kick.parse('{"nickname":"Bob","muc":"lobby@muc.example.org","reason":"Spam"}', 4096, 100);
-		assert.same({ nickname = "Bob"; muc = "lobby@muc.example.org"; reason = "Spam" }, request);
+	it("returns the room, how the occupant is named, the name and the reason", function ()
+		assert.same({ "lobby@muc.example.org", "nickname", "Bob", "Spam" },
+			{ native.kick.parse('{"nickname":"Bob","muc":"lobby@muc.example.org","reason":"Spam"}', 4096, 100) });
 	end);
 
 	it("names the occupant by exact nickname, occupant id or real JID", function ()
-		assert.same({ nickname = " Spammer "; muc = "l@m.example" },
-			native.kick.parse('{"nickname":" Spammer ","muc":"l@m.example"}', 4096, 100));
-		assert.same({ occupant_id = "abc+/="; muc = "l@m.example" },
-			native.kick.parse('{"occupant_id":"abc+/=","muc":"l@m.example"}', 4096, 100));
-		assert.same({ jid = "bob@example.org"; muc = "l@m.example" },
-			native.kick.parse('{"jid":"bob@example.org","muc":"l@m.example"}', 4096, 100));
+		assert.same({ "l@m.example", "nickname", " Spammer " },
+			{ native.kick.parse('{"nickname":" Spammer ","muc":"l@m.example"}', 4096, 100) });
+		assert.same({ "l@m.example", "occupant-id", "abc+/=" },
+			{ native.kick.parse('{"occupant_id":"abc+/=","muc":"l@m.example"}', 4096, 100) });
+		assert.same({ "l@m.example", "jid", "bob@example.org" },
+			{ native.kick.parse('{"jid":"bob@example.org","muc":"l@m.example"}', 4096, 100) });
 	end);
 
 	local refusals = {

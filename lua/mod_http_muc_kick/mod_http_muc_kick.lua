@@ -149,9 +149,12 @@ module:depends("http");
 -- Entries in each rate limiter's table of recent clients; the least recently seen is forgotten first.
 local max_tracked_addresses = 10000;
 local max_tracked_credentials = 1000;
+-- Tokens that verified, by Authorization header, so that a busy integration's requests skip parsing and verifying.
+local max_cached_tokens = 256;
 
 -- HTTP status in `code`; the JSON answer is {"error": text, "code": name}, where text often comes from the native
--- library. The name travels in the error's context (util.error keeps no registry key).
+-- library. Refusals travel as `nil, name, text` and are rendered from the template (no util.error object per request:
+-- the route writes its own JSON, and a refusal should allocate little, since each costs Prosody's collector more).
 local kick_errors = errors.init(module.name, {
 	["unauthorized"] = { code = 401; type = "auth"; condition = "not-authorized";
 		text = "Missing or wrong Authorization header" };
@@ -211,7 +214,10 @@ end
 -- that rotating addresses inside it gains nothing), anything else as itself.
 local ipv4_mapped_prefix = ("\0"):rep(10) .. "\255\255";
 local function address_key(address)
-	local parsed = address and ip.new_ip(address);
+	if not address or not address:find(":", 1, true) then
+		return address or "?";
+	end
+	local parsed = ip.new_ip(address);
 	if parsed and parsed.proto == "IPv6" and parsed.packed:sub(1, 12) ~= ipv4_mapped_prefix then
 		return parsed.packed:sub(1, 8);
 	end
@@ -247,6 +253,11 @@ local function read_settings()
 			.. "kicks without credentials (set http_muc_kick_token_secret_file to use tokens; see the README)";
 	end
 	settings.static_header, settings.keyring = header, keyring;
+	settings.key_accept_until = {};
+	for _, key in ipairs(keyring and keyring:key_ids() or {}) do
+		settings.key_accept_until[key.id] = key.accept_until or math.huge;
+	end
+	settings.verified_tokens = cache.new(max_cached_tokens);
 	-- 401 challenges name a scheme from this list, never text from the configured header.
 	local realm = ("realm=%q"):format(module.host);
 	local is_basic = header and header:match("^(%a+) ") and header:match("^(%a+) "):lower() == "basic";
@@ -297,74 +308,97 @@ module:hook_global("config-reloaded", function ()
 	audit_configuration();
 end);
 
--- An error from the registry with its name in context.code, and a precise text where one is known (from the native
--- library or here). Internal errors keep their details in the log, not in the answer.
-local function kick_error(name, text, context)
-	if name == "internal-error" or not kick_errors.registry[name] then
-		module:log("error", "Internal error (%s): %s", name, text);
-		return kick_errors.new("internal-error", { code = "internal-error" });
-	end
-	context = context or {};
-	context.code = name;
-	local err = kick_errors.new(name, context);
-	if text then err.text = text; end
-	return err;
-end
-
 local function json_answer(response, status, body)
 	response.status_code = status;
 	response.headers.content_type = "application/json";
 	return json.encode(body);
 end
 
--- The answer to a refused request, with its metric and its log line (an audit line when it matters to security).
--- `credential` is what the request proved it holds, if anything.
-local function error_answer(event, err, credential)
+local json_escapes = { ['"'] = '\\"'; ["\\"] = "\\\\" };
+local function json_string(text)
+	return (text:gsub('[%c"\\]', function (c) return json_escapes[c] or ("\\u%04x"):format(c:byte()); end));
+end
+
+-- The answer to a refused request: `name` is an entry of kick_errors and `text` replaces its default text. Counts it,
+-- and logs it: an audit line when it matters to security (`audit` overrides the default of audited_refusals), else a
+-- debug line. `credential` is what the request proved it holds, if anything.
+local function refuse(event, name, text, credential, audit)
 	local request, response = event.request, event.response;
-	local code = err.context.code;
-	if err.code == 401 then
+	local template = kick_errors.registry[name];
+	if name == "internal-error" or not template then
+		module:log("error", "Internal error (%s): %s", name, text);
+		name, template, text = "internal-error", kick_errors.registry["internal-error"], nil;
+	end
+	text = text or template.text;
+	local status = template.code;
+	if status == 401 then
 		local bearer = settings.bearer_challenge;
-		if bearer and code:match("^token%-") then
+		if bearer and name:match("^token%-") then
 			bearer = bearer .. ', error="invalid_token"';
 		end
 		response.headers.www_authenticate = settings.basic_challenge and bearer
 			and (settings.basic_challenge .. ", " .. bearer) or settings.basic_challenge or bearer;
-	elseif err.code == 429 then
-		response.headers.retry_after = ("%d"):format(err.context.retry_after);
 	end
-	requests_metric:with_labels(code):add(1);
-	if (audited_refusals[code] or err.context.before_authentication)
-		and (code ~= "rate-limited" or err.context.first_refusal) then
-		compat.audit(module, "kick-refused", { address = request.ip; code = code; status = err.code;
+	requests_metric:with_labels(name):add(1);
+	if audit == nil then audit = audited_refusals[name]; end
+	if audit then
+		compat.audit(module, "kick-refused", { address = request.ip; code = name; status = status;
 			credential = credential and credential.id; label = credential and credential.label });
 	else
-		module:log("debug", "Refused %s %s from %s: %d %s", request.method, request.path, request.ip, err.code, err.text);
+		module:log("debug", "Refused %s %s from %s: %d %s", request.method, request.path, request.ip, status, text);
 	end
-	return json_answer(response, err.code, { error = err.text; code = code });
+	response.status_code = status;
+	response.headers.content_type = "application/json";
+	return ('{"error":"%s","code":"%s"}'):format(json_string(text), name);
+end
+
+local function refuse_rate_limited(event, wait, first_refusal, text, credential)
+	event.response.headers.retry_after = ("%d"):format(wait);
+	return refuse(event, "rate-limited", text:format(wait), credential, first_refusal);
 end
 
 local static_credential = { id = "static" };
 
--- Returns the credential { id = "static" | "token:<id>", label = ?, claims = ? }, or nil, error, and for a genuine
--- but revoked token, its credential (for the log).
-local function authenticate(authorization)
-	if not authorization or authorization == "" then
-		return nil, kick_error("unauthorized", "Missing Authorization header");
-	end
-	if settings.static_header and native.token.secrets_equal(settings.static_header, authorization) then
-		return static_credential;
-	end
-	local bearer = settings.keyring and authorization:match("^[Bb][Ee][Aa][Rr][Ee][Rr] +(%S+) *$");
+-- What a verified token proves: { id = "token:<id>", label = ?, claims, valid_until }, or nil, name, text. Verified
+-- tokens are kept by header until they expire or their key is retired, so that a busy integration's requests skip
+-- parsing and verifying (the cache goes with the settings, so a reload empties it). A lookup compares whole strings
+-- only after a match of Lua's seeded hash, which a guess cannot aim at.
+local function verify_token(authorization, now)
+	local bearer = authorization:match("^[Bb][Ee][Aa][Rr][Ee][Rr] +(%S+) *$");
 	if not bearer then
-		return nil, kick_error("unauthorized", "Wrong Authorization header");
+		return nil, "unauthorized", "Wrong Authorization header";
 	end
-	local claims, code, text = settings.keyring:verify(bearer, os.time());
+	local claims, code, text = settings.keyring:verify(bearer, now);
 	if not claims then
-		return nil, kick_error(code, text);
+		return nil, code, text;
 	end
-	local credential = { id = "token:" .. claims.nonce; label = claims.label; claims = claims };
-	if revoked[claims.nonce] then
-		return nil, kick_error("token-revoked", "Token has been revoked"), credential;
+	local credential = { id = "token:" .. claims.nonce; label = claims.label; claims = claims;
+		valid_until = math.min(claims.expires_at, settings.key_accept_until[claims.key_id] or 0) };
+	settings.verified_tokens:set(authorization, credential);
+	return credential;
+end
+
+-- Returns the credential, or nil, name, text, and for a genuine but revoked token its credential (for the log).
+local function authenticate(authorization, now)
+	if not authorization or authorization == "" then
+		return nil, "unauthorized", "Missing Authorization header";
+	end
+	local credential = settings.verified_tokens:get(authorization);
+	if not (credential and now < credential.valid_until) then
+		if settings.static_header and native.token.secrets_equal(settings.static_header, authorization) then
+			return static_credential;
+		end
+		if not settings.keyring then
+			return nil, "unauthorized", "Wrong Authorization header";
+		end
+		local name, text;
+		credential, name, text = verify_token(authorization, now);
+		if not credential then
+			return nil, name, text;
+		end
+	end
+	if revoked[credential.claims.nonce] then
+		return nil, "token-revoked", "Token has been revoked", credential;
 	end
 	return credential;
 end
@@ -385,45 +419,45 @@ local function is_json(content_type)
 	return media_type ~= nil and media_type:lower() == "application/json";
 end
 
--- The occupants a checked request names: one by nickname, or every occupant of one account by occupant id (XEP-0421)
--- or real bare JID (an account may be in a room under several nicknames). Returns room, occupants, or nil, error.
-local function find_occupants(credential, kick)
-	local room_jid = jid.prep(kick.muc);
+-- The occupants a checked request names (`kind` is "nickname", "occupant-id" or "jid"): one by nickname, or every
+-- occupant of one account by occupant id (XEP-0421) or real bare JID (an account may be in a room under several
+-- nicknames). Returns room, occupants, or nil, name, text.
+local function find_occupants(credential, muc, kind, target)
+	local room_jid = jid.prep(muc);
 	if not room_jid then
-		return nil, kick_error("bad-request", "'muc' is not a valid room JID: it has characters JIDs may not contain");
+		return nil, "bad-request", "'muc' is not a valid room JID: it has characters JIDs may not contain";
 	end
 	if jid.host(room_jid) ~= module.host then
-		return nil, kick_error("room-not-found", ("Room %s is not on this MUC service (%s)"):format(room_jid, module.host));
+		return nil, "room-not-found", ("Room %s is not on this MUC service (%s)"):format(room_jid, module.host);
 	end
 	if not is_in_scope(credential, room_jid) then
-		return nil, kick_error("out-of-scope", ("This token does not cover the room %s"):format(room_jid));
+		return nil, "out-of-scope", ("This token does not cover the room %s"):format(room_jid);
 	end
 	local room = mod_muc.get_room_from_jid(room_jid);
 	if not room then
-		return nil, kick_error("room-not-found", ("Room %s does not exist"):format(room_jid));
+		return nil, "room-not-found", ("Room %s does not exist"):format(room_jid);
 	end
-	if kick.nickname then
-		local occupant_jid = jid.prep(room_jid .. "/" .. kick.nickname);
+	if kind == "nickname" then
+		local occupant_jid = jid.prep(room_jid .. "/" .. target);
 		if not occupant_jid then
-			return nil, kick_error("bad-request", "'nickname' is not valid: it has characters nicknames may not contain");
+			return nil, "bad-request", "'nickname' is not valid: it has characters nicknames may not contain";
 		end
 		local occupant = room:get_occupant_by_nick(occupant_jid);
 		if not occupant then
-			return nil, kick_error("occupant-not-found",
-				("Nobody with the nickname %q is in the room %s"):format(kick.nickname, room_jid));
+			return nil, "occupant-not-found", ("Nobody with the nickname %q is in the room %s"):format(target, room_jid);
 		end
 		return room, { occupant };
 	end
 	local matches;
-	if kick.occupant_id then
+	if kind == "occupant-id" then
 		if not settings.occupant_ids then
-			return nil, kick_error("bad-request", "This MUC service does not give occupants ids (XEP-0421)");
+			return nil, "bad-request", "This MUC service does not give occupants ids (XEP-0421)";
 		end
-		matches = function (occupant) return room:get_occupant_id(occupant) == kick.occupant_id; end
+		matches = function (occupant) return room:get_occupant_id(occupant) == target; end
 	else
-		local bare_jid = jid.prep(kick.jid);
+		local bare_jid = jid.prep(target);
 		if not bare_jid then
-			return nil, kick_error("bad-request", "'jid' is not valid: it has characters JIDs may not contain");
+			return nil, "bad-request", "'jid' is not valid: it has characters JIDs may not contain";
 		end
 		matches = function (occupant) return occupant.bare_jid == bare_jid; end
 	end
@@ -432,9 +466,9 @@ local function find_occupants(credential, kick)
 		if matches(occupant) then table.insert(occupants, occupant); end
 	end
 	if not occupants[1] then
-		return nil, kick_error("occupant-not-found", kick.occupant_id
-			and ("Nobody with the occupant id %q is in the room %s"):format(kick.occupant_id, room_jid)
-			or ("Nobody with the JID %s is in the room %s"):format(kick.jid, room_jid));
+		return nil, "occupant-not-found", kind == "occupant-id"
+			and ("Nobody with the occupant id %q is in the room %s"):format(target, room_jid)
+			or ("Nobody with the JID %s is in the room %s"):format(target, room_jid);
 	end
 	table.sort(occupants, function (a, b) return a.nick < b.nick; end);
 	return room, occupants;
@@ -446,10 +480,9 @@ end
 
 local function refuse_unread_body(event)
 	if event.request.headers.transfer_encoding then
-		return error_answer(event, kick_error("length-required", nil, { before_authentication = true }));
+		return refuse(event, "length-required", nil, nil, true);
 	end
-	return error_answer(event, kick_error("too-large", ("Body is larger than %d bytes"):format(settings.max_body_size),
-		{ before_authentication = true }));
+	return refuse(event, "too-large", ("Body is larger than %d bytes"):format(settings.max_body_size), nil, true);
 end
 
 local function handle_kick(event)
@@ -472,61 +505,57 @@ local function handle_kick(event)
 	end
 	local wait, first_refusal = settings.limit_address(address_key(request.ip));
 	if wait then
-		return error_answer(event, kick_error("rate-limited",
-			("Too many requests from your address; retry after %d s"):format(wait),
-			{ retry_after = wait; first_refusal = first_refusal }));
+		return refuse_rate_limited(event, wait, first_refusal, "Too many requests from your address; retry after %d s");
 	end
 	if unread_body then return refuse_unread_body(event); end
 
-	local credential, auth_err, refused_credential = authenticate(request.headers.authorization);
-	if not credential then return error_answer(event, auth_err, refused_credential); end
+	local credential, name, text, refused_credential = authenticate(request.headers.authorization, os.time());
+	if not credential then return refuse(event, name, text, refused_credential); end
 	wait, first_refusal = settings.limit_credential(credential.id);
 	if wait then
-		return error_answer(event, kick_error("rate-limited",
-			("Too many requests with this credential; retry after %d s"):format(wait),
-			{ retry_after = wait; first_refusal = first_refusal }), credential);
+		return refuse_rate_limited(event, wait, first_refusal, "Too many requests with this credential; retry after %d s",
+			credential);
 	end
 	if not is_json(request.headers.content_type) then
-		return error_answer(event, kick_error("unsupported-media-type"), credential);
+		return refuse(event, "unsupported-media-type", nil, credential);
 	end
-	local kick, code, text = native.kick.parse(request.body or "", settings.max_body_size, settings.max_reason_length);
-	if not kick then return error_answer(event, kick_error(code, text), credential); end
+	local muc, kind, target, reason = native.kick.parse(request.body or "", settings.max_body_size,
+		settings.max_reason_length);
+	if not muc then return refuse(event, kind, target, credential); end
 
-	local room, occupants_or_err = find_occupants(credential, kick);
-	if not room then return error_answer(event, occupants_or_err, credential); end
-	local occupants = occupants_or_err;
+	local room, occupants, find_error = find_occupants(credential, muc, kind, target);
+	if not room then return refuse(event, occupants, find_error, credential); end
 	for _, occupant in ipairs(occupants) do
 		local affiliation = room:get_affiliation(occupant.bare_jid);
 		if (affiliation == "owner" or affiliation == "admin") and not settings.allow_kicking_admins then
-			return error_answer(event, kick_error("forbidden", ("%s is an %s of the room; owners and admins cannot be kicked")
-				:format(nickname_of(occupant), affiliation)), credential);
+			return refuse(event, "forbidden", ("%s is an %s of the room; owners and admins cannot be kicked")
+				:format(nickname_of(occupant), affiliation), credential);
 		end
 	end
 
 	local nicknames = {};
 	for _, occupant in ipairs(occupants) do
 		local nickname = nickname_of(occupant);
-		local ok, err_type, condition = room:set_role(true, occupant.nick, "none", kick.reason);
+		local ok, err_type, condition = room:set_role(true, occupant.nick, "none", reason);
 		if not ok then
-			local why = ("Could not kick %s: %s %s"):format(occupant.nick, err_type, condition);
-			return error_answer(event, kick_error("internal-error", why), credential);
+			return refuse(event, "internal-error", ("Could not kick %s: %s %s"):format(occupant.nick, err_type, condition),
+				credential);
 		end
 		table.insert(nicknames, nickname);
-		local target = kick.nickname and "nickname" or kick.occupant_id and "occupant-id" or "jid";
 		compat.audit(module, "occupant-kicked", { address = request.ip; credential = credential.id;
-			label = credential.label; room = room.jid; nickname = nickname; jid = occupant.bare_jid;
-			reason = kick.reason; target = target });
+			label = credential.label; room = room.jid; nickname = nickname; jid = occupant.bare_jid; reason = reason;
+			target = kind });
 		module:fire_event("http-muc-kick", { room = room; nickname = nickname; occupant_jid = occupant.nick;
-			jid = occupant.bare_jid; reason = kick.reason; credential = credential.id; label = credential.label;
-			address = request.ip; target = target });
+			jid = occupant.bare_jid; reason = reason; credential = credential.id; label = credential.label;
+			address = request.ip; target = kind });
 	end
 	requests_metric:with_labels("kicked"):add(1);
-	return json_answer(event.response, 200, { kicked = nicknames[1]; nicknames = nicknames; muc = room.jid });
+	return json_answer(response, 200, { kicked = nicknames[1]; nicknames = nicknames; muc = room.jid });
 end
 
 local function method_not_allowed(event)
 	event.response.headers.allow = "POST";
-	return error_answer(event, kick_error("method-not-allowed"));
+	return refuse(event, "method-not-allowed");
 end
 
 module:provides("http", {
