@@ -354,6 +354,8 @@ describe("mod_http_muc_kick requests", function ()
 			"does not exist" };
 		{ "a nickname not in the room", nil, '{"nickname":"Eve","muc":"lobby@muc.example.org"}', 404, "occupant-not-found",
 			'Nobody with the nickname "Eve"' };
+		{ "a nickname with a quote and a backslash", nil, [[{"nickname":"E\"v\\e","muc":"lobby@muc.example.org"}]], 404,
+			"occupant-not-found", [[Nobody with the nickname "E\"v\\e" is in the room]] };
 		{ "a trimmed nickname", nil, '{"nickname":"Spammer","muc":"lobby@muc.example.org"}', 404, "occupant-not-found",
 			'Nobody with the nickname "Spammer"' };
 		{ "a JID not in the room", nil, '{"jid":"eve@example.org","muc":"lobby@muc.example.org"}', 404,

@@ -187,6 +187,12 @@ local audited_refusals = {
 
 local requests_metric = module:metric("counter", "requests", "",
 	"HTTP kick requests by outcome: kicked, or the code of the error answered", { "outcome" });
+-- One counter per outcome, found once.
+local request_counters = setmetatable({}, { __index = function (counters, outcome)
+	local counter = requests_metric:with_labels(outcome);
+	counters[outcome] = counter;
+	return counter;
+end });
 
 --- A rate limiter: limit(key) -> nil when the request may go on, or seconds to wait and whether this is the first
 -- refusal since the key was last allowed (to log a flood once, not once per request). A token bucket per key
@@ -314,9 +320,13 @@ local function json_answer(response, status, body)
 	return json.encode(body);
 end
 
+-- What JSON must escape in a string: quotes, backslashes and control characters.
 local json_escapes = { ['"'] = '\\"'; ["\\"] = "\\\\" };
+for byte = 0, 31 do json_escapes[string.char(byte)] = ("\\u%04x"):format(byte); end
+json_escapes["\127"] = "\\u007f";
+
 local function json_string(text)
-	return (text:gsub('[%c"\\]', function (c) return json_escapes[c] or ("\\u%04x"):format(c:byte()); end));
+	return (text:gsub('[%c"\\]', json_escapes));
 end
 
 -- The answer to a refused request: `name` is an entry of kick_errors and `text` replaces its default text. Counts it,
@@ -339,7 +349,7 @@ local function refuse(event, name, text, credential, audit)
 		response.headers.www_authenticate = settings.basic_challenge and bearer
 			and (settings.basic_challenge .. ", " .. bearer) or settings.basic_challenge or bearer;
 	end
-	requests_metric:with_labels(name):add(1);
+	request_counters[name]:add(1);
 	if audit == nil then audit = audited_refusals[name]; end
 	if audit then
 		compat.audit(module, "kick-refused", { address = request.ip; code = name; status = status;
@@ -549,7 +559,7 @@ local function handle_kick(event)
 			jid = occupant.bare_jid; reason = reason; credential = credential.id; label = credential.label;
 			address = request.ip; target = kind });
 	end
-	requests_metric:with_labels("kicked"):add(1);
+	request_counters.kicked:add(1);
 	return json_answer(response, 200, { kicked = nicknames[1]; nicknames = nicknames; muc = room.jid });
 end
 
