@@ -178,8 +178,8 @@ local kick_errors = errors.init(module.name, {
 	["internal-error"] = { code = 500; type = "wait"; condition = "internal-server-error"; text = "Internal error" };
 });
 
--- Refusals that matter to security, logged at info as `AUDIT kick-refused address=... code=...` (the fail2ban line),
--- with bodies refused before authentication; the others are the client's mistakes, logged at debug.
+-- Refusals that matter to security, logged at info as `AUDIT kick-refused address=... code=...` (the fail2ban line);
+-- the others are the client's mistakes, logged at debug (bodies refused before authentication are audited too).
 local audited_refusals = {
 	["unauthorized"] = true; ["token-malformed"] = true; ["token-invalid"] = true; ["token-expired"] = true;
 	["token-revoked"] = true; ["out-of-scope"] = true; ["rate-limited"] = true;
@@ -227,21 +227,21 @@ local function address_key(address)
 	if parsed and parsed.proto == "IPv6" and parsed.packed:sub(1, 12) ~= ipv4_mapped_prefix then
 		return parsed.packed:sub(1, 8);
 	end
-	return address or "?";
+	return address;
 end
 
 -- Every option, read at load and again on config-reloaded. Returns settings, or nil, message.
 local function read_settings()
-	local settings = {
+	local new = {
 		allow_kicking_admins = module:get_option_boolean("http_muc_kick_allow_kicking_admins", false);
 		max_body_size = compat.get_option_integer(module, "http_muc_kick_max_body_size", 4096, 256, 65536);
 		max_reason_length = compat.get_option_integer(module, "http_muc_kick_max_reason_length", 1000, 1, 10000);
 		occupant_ids = module:get_option_boolean("muc_occupant_id", true);
 	};
 	local window = compat.get_option_integer(module, "http_muc_kick_rate_limit_window", 60, 1, 86400);
-	settings.limit_address = new_limiter(compat.get_option_integer(module, "http_muc_kick_rate_limit_per_address", 60, 1,
+	new.limit_address = new_limiter(compat.get_option_integer(module, "http_muc_kick_rate_limit_per_address", 60, 1,
 		1000000000), window, max_tracked_addresses);
-	settings.limit_credential = new_limiter(compat.get_option_integer(module, "http_muc_kick_rate_limit_per_credential",
+	new.limit_credential = new_limiter(compat.get_option_integer(module, "http_muc_kick_rate_limit_per_credential",
 		60, 1, 1000000000), window, max_tracked_credentials);
 
 	local header, err = credentials.read_secret(module, "http_muc_kick_authorization_header");
@@ -258,18 +258,19 @@ local function read_settings()
 		return nil, "Neither http_muc_kick_token_secret nor http_muc_kick_authorization_header is set: refusing to serve "
 			.. "kicks without credentials (set http_muc_kick_token_secret_file to use tokens; see the README)";
 	end
-	settings.static_header, settings.keyring = header, keyring;
-	settings.key_accept_until = {};
+	new.static_header, new.keyring = header, keyring;
+	new.key_accept_until = {};
 	for _, key in ipairs(keyring and keyring:key_ids() or {}) do
-		settings.key_accept_until[key.id] = key.accept_until or math.huge;
+		new.key_accept_until[key.id] = key.accept_until or math.huge;
 	end
-	settings.verified_tokens = cache.new(max_cached_tokens);
-	-- 401 challenges name a scheme from this list, never text from the configured header.
+	new.verified_tokens = cache.new(max_cached_tokens);
+	-- 401 challenges name Basic (for a Basic static header) and Bearer, never text from the configured header.
 	local realm = ("realm=%q"):format(module.host);
-	local is_basic = header and header:match("^(%a+) ") and header:match("^(%a+) "):lower() == "basic";
-	settings.basic_challenge = is_basic and ("Basic " .. realm) or nil;
-	settings.bearer_challenge = (keyring or not is_basic) and ("Bearer " .. realm) or nil;
-	return settings;
+	local scheme = header and header:match("^(%a+) ");
+	local is_basic = scheme ~= nil and scheme:lower() == "basic";
+	new.basic_challenge = is_basic and ("Basic " .. realm) or nil;
+	new.bearer_challenge = (keyring or not is_basic) and ("Bearer " .. realm) or nil;
+	return new;
 end
 
 local settings, settings_error = read_settings();
