@@ -465,16 +465,24 @@ async def test_forwarded_address_of_an_untrusted_peer_is_ignored(start_kick_serv
     assert "203.0.113.7" not in log
 
 
-async def test_prosody_13_shell_refuses_service_false(start_kick_server, prosody_version):
+@contextlib.contextmanager
+def shell_server(start_kick_server, prosody_version):
+    """A Prosody 13 server with mod_admin_shell, for `prosodyctl shell muc_kick ...`; skips on 0.12."""
     if prosody_version != "13":
-        pytest.skip("Prosody 0.12 has no shell commands")
+        pytest.skip("Prosody 0.12 has no shell commands; its prosodyctl commands are tested too")
+    # The admin socket path must fit in a sockaddr_un, which pytest's temp paths may not.
     with tempfile.TemporaryDirectory(prefix="kick") as socket_dir:
         server = start_kick_server(global_modules=["admin_shell"],
                                    global_options={"admin_socket": f"{socket_dir}/admin.sock"})
+        yield server
+        server.stop()  # while its socket folder still exists
+
+
+async def test_prosody_13_shell_refuses_service_false(start_kick_server, prosody_version):
+    with shell_server(start_kick_server, prosody_version) as server:
         with pytest.raises(RuntimeError, match="--service takes no value"):
             server.prosodyctl("shell", "muc_kick", "create_token", server.muc_host, "--service=false")
         assert "AUDIT kick-token-created" not in server.log_text()
-        server.stop()  # while its socket folder still exists
 
 
 # --- Rate limits --------------------------------------------------------------------------------------------------
@@ -675,12 +683,7 @@ async def test_revocation_survives_a_restart(start_kick_server):
 
 
 async def test_prosody_13_shell_mints_lists_and_revokes_at_once(start_kick_server, prosody_version):
-    if prosody_version != "13":
-        pytest.skip("Prosody 0.12 has no shell commands; its prosodyctl commands are tested above")
-    # The admin socket path must fit in a sockaddr_un, which pytest's temp paths may not.
-    with tempfile.TemporaryDirectory(prefix="kick") as socket_dir:
-        server = start_kick_server(global_modules=["admin_shell"],
-                                   global_options={"admin_socket": f"{socket_dir}/admin.sock"})
+    with shell_server(start_kick_server, prosody_version) as server:
         output = server.prosodyctl("shell", "muc_kick", "create_token", server.muc_host, "--room", "lobby",
                                    "--label", "shell-bot")
         tokens = TOKEN.findall(output)
@@ -702,7 +705,6 @@ async def test_prosody_13_shell_mints_lists_and_revokes_at_once(start_kick_serve
         assert tokens[0] not in log
         assert f"AUDIT kick-token-created by=shell credential=token:{token_id}" in log
         assert f"AUDIT kick-token-revoked by=shell credential=token:{token_id} label=shell-bot" in log
-        server.stop()  # while its socket folder still exists
 
 
 async def test_key_rollover_accepts_old_tokens_until_the_date_then_refuses_them(start_kick_server, tmp_path):
