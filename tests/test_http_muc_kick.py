@@ -657,8 +657,9 @@ async def test_prosodyctl_revocation_reaches_the_running_server(start_kick_serve
         assert 404 == (await kick(server, {"nickname": "Eve", "muc": ROOM}, headers=bearer(token))).status_code
         since = log_size(server)
 
-        server.prosodyctl("mod_http_muc_kick", "revoke_token", server.muc_host, token_id)
+        output = server.prosodyctl("mod_http_muc_kick", "revoke_token", server.muc_host, token_id)
 
+        assert f"Revoked {token_id}; the running server was told to reload and now refuses it" in output
         await wait_for_log(server, f"AUDIT kick-token-revoked by=registry credential=token:{token_id} label=leaked",
                            since)
         assert_refused(await kick(server, {"nickname": "Bob", "muc": ROOM}, headers=bearer(token)),
@@ -675,7 +676,8 @@ async def test_revocation_survives_a_restart(start_kick_server):
     server = start_kick_server()
     token = create_token(server, "--service")
     server.stop()
-    server.prosodyctl("mod_http_muc_kick", "revoke_token", server.muc_host, claims_of(token)["nonce"])
+    output = server.prosodyctl("mod_http_muc_kick", "revoke_token", server.muc_host, claims_of(token)["nonce"])
+    assert "Prosody is not running and will refuse it when it starts" in output
     server.start()
 
     assert_refused(await kick(server, {"nickname": "Eve", "muc": ROOM}, headers=bearer(token)), 401, "token-revoked")

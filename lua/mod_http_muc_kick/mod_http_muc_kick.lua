@@ -101,16 +101,19 @@ local offline_commands = {
 		-- `prosodyctl reload` does.
 		local reloaded, why = compat.require("util.prosodyctl").reload();
 		if reloaded then
-			return ("Revoked %s; the running server was told to reload and now refuses it"):format(positional[1]);
+			print(("Revoked %s; the running server was told to reload and now refuses it"):format(positional[1]));
 		elseif why == "not-running" then
-			return ("Revoked %s; Prosody is not running and will refuse it when it starts"):format(positional[1]);
+			print(("Revoked %s; Prosody is not running and will refuse it when it starts"):format(positional[1]));
+		else
+			print(("Revoked %s, but the running server could not be told (%s): run prosodyctl reload"):format(
+				positional[1], tostring(why)));
 		end
-		return ("Revoked %s, but the running server could not be told (%s): run prosodyctl reload"):format(positional[1],
-			tostring(why));
+		return "";
 	end;
 };
 
---- prosodyctl mod_http_muc_kick create_token|list_tokens|revoke_token HOST ...: results on stdout, details on stderr.
+--- prosodyctl mod_http_muc_kick create_token|list_tokens|revoke_token HOST ...: results on stdout (the token alone, the
+-- list, what became of the revocation), details and audit lines on stderr.
 function module.command(arg)
 	local command = table.remove(arg, 1);
 	local run = offline_commands[command];
@@ -132,7 +135,7 @@ function module.command(arg)
 		io.stderr:write(failure, "\n");
 		return 1;
 	end
-	io.stderr:write(message, "\n");
+	if message ~= "" then io.stderr:write(message, "\n"); end
 	return 0;
 end
 
