@@ -88,7 +88,7 @@ local waiting_now = module:metric("gauge", "waiting_stanzas", "",
 local hold_time = module:metric("histogram", "hold", "seconds", "Time from a held message's arrival to its delivery", {},
 	{ buckets = { 0.01; 0.05; 0.1; 0.25; 0.5; 1; 2.5; 5; 10; 30; 60 } }):with_labels();
 local holds_cut = module:metric("counter", "holds_cut_short", "",
-	"Holds ended before every probe finished, by reason (timeout, line-full, shutdown)", { "reason" });
+	"Holds ended before every probe finished, by reason (timeout, line-full, shutdown, unload)", { "reason" });
 local bounced = module:metric("counter", "bounced_messages", "",
 	"Held messages refused at delivery because the sender may no longer speak, by error condition", { "condition" });
 
