@@ -332,6 +332,28 @@ describe("mod_muc_media_metadata", function ()
 		m:unload();
 	end);
 
+	it("holds a waiting subject change with a body again when core hands it back, keeping its place", function ()
+		local m = load();
+		local r = room();
+		-- What mod_muc does with a message/bare the gate hands back: muc-occupant-groupchat, then the broadcast.
+		local host_events = fakes.prosody.hosts["conference.example.org"].events;
+		local function muc(event)
+			if not groupchat(m, r, event.stanza, event.origin) then r:broadcast_message(event.stanza); end
+			return true;
+		end
+		host_events.add_handler("message/bare", muc);
+		local first, last = message(alice, server.url("/photo.png?first")), message(alice);
+		local second = message(alice, server.url("/photo.gif?second")):text_tag("subject", "with a body: a message");
+		second.tags[1][1], last.tags[1][1] = "second", "last";
+		groupchat(m, r, first);
+		assert.is_true(m.hooks["message/bare"].handler({ origin = session(); stanza = second }), "waits for its turn");
+		assert.is_true(groupchat(m, r, last));
+		fakes.pump_until(function () return #r.broadcasts == 3; end);
+		host_events.remove_handler("message/bare", muc);
+		assert.same({ "look", "second", "last" }, bodies(r.broadcasts));
+		assert.is_table(metadata_of(r.broadcasts[2]:get_child("x", xmlns_oob)), "held for its own metadata");
+	end);
+
 	local refusals = {
 		{ "kicked", function (r) r.occupants[alice] = nil; end, "cancel", "not-acceptable" };
 		{ "devoiced", function (r) r.occupants[alice].role = "visitor"; end, "auth", "forbidden" };

@@ -158,6 +158,20 @@ async def test_module_reload_delivers_held_messages_at_once(start_hold_prosody, 
         assert has_metadata(await bob.wait_for(from_room(ROOM, "Alice", "after reload")))
 
 
+async def test_config_reload_leaves_held_messages_held(start_hold_prosody, media):
+    server = start_hold_prosody()
+    async with occupants(server) as (alice, bob):
+        groupchat(alice, ROOM, "held", media.url("/tarpit/1.png")).send()
+        await tarpit_started(media)
+        os.kill(server.pid, signal.SIGHUP)  # what `prosodyctl reload` sends (13's refuses to under systemd)
+        async with asyncio.timeout(rig.TIMEOUT):  # each round trip gives the loop a turn to handle the signal
+            while "Reloading configuration file" not in server.log_text():
+                await bob.plugin["xep_0199"].ping(jid=server.host, timeout=rig.TIMEOUT)
+        assert [] == bob.arrived(from_room(ROOM, "Alice", "held")), "still held"
+        media.release_tarpit()
+        await bob.wait_for(from_room(ROOM, "Alice", "held"))
+
+
 async def kick(bob):
     await bob.plugin["xep_0045"].set_role(ROOM, "Alice", "none", timeout=rig.TIMEOUT)
 
