@@ -8,6 +8,7 @@ package.cpath = "/usr/lib/prosody/?.so;" .. package.cpath;
 
 local socket = require "socket";
 local events = require "util.events";
+local jid = require "util.jid";
 
 local fakes = {};
 
@@ -60,6 +61,13 @@ local function host_events(host)
 	if host == "*" then return fakes.prosody.events; end
 	fakes.prosody.hosts[host] = fakes.prosody.hosts[host] or { events = events.new() };
 	return fakes.prosody.hosts[host].events;
+end
+
+--- As core's stanza router: fires <name>/full, /bare or /host on the host the stanza is addressed to.
+function fakes.prosody.core_post_stanza(origin, stanza)
+	local node, host, resource = jid.split(stanza.attr.to);
+	local to_type = resource and "/full" or node and "/bare" or "/host";
+	return host_events(host).fire_event(stanza.name .. to_type, { origin = origin; stanza = stanza });
 end
 
 --- A module object named `name` on `host` with config `options`.

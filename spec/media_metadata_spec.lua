@@ -50,7 +50,7 @@ local function load(extra)
 	local m = fakes.new_module("muc_media_metadata", "conference.example.org", opts);
 	m.dependencies.muc = mod_muc;
 	fakes.load_module(m);
-	return m;
+	return m, opts;
 end
 
 local function message(from, ...)
@@ -405,6 +405,16 @@ describe("mod_muc_media_metadata", function ()
 		assert.equal(3, #r.broadcasts, "all at once, in order");
 		assert.equal(2, metric(m, "holds_cut_short", "line-full").value);
 		assert.equal(0, jobs.pending_count(m));
+	end);
+
+	it("reads the line limit again when the configuration is reloaded", function ()
+		local m, opts = load();
+		local r = room();
+		groupchat(m, r, message(alice, server.url("/stall.png?reload-1")));
+		opts.muc_media_metadata_max_waiting = 1;
+		m.hooks["config-reloaded"].handler({});
+		assert.is_true(groupchat(m, r, message(alice)));
+		assert.equal(2, #r.broadcasts, "the second stanza went past the new limit");
 	end);
 
 	for _, case in ipairs({ { "at shutdown", function (m) m.hooks["server-stopping"].handler({}); end, "shutdown" };

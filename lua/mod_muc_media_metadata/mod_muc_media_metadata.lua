@@ -32,7 +32,10 @@ local cache_ttl = compat.get_option_integer(module, "muc_media_metadata_cache_tt
 local max_urls = compat.get_option_integer(module, "muc_media_metadata_max_urls", 8, 1, 64);
 local add_file_sharing = module:get_option_boolean("muc_media_metadata_file_sharing", true);
 local allowed_networks = module:get_option_array("muc_media_metadata_allowed_networks", {});
-local max_waiting = compat.get_option_integer(module, "muc_media_metadata_max_waiting", 256, 1, 10000);
+local function get_max_waiting()
+	return compat.get_option_integer(module, "muc_media_metadata_max_waiting", 256, 1, 10000);
+end
+local max_waiting = get_max_waiting();
 
 local mod_muc = module:depends("muc");
 
@@ -213,13 +216,13 @@ end
 -- lines[sender][room_jid] = { sender = ...; room_jid = ...; entry, entry, ... }, oldest first. An entry is either
 -- - a groupchat message that core has accepted (`stanza`, `room`, `origin`, `probes`), `ready` once its probes
 --   are done or its hold has ended, or
--- - a stanza core has not seen yet (`name`, `event`): presence, a private message, a subject change; it is handed
---   back to core's handlers when its turn comes.
+-- - a stanza core has not seen yet (`stanza`, `origin`): presence, a private message, a subject change; it is
+--   handed back to core's routing when its turn comes, as if it had just arrived.
 -- The front of a non-empty line is always a message that is not ready, and each hold ends after hold_timeout at
 -- most, so every stanza leaves its line within hold_timeout of the newest message before it.
 local lines = {};
 local no_probes = {};
-local passing; -- the event being handed back to core from a line, which the gate lets through
+local passing; -- the stanza being handed back to core from a line, which the gate lets through
 local is_stopping = false; -- shutdown or unload: nothing is held any more
 
 local function new_line(sender, room_jid)
@@ -297,16 +300,16 @@ local function release(line)
 	while line[1] and line[1].ready do
 		local entry = table.remove(line, 1);
 		local ok, err;
-		if entry.name then
-			waiting_now:add(-1);
-			local outer = passing;
-			passing = entry.event;
-			ok, err = pcall(module.fire_event, module, entry.name, entry.event);
-			passing = outer;
-		else
+		if entry.room then
 			held_now:add(-1);
 			hold_time:sample(time.monotonic() - entry.since);
 			ok, err = pcall(deliver, entry);
+		else
+			waiting_now:add(-1);
+			local outer = passing;
+			passing = entry.stanza;
+			ok, err = pcall(prosody.core_post_stanza, entry.origin, entry.stanza);
+			passing = outer;
 		end
 		if not ok then
 			module:log("error", "Could not deliver a stanza of %s to %s after holding it: %s", line.sender, line.room_jid, err);
@@ -403,7 +406,7 @@ module:hook("muc-occupant-groupchat", function (event)
 	local entry = { room = room; origin = event.origin; stanza = stanza; since = time.monotonic() };
 	entry.probes = has_oob and not is_stopping and collect_probes(stanza) or no_probes;
 	local is_waiting = start_probes(entry);
-	local is_next = passing ~= nil and passing.stanza == stanza; -- handed back to core from the front of its line
+	local is_next = passing == stanza; -- handed back to core from the front of its line
 	if not is_waiting and (is_next or not line) then
 		add_metadata(stanza, entry.probes);
 		return; -- nothing to wait for: core broadcasts it now
@@ -424,14 +427,14 @@ end, -100);
 -- those at once and they join it in the hook above. A subject change does join here, since core applies it before
 -- that hook. IQs pass: they are requests and answers (a client's self-ping must not wait), not broadcasts.
 local function gate(name, event)
-	if event == passing then return; end
 	local stanza = event.stanza;
+	if stanza == passing then return; end
 	local by_room = lines[stanza.attr.from];
 	if not by_room then return; end -- this sender waits for nothing: the common case, decided without allocating
 	local line = by_room[jid.bare(stanza.attr.to)];
 	if not line then return; end
 	if name == "message/bare" and stanza.attr.type == "groupchat" and not stanza:get_child("subject") then return; end
-	table.insert(line, { name = name; event = event; ready = true });
+	table.insert(line, { stanza = stanza; origin = event.origin; ready = true });
 	waiting_now:add(1);
 	if #line > max_waiting then
 		cut_short(line, "line-full");
@@ -466,3 +469,7 @@ end);
 function module.unload()
 	release_all("unload");
 end
+
+module:hook_global("config-reloaded", function ()
+	max_waiting = get_max_waiting(); -- lines already longer go out with the next stanza that joins them
+end);
