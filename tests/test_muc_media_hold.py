@@ -23,6 +23,7 @@ from rig import connect, create_room, join_room, match
 
 XMLNS_OOB = "jabber:x:oob"
 XMLNS_METADATA = "xmpp:prosody.im/protocol/media-metadata#0"
+XMLNS_SID = "urn:xmpp:sid:0"
 HOLD_OPTIONS = {
     "muc_media_metadata_allowed_networks": ["127.0.0.1/32"],
     "muc_media_metadata_timeout": 60,
@@ -41,8 +42,8 @@ def media():
 def start_hold_prosody(start_prosody):
     """A server with mod_muc_media_metadata (held messages wait for 60 s) and users alice and bob."""
 
-    def start(**kwargs):
-        server = start_prosody(muc_modules=["muc_media_metadata"], muc_options=HOLD_OPTIONS, **kwargs)
+    def start(muc_modules=("muc_media_metadata",), **kwargs):
+        server = start_prosody(muc_modules=muc_modules, muc_options=HOLD_OPTIONS, **kwargs)
         server.register("alice", "alicepw")
         server.register("bob", "bobpw")
         return server
@@ -129,6 +130,25 @@ async def test_every_message_of_a_burst_arrives_in_order(start_hold_prosody, med
             assert bodies == [str(message["body"]) for message in arrived], f"burst {burst}"
             # The images were held for their metadata (the hold outlasts any probe here), the others were not.
             assert [i % 3 == 2 for i in range(150)] == [has_metadata(message) for message in arrived]
+
+
+async def test_held_message_is_archived_once_with_the_stanza_id_it_was_broadcast_with(start_hold_prosody, media):
+    server = start_hold_prosody(muc_modules=["muc_media_metadata", "muc_mam"])
+    server.register("carol", "carolpw")
+    async with occupants(server) as (alice, bob), connect(server, "carol@localhost", "carolpw") as carol:
+        groupchat(alice, ROOM, "held", media.url("/tarpit/1.png")).send()
+        await tarpit_started(media)
+        media.release_tarpit()
+        broadcast = await bob.wait_for(from_room(ROOM, "Alice", "held"))
+        [stanza_id] = broadcast.xml.findall(f"{{{XMLNS_SID}}}stanza-id")
+        assert ROOM == stanza_id.get("by")
+        # mod_muc_mam serves the room's history from its archive.
+        _, _, _, history = await carol.plugin["xep_0045"].join_muc_wait(
+            ROOM, "Carol", maxstanzas=20, timeout=rig.TIMEOUT
+        )
+        archived = [m for m in history if str(m["body"]) == "held"]
+        assert 1 == len(archived)
+        assert [stanza_id.get("id")] == [e.get("id") for e in archived[0].xml.findall(f"{{{XMLNS_SID}}}stanza-id")]
 
 
 async def test_held_message_and_what_waits_behind_it_are_delivered_at_shutdown(start_hold_prosody, media):
