@@ -132,6 +132,25 @@ async def test_every_message_of_a_burst_arrives_in_order(start_hold_prosody, med
             assert [i % 3 == 2 for i in range(150)] == [has_metadata(message) for message in arrived]
 
 
+async def test_sender_who_disconnects_while_held_leaves_after_their_message(start_hold_prosody, media):
+    server = start_hold_prosody()
+    async with connect(server, "bob@localhost", "bobpw") as bob:
+        await create_room(bob, ROOM, "Bob", persistent=False)
+        async with connect(server, "alice@localhost", "alicepw") as alice:
+            await join_room(alice, ROOM, "Alice")
+            groupchat(alice, ROOM, "held", media.url("/tarpit/1.png")).send()
+            await tarpit_started(media)
+        # Alice's stream is closed; her server-side leave waits behind her held message.
+        await bob.plugin["xep_0199"].ping(jid=server.host, timeout=rig.TIMEOUT)
+        left = match("presence", type="unavailable", from_=f"{ROOM}/Alice")
+        assert [] == bob.arrived(left)
+        media.release_tarpit()
+        held = from_room(ROOM, "Alice", "held")
+        first = await bob.wait_for(lambda stanza: held(stanza) or left(stanza))  # the earlier of the two
+        assert "message" == first.name, "she left after her message"
+        await bob.wait_for(left)
+
+
 async def test_held_message_is_archived_once_with_the_stanza_id_it_was_broadcast_with(start_hold_prosody, media):
     server = start_hold_prosody(muc_modules=["muc_media_metadata", "muc_mam"])
     server.register("carol", "carolpw")

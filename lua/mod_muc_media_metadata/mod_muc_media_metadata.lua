@@ -434,7 +434,9 @@ local function gate(name, event)
 	local line = by_room[jid.bare(stanza.attr.to)];
 	if not line then return; end
 	if name == "message/bare" and stanza.attr.type == "groupchat" and not stanza:get_child("subject") then return; end
-	table.insert(line, { stanza = stanza; origin = event.origin; ready = true });
+	-- A copy: whoever routed it may reuse the object once handlers return (mod_presence sends one unavailable
+	-- presence to every room a leaving client is in, changing its `to` each time).
+	table.insert(line, { stanza = st.clone(stanza); origin = event.origin; ready = true });
 	waiting_now:add(1);
 	if #line > max_waiting then
 		cut_short(line, "line-full");
