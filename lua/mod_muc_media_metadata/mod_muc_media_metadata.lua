@@ -218,8 +218,8 @@ end
 --   are done or its hold has ended, or
 -- - a stanza core has not seen yet (`stanza`, `origin`): presence, a private message, a subject change; it is
 --   handed back to core's routing when its turn comes, as if it had just arrived.
--- The front of a non-empty line is always a message that is not ready, and each hold ends after hold_timeout at
--- most, so every stanza leaves its line within hold_timeout of the newest message before it.
+-- The front of a non-empty line is always a message that is not ready. Each hold starts when its message arrives
+-- and ends after hold_timeout at most, so nothing waits in a line longer than hold_timeout.
 local lines = {};
 local no_probes = {};
 local passing; -- the stanza being handed back to core from a line, which the gate lets through
