@@ -129,6 +129,10 @@ fn validate_hat(
     clean.set("required", attachment.required)?;
     clean.set("title", attachment.title)?;
     clean.set("hue", attachment.hue)?;
+    clean.set(
+        "assigned_by",
+        attachment.assigned_by.map(validate::Assigner::as_str),
+    )?;
     (uri, clean).into_lua_multi(lua)
 }
 
@@ -180,6 +184,18 @@ fn invite_quota(lua: &Lua, (open, limit): (u64, u64)) -> LuaResult<LuaMultiValue
     to_lua(lua, guard(|| crate::invite::quota(open, limit)))
 }
 
+/// Lua: `invite.account_quota(used, pending, limit, period_seconds)` -> how many new accounts remain after this
+/// invitation, or nil, "quota-exceeded", text (period 0: for ever).
+fn invite_account_quota(
+    lua: &Lua,
+    (used, pending, limit, period): (u64, u64, u64, u64),
+) -> LuaResult<LuaMultiValue> {
+    to_lua(
+        lua,
+        guard(|| crate::invite::account_quota(used, pending, limit, period)),
+    )
+}
+
 fn invite_api(lua: &Lua) -> LuaResult<LuaTable> {
     let api = lua.create_table()?;
     api.set("validity", lua.create_function(invite_validity)?)?;
@@ -188,6 +204,7 @@ fn invite_api(lua: &Lua) -> LuaResult<LuaTable> {
     api.set("note", lua.create_function(invite_note)?)?;
     api.set("token", lua.create_function(invite_token)?)?;
     api.set("quota", lua.create_function(invite_quota)?)?;
+    api.set("account_quota", lua.create_function(invite_account_quota)?)?;
     Ok(api)
 }
 

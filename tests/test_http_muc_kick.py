@@ -163,8 +163,9 @@ def log_size(server) -> int:
     return server.log_path.stat().st_size
 
 
-async def reload(server, expect="AUDIT kick-config-loaded"):
-    """A real `prosodyctl reload` (a signal, not a restart); returns once the module logged `expect`."""
+async def prosodyctl_reload(server, expect="AUDIT kick-config-loaded"):
+    """A real `prosodyctl reload` (a signal, not a restart), on the config file as edited (rig.reload would render
+    options itself and send the signal without prosodyctl); returns once the module logged `expect`."""
     since = log_size(server)
     pid = server.pid
     server.prosodyctl("reload")
@@ -339,7 +340,7 @@ async def test_prosodyctl_reload_rotates_the_secret_and_the_header(start_kick_se
     async with lobby_with_bob(server) as (alice, bob):
         edit_config(server, SECRET, NEW_SECRET)
         edit_config(server, STATIC_HEADER, new_header)
-        await reload(server)
+        await prosodyctl_reload(server)
 
         assert_refused(await kick(server, {"nickname": "Bob", "muc": ROOM}, headers=bearer(old_token)),
                        401, "token-invalid", "signed with a key this server does not hold")
@@ -360,7 +361,7 @@ async def test_reload_with_a_wrong_secret_keeps_the_previous_configuration(start
     server = start_kick_server()
     token = create_token(server, "--service")
     edit_config(server, SECRET, "too-short")
-    await reload(server, expect="Configuration not reloaded, the previous one stays in force: The token secret must be")
+    await prosodyctl_reload(server, expect="Configuration not reloaded, the previous one stays in force: The token secret must be")
 
     async with lobby_with_bob(server) as (alice, bob):
         response = await kick(server, {"nickname": "Bob", "muc": ROOM}, headers=bearer(token))
@@ -718,7 +719,7 @@ async def test_key_rollover_accepts_old_tokens_until_the_date_then_refuses_them(
     rollover = (f'http_muc_kick_token_secret_file = "{new_file}"\n'
                 f'\thttp_muc_kick_previous_token_secrets = {{ {{ file = "{old_file}"; accept_until = "2999-01-01" }} }}')
     edit_config(server, f'http_muc_kick_token_secret_file = "{old_file}"', rollover)
-    await reload(server)
+    await prosodyctl_reload(server)
     new_token = create_token(server, "--service")
     assert key_id(NEW_SECRET) == new_token.split(".")[1] != old_token.split(".")[1]
     nobody = {"nickname": "Eve", "muc": ROOM}
@@ -729,7 +730,7 @@ async def test_key_rollover_accepts_old_tokens_until_the_date_then_refuses_them(
     assert "previous key, accepted until 2999-01-01 00:00 UTC" in listing
 
     edit_config(server, 'accept_until = "2999-01-01"', 'accept_until = "2000-01-01"')
-    await reload(server)
+    await prosodyctl_reload(server)
 
     assert_refused(await kick(server, nobody, headers=bearer(old_token)), 401, "token-invalid", "no longer accepts")
     assert 404 == (await kick(server, nobody, headers=bearer(new_token))).status_code
@@ -744,7 +745,7 @@ async def test_prosody_13_credential_is_read_by_the_server_and_by_prosodyctl(sta
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))  # as systemd's LoadCredential= sets it
     server = start_kick_server()
     edit_config(server, f'http_muc_kick_token_secret = "{SECRET}"', 'http_muc_kick_token_secret = Credential("kick")')
-    await reload(server)
+    await prosodyctl_reload(server)
 
     token = create_token(server, "--service")
 
