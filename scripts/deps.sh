@@ -16,6 +16,8 @@ DEPS=$ROOT/.deps
 APT_PACKAGES=(
 	prosody lua5.4 liblua5.4-dev lua-busted lua-check luarocks lua-dbi-sqlite3
 	postgresql lua-dbi-postgresql
+	# mod_http_muc_kick: its README's fail2ban filter is tested with fail2ban-regex; wrk drives its benchmark
+	fail2ban wrk
 	# Prosody 13's Depends and Recommends that bookworm has (it needs nothing from backports but itself)
 	lua-expat lua-filesystem lua-bitop lua-sec lua-socket lua-event lua-readline lua-unbound libicu72 libssl3 ssl-cert
 )
