@@ -449,7 +449,8 @@ local function invitees_of(username)
 	end
 	table.sort(list, function (a, b)
 		if a.at ~= b.at then return a.at < b.at; end
-		return a.username < b.username;
+		if a.username ~= b.username then return a.username < b.username; end
+		return b.is_current and not a.is_current; -- a deleted account before the newer one of its name (same second)
 	end);
 	return list;
 end
