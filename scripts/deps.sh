@@ -15,6 +15,8 @@ DEPS=$ROOT/.deps
 
 APT_PACKAGES=(
 	prosody lua5.4 liblua5.4-dev lua-busted lua-check luarocks lua-dbi-sqlite3
+	# building the Debian package (make deb, tests/test_install.py)
+	debhelper
 	postgresql lua-dbi-postgresql
 	# Prosody 13's Depends and Recommends that bookworm has (it needs nothing from backports but itself)
 	lua-expat lua-filesystem lua-bitop lua-sec lua-socket lua-event lua-readline lua-unbound libicu72 libssl3 ssl-cert
