@@ -4,7 +4,8 @@
 #
 #   sh scripts/rock-build.sh build                     cargo build --release into build/prosody_native.so: offline
 #                                                      from vendor/ in a release tarball (`make dist`), else with
-#                                                      --locked, fetching the crates from crates.io
+#                                                      --locked, fetching the crates from crates.io; for another
+#                                                      architecture with PROSODY_NATIVE_TARGET=<rust target>
 #
 # The build is reproducible: the source, cargo home and target folders are remapped to fixed names in the library
 # (--remap-path-prefix), and the release profile strips it, so two builds of one tarball give the same bytes wherever
@@ -74,6 +75,18 @@ build() {
 		where="the crates in vendor/"
 	fi
 	target_dir=${CARGO_TARGET_DIR:-$PWD/target}
+	output=$target_dir/release
+	# A cross build (scripts/rocks.sh makes the linux-aarch64 rock this way): Debian's cross compiler links, and
+	# compiles the TLS library's C and assembly.
+	target=
+	if [ -n "${PROSODY_NATIVE_TARGET:-}" ]; then
+		target="--target=$PROSODY_NATIVE_TARGET"
+		output=$target_dir/$PROSODY_NATIVE_TARGET/release
+		triple=$(echo "$PROSODY_NATIVE_TARGET" | sed 's/-unknown-/-/') # aarch64-linux-gnu
+		upper=$(echo "$PROSODY_NATIVE_TARGET" | tr 'a-z-' 'A-Z_')
+		under=$(echo "$PROSODY_NATIVE_TARGET" | tr '-' '_')
+		export "CARGO_TARGET_${upper}_LINKER=$triple-gcc" "CC_$under=$triple-gcc" "AR_$under=$triple-ar"
+	fi
 	version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 	# Each path a build machine has its own name for becomes a fixed one (rustc uses the last prefix that matches).
 	RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }--remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
@@ -81,10 +94,11 @@ build() {
 	RUSTFLAGS="$RUSTFLAGS --remap-path-prefix=$target_dir=/usr/src/prosody-native-$version/target"
 	export RUSTFLAGS
 	echo "prosody-native: building with $cargo ($("$cargo" --version 2>&1)), $network"
-	"$cargo" build --release "$network" --features lua54 --target-dir "$target_dir" \
+	# shellcheck disable=SC2086 # $target is one word or none
+	"$cargo" build --release "$network" --features lua54 --target-dir "$target_dir" $target \
 		|| fail "cargo build failed (see above); it needs Rust $(rust_version) or newer and $where"
 	mkdir -p build
-	cp "$target_dir/release/libprosody_native.so" build/prosody_native.so
+	cp "$output/libprosody_native.so" build/prosody_native.so
 }
 
 case ${1:-} in

@@ -5,7 +5,9 @@
 #   prosody-native-<version>-1.rockspec    the native library and the shared *.lib.lua helpers, built from the tarball
 #                                          by scripts/rock-build.sh (cargo, offline)
 #   prosody-native-<version>-1.<arch>.rock the same, built here: a binary rock for this machine's architecture
-#                                          (linux-x86_64 on Debian 12: glibc 2.36 or newer), installed without cargo
+#                                          (linux-x86_64, built on Debian 12, needs glibc 2.34 or newer), installed
+#                                          without cargo; and linux-aarch64, cross-built, where Debian's cross
+#                                          compiler and Rust's aarch64 target are installed
 #   prosody-native-<version>-1.src.rock    the rockspec and the tarball: the fallback where no binary rock fits,
 #                                          built with cargo on the installing machine, offline
 #   mod_<name>-<version>-1.rockspec        one per lua/mod_*/, depending on prosody-native and on the modules it
@@ -183,12 +185,30 @@ done
 BUILD=$(mktemp -d "${TMPDIR:-/tmp}/prosody-native-rocks.XXXXXX")
 trap 'rm -rf "$BUILD"' EXIT
 tar -xzf "$TARBALL" -C "$BUILD"
-pack_binary() { # folder, rockspec
+pack_binary() { # folder, rockspec[, architecture of a cross build: luarocks names the rock after its own]
 	(cd "$1" && "$LUAROCKS" --lua-version="$LUA_VERSION" make --pack-binary-rock --deps-mode=none "$OUT/$2") >"$BUILD/pack.log" 2>&1 \
 		|| { cat "$BUILD/pack.log" >&2; die "luarocks make --pack-binary-rock $2 failed"; }
-	mv "$1"/*.rock "$OUT/"
+	local rock
+	for rock in "$1"/*.rock; do
+		if [ -n "${3:-}" ]; then
+			mv "$rock" "$OUT/${2%.rockspec}.$3.rock"
+		else
+			mv "$rock" "$OUT/"
+		fi
+	done
 }
 pack_binary "$BUILD/$NAME-$VERSION" "$NAME-$ROCK_VERSION.rockspec"
+# linux-aarch64 too, where Debian's cross compiler and Rust's aarch64 target are installed (scripts/deps.sh does).
+CROSS_TARGET=aarch64-unknown-linux-gnu
+if [ "$(uname -m)" != aarch64 ] && command -v aarch64-linux-gnu-gcc >/dev/null \
+	&& rustup target list --installed 2>/dev/null | grep -qx "$CROSS_TARGET"; then
+	mkdir "$BUILD/$CROSS_TARGET"
+	tar -xzf "$TARBALL" -C "$BUILD/$CROSS_TARGET"
+	PROSODY_NATIVE_TARGET=$CROSS_TARGET pack_binary "$BUILD/$CROSS_TARGET/$NAME-$VERSION" \
+		"$NAME-$ROCK_VERSION.rockspec" linux-aarch64
+else
+	log "no linux-aarch64 rock: it needs aarch64-linux-gnu-gcc and 'rustup target add $CROSS_TARGET'" >&2
+fi
 for module in "${MODULES[@]}"; do
 	pack_binary "$BUILD/$NAME-$VERSION/lua/$module" "$module-$ROCK_VERSION.rockspec"
 done

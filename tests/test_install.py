@@ -387,6 +387,42 @@ def test_muc_module_on_a_virtualhost_stops_with_one_line_saying_where_it_belongs
     assert {"muc", "muc_hats_api"}.isdisjoint(loaded_modules(server, server.host))
 
 
+# --- the linux-aarch64 rock, exercised under qemu-user -------------------------------------------------------------
+
+# Debian's arm64 Lua 5.4 and the C modules busted needs, unpacked by scripts/deps.sh (the system's dpkg never sees them).
+ARM64_ROOT = Path(os.environ.get("RIG_ARM64_ROOT", rig.ROOT / ".deps" / "arm64"))
+EM_AARCH64 = 183  # e_machine of an ELF file for aarch64
+
+
+@pytest.mark.timeout(INSTALL_TIMEOUT * 2)
+def test_aarch64_rock_passes_the_specs_under_qemu(rock_server, tmp_path):
+    targets = run(["rustup", "target", "list", "--installed"]).stdout.split() if shutil.which("rustup") else []
+    if "aarch64-unknown-linux-gnu" not in targets:
+        pytest.skip("Rust's aarch64-unknown-linux-gnu target is not installed (scripts/deps.sh adds it with rustup, "
+                    "from Rust's server): scripts/rocks.sh made no linux-aarch64 rock")
+    rock = rock_server / f"prosody-native-{ROCK_VERSION}.linux-aarch64.rock"
+    assert rock.exists(), "no linux-aarch64 rock: scripts/deps.sh installs the cross compiler (gcc-aarch64-linux-gnu)"
+    with zipfile.ZipFile(rock) as archive:
+        library = archive.read(f"lib/{LIBRARY}")
+        assert set(archive.namelist()) >= {f"lua/{helper}" for helper in HELPERS}
+    assert library.startswith(b"\x7fELF") and EM_AARCH64 == int.from_bytes(library[18:20], "little")
+    # The tarball's specs, with the aarch64 library where .busted looks for it, run by Debian's arm64 Lua.
+    tree = tmp_path / f"prosody-native-{VERSION}"
+    proc = run(["tar", "-xzf", str(rock_server / TARBALL), "-C", str(tmp_path), *(f"{tree.name}/{part}" for part in
+                ("spec", "lua", "tests/data", ".busted"))])
+    assert 0 == proc.returncode, proc.stderr
+    (tree / "build").mkdir()
+    (tree / "build" / LIBRARY).write_bytes(library)
+    guest_libraries = f"{ARM64_ROOT}/usr/lib/aarch64-linux-gnu:{ARM64_ROOT}/lib/aarch64-linux-gnu"
+    proc = run(["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", "-E", f"LD_LIBRARY_PATH={guest_libraries}",
+                str(ARM64_ROOT / "usr/bin/lua5.4"), "/usr/bin/busted"],
+               cwd=tree, env={**os.environ, "LUA_CPATH_5_4": f"{ARM64_ROOT}/usr/lib/aarch64-linux-gnu/lua/5.4/?.so"},
+               timeout=INSTALL_TIMEOUT)
+    summary = re.search(r"^(\d+) successes / (\d+) failures / (\d+) errors", proc.stdout, re.M)
+    assert summary and 0 == proc.returncode, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert ("0", "0") == summary.group(2, 3) and int(summary.group(1)) > 200, summary.group(0)
+
+
 # --- the Debian package -------------------------------------------------------------------------------------------
 
 
