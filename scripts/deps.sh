@@ -7,7 +7,8 @@
 #   .deps/prosody13/  Prosody 13 from bookworm-backports, unpacked beside the system's 0.12 (never installed)
 #   .deps/bin/        prosody13 and prosodyctl13 wrappers that run it from there
 #   .venv/            Python venv for the integration tests, from tests/requirements.txt
-#   .deps/arm64/      Debian's arm64 Lua 5.4 and the C modules busted needs, unpacked, for the specs under qemu-aarch64
+#   .deps/arm64/      Debian's arm64 Lua 5.4, busted's and Prosody's C modules, unpacked: the specs run under
+#                     qemu-aarch64 against the linux-aarch64 library
 #   rustup target     aarch64-unknown-linux-gnu, for the linux-aarch64 binary rock
 set -euo pipefail
 
@@ -30,7 +31,9 @@ PROSODY13=$DEPS/prosody13
 PROSODY13_STAMP=$DEPS/prosody13.stamp
 PIP_STAMP=$DEPS/pip.stamp
 ARM64=$DEPS/arm64
-ARM64_PACKAGES=(lua5.4 liblua5.4-0 libreadline8 libtinfo6 lua-filesystem lua-system lua-term)
+# A root for `qemu-aarch64 -L`: libc, Lua and busted's C modules, and Prosody's util/*.so that module specs load.
+ARM64_PACKAGES=(libc6 libgcc-s1 libstdc++6 libreadline8 libtinfo6 libicu72 libssl3 lua5.4 liblua5.4-0 lua-filesystem
+	lua-system lua-term lua-socket prosody)
 ARM64_SOURCE="deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main"
 
 log() { printf 'deps: %s\n' "$*"; }
@@ -140,8 +143,9 @@ install_prosody13() {
 	log "Prosody $version in $PROSODY13"
 }
 
-# Debian's arm64 Lua 5.4 and busted's C modules, unpacked into .deps/arm64 (the system's dpkg never sees them), so that
-# qemu-aarch64 runs the specs against the linux-aarch64 library (tests/test_install.py); and Rust's aarch64 target.
+# Debian's arm64 Lua 5.4 and the C modules the specs load, unpacked into .deps/arm64 (the system's dpkg never sees
+# them), so that `qemu-aarch64 -L .deps/arm64` runs the specs against the linux-aarch64 library
+# (tests/test_install.py); and Rust's aarch64 target.
 install_arm64() {
 	if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
 		log "adding Rust's aarch64-unknown-linux-gnu target"
