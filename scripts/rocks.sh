@@ -186,8 +186,8 @@ BUILD=$(mktemp -d "${TMPDIR:-/tmp}/prosody-native-rocks.XXXXXX")
 trap 'rm -rf "$BUILD"' EXIT
 tar -xzf "$TARBALL" -C "$BUILD"
 pack_binary() { # folder, rockspec[, architecture of a cross build: luarocks names the rock after its own]
-	(cd "$1" && "$LUAROCKS" --lua-version="$LUA_VERSION" make --pack-binary-rock --deps-mode=none "$OUT/$2") >"$BUILD/pack.log" 2>&1 \
-		|| { cat "$BUILD/pack.log" >&2; die "luarocks make --pack-binary-rock $2 failed"; }
+	(cd "$1" && "$LUAROCKS" --lua-version="$LUA_VERSION" make --pack-binary-rock --deps-mode=none "$OUT/$2") \
+		>"$BUILD/pack.log" 2>&1 || { cat "$BUILD/pack.log" >&2; die "luarocks make --pack-binary-rock $2 failed"; }
 	local rock
 	for rock in "$1"/*.rock; do
 		if [ -n "${3:-}" ]; then
