@@ -86,6 +86,15 @@ local function ensure_watcher()
 	return true;
 end
 
+--- Cancels job `id`, which its owner no longer waits for: the library aborts it and its callback never runs.
+-- Returns whether it was still pending.
+function jobs.cancel(id)
+	if not pending[id] then return false; end
+	pending[id] = nil;
+	native.media.cancel(id);
+	return true;
+end
+
 --- Cancels every job of `owner` (a module): the library aborts them, their callbacks get `false, "cancelled"`.
 -- Returns how many there were.
 function jobs.cancel_all(owner)

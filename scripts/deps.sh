@@ -23,6 +23,8 @@ APT_PACKAGES=(
 	# the linux-aarch64 binary rock: cross compiler, and qemu to run the specs against it
 	gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
 	postgresql lua-dbi-postgresql
+	# mod_http_muc_kick: its README's fail2ban filter is tested with fail2ban-regex; wrk drives its benchmark
+	fail2ban wrk
 	# Prosody 13's Depends and Recommends that bookworm has (it needs nothing from backports but itself)
 	lua-expat lua-filesystem lua-bitop lua-sec lua-socket lua-event lua-readline lua-unbound libicu72 libssl3 ssl-cert
 )

@@ -43,7 +43,7 @@ TARBALL = f"prosody-native-{VERSION}.tar.gz"
 
 # Where each module belongs, and the options it cannot load without (everything else keeps its default).
 SCENARIOS = {
-    "http_muc_kick": ("muc", {"http_muc_kick_authorization_header": "Bearer install-test"}),
+    "http_muc_kick": ("muc", {"http_muc_kick_authorization_header": "Bearer install-test-c2VjcmV0LW9mLXRoZS1yaWc"}),
     "invites_adhoc": ("host", {}),
     "muc_hats_adhoc": ("muc", {}),
     "muc_hats_api": ("muc", {}),
