@@ -510,8 +510,7 @@ async def test_deb_installed_with_apt_serves_every_module_on_the_system_prosody(
             global_options={"plugin_paths": [DEB_MODULES_DIR]},  # the operator's opt-in (README.Debian)
             host_modules=["invites_adhoc"],
             muc_modules=["muc_hats_adhoc", "muc_media_metadata", "http_muc_kick"],
-            muc_options={"http_muc_kick_authorization_header": "Bearer deb-test",
-                         "muc_media_metadata_allowed_networks": ["127.0.0.1/32"]})
+            muc_options={**SCENARIOS["http_muc_kick"][1], "muc_media_metadata_allowed_networks": ["127.0.0.1/32"]})
         for module in MODULES:
             assert f"{DEB_MODULES_DIR}/mod_{module}/mod_{module}.lua" == loaded_from(server, host_of(server, module),
                                                                                      module)
@@ -552,7 +551,7 @@ async def test_deb_installed_with_apt_serves_every_module_on_the_system_prosody(
             # mod_http_muc_kick: an HTTP request kicks Bob, and Bob is told.
             async with server.http_client(host=server.muc_host) as http:
                 response = await http.post("/muc_kick", json={"nickname": "Bob", "muc": room},
-                                           headers={"Authorization": "Bearer deb-test"})
+                                           headers={"Authorization": SCENARIOS["http_muc_kick"][1]["http_muc_kick_authorization_header"]})
             assert 200 == response.status_code, response.text
             await bob.wait_for(match("presence", from_=f"{room}/Bob", type="unavailable"))
         assert [] == server.log_errors()
