@@ -49,6 +49,7 @@ SCENARIOS = {
     "muc_hats_api": ("muc", {}),
     "muc_media_metadata": ("muc", {}),
 }
+KICK_HEADER = SCENARIOS["http_muc_kick"][1]["http_muc_kick_authorization_header"]
 # Installed first into an empty tree, so that the tree shows what its dependencies pulled in.
 FIRST_INSTALL = "muc_hats_adhoc"
 
@@ -551,7 +552,7 @@ async def test_deb_installed_with_apt_serves_every_module_on_the_system_prosody(
             # mod_http_muc_kick: an HTTP request kicks Bob, and Bob is told.
             async with server.http_client(host=server.muc_host) as http:
                 response = await http.post("/muc_kick", json={"nickname": "Bob", "muc": room},
-                                           headers={"Authorization": SCENARIOS["http_muc_kick"][1]["http_muc_kick_authorization_header"]})
+                                           headers={"Authorization": KICK_HEADER})
             assert 200 == response.status_code, response.text
             await bob.wait_for(match("presence", from_=f"{room}/Bob", type="unavailable"))
         assert [] == server.log_errors()
