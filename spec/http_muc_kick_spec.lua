@@ -665,6 +665,16 @@ describe("mod_http_muc_kick token commands", function ()
 			1, true);
 	end);
 
+	it("prosodyctl revoke_token takes an id that begins with a dash (one id in 64 does), not as an option", function ()
+		local storage = {};
+		for _, id in ipairs({ "-3Jldm9rZWQtYnktZGFzaA", "--9yZXZva2VkLWRhc2hlcw" }) do
+			local code, output = run({ "revoke_token", host, id }, storage);
+			assert.equal(0, code, output);
+			assert.matches("Revoked " .. id, output, 1, true);
+			assert.matches(id .. "  revoked  (not minted here)", select(2, run({ "list_tokens", host }, storage)), 1, true);
+		end
+	end);
+
 	local bad_commands = {
 		{ "no scope", { "create_token", host }, "--room ROOM" };
 		{ "both scopes", { "create_token", host, "--service", "--room", "lobby" }, "not both" };

@@ -673,6 +673,22 @@ async def test_prosodyctl_revocation_reaches_the_running_server(start_kick_serve
     assert f"{claims_of(spare)['nonce']}  active  spare" in listing
 
 
+@pytest.mark.parametrize("token_id", ["-3Jldm9rZWQtYnktZGFzaA", "--9yZXZva2VkLWRhc2hlcw"])
+async def test_prosodyctl_revokes_a_token_whose_id_begins_with_a_dash(start_kick_server, token_id):
+    # Ids are base64url, so one in 64 begins with "-": prosodyctl once took such an id for an unknown option.
+    server = start_kick_server()
+    now = int(time.time())
+    token = make_token(SECRET, iat=now, exp=now + 3600, nonce=token_id)
+    assert 404 == (await kick(server, {"nickname": "Eve", "muc": ROOM}, headers=bearer(token))).status_code
+    since = log_size(server)
+
+    output = server.prosodyctl("mod_http_muc_kick", "revoke_token", server.muc_host, token_id)
+
+    assert f"Revoked {token_id}; the running server was told to reload and now refuses it" in output
+    await wait_for_log(server, f"AUDIT kick-token-revoked by=registry credential=token:{token_id}", since)
+    assert_refused(await kick(server, {"nickname": "Eve", "muc": ROOM}, headers=bearer(token)), 401, "token-revoked")
+
+
 async def test_revocation_survives_a_restart(start_kick_server):
     server = start_kick_server()
     token = create_token(server, "--service")

@@ -25,23 +25,25 @@ local function print_usage(command)
 	return 2;
 end
 
--- 0.12's util.argparse has no repeatable options, so the command line is read by hand: HOST, then options.
-local function parse_args(args, value_options, flag_options)
+-- 0.12's util.argparse has no repeatable options, so the command line is read by hand: HOST, then options. `options`
+-- has the command's options that take a value and its flags; a command without options takes every argument as it
+-- is, since a token id may begin with "-" (one in 64 do: ids are base64url) and must not be taken for an option.
+local function parse_args(args, options)
 	local positional, opts = {}, { room = {} };
 	local i = 1;
 	while args[i] do
 		local a = args[i];
-		local name = a:match("^%-%-([%w-]+)$");
+		local name = options and a:match("^%-%-([%w-]+)$");
 		name = name and name:gsub("-", "_");
-		if name and value_options[name] then
+		if name and options.values[name] then
 			local value = args[i + 1];
 			if not value then return nil, ("Expected a value after %s"):format(a); end
 			if name == "room" then table.insert(opts.room, value); else opts[name] = value; end
 			i = i + 2;
-		elseif name and flag_options[name] then
+		elseif name and options.flags[name] then
 			opts[name] = true;
 			i = i + 1;
-		elseif a:sub(1, 1) == "-" then
+		elseif options and a:sub(1, 1) == "-" then
 			return nil, ("Unknown option %s"):format(a);
 		else
 			table.insert(positional, a);
@@ -112,13 +114,18 @@ local offline_commands = {
 	end;
 };
 
+-- The options each command takes; the others take none.
+local command_options = {
+	create_token = { values = { room = true; expires_after = true; label = true }; flags = { service = true } };
+};
+
 --- prosodyctl mod_http_muc_kick create_token|list_tokens|revoke_token HOST ...: results on stdout (the token alone, the
 -- list, what became of the revocation), details and audit lines on stderr.
 function module.command(arg)
 	local command = table.remove(arg, 1);
 	local run = offline_commands[command];
 	if not run then return print_usage(); end
-	local positional, opts = parse_args(arg, { room = true; expires_after = true; label = true }, { service = true });
+	local positional, opts = parse_args(arg, command_options[command]);
 	if not positional then
 		io.stderr:write(opts, "\n");
 		return print_usage(command);
