@@ -627,6 +627,16 @@ describe("mod_http_muc_kick reloads", function ()
 		assert.equal(401, (post(server, kick_bob, bearer(token))));
 		assert.matches("AUDIT kick-token-revoked by=registry credential=token:" .. claims.nonce, log_text(server), 1, true);
 	end);
+
+	it("re-reads the deny list on server-started (0.12 -D writes its pid file only then)", function ()
+		local storage = {};
+		local server = load_module(default_options, nil, storage);
+		local token, claims = mint(nil);
+		load_module(default_options, "*", storage).module.command({ "revoke_token", host, claims.nonce });
+		assert.equal(200, (post(server, kick_bob, bearer(token))));
+		server.events["server-started"]();
+		assert.equal(401, (post(server, kick_bob, bearer(token))));
+	end);
 end);
 
 describe("mod_http_muc_kick token commands", function ()

@@ -689,6 +689,21 @@ async def test_prosodyctl_revokes_a_token_whose_id_begins_with_a_dash(start_kick
     assert_refused(await kick(server, {"nickname": "Eve", "muc": ROOM}, headers=bearer(token)), 401, "token-revoked")
 
 
+async def test_a_revocation_written_while_the_server_starts_is_in_force_once_it_has_started(start_kick_server,
+                                                                                            modules_dir):
+    token_id = b64url(b"revoked-at-start")
+    server = start_kick_server(global_modules=["test_kick_revoke_at_startup"], global_options={
+        "plugin_paths": [str(modules_dir), PLUGINS],
+        "test_kick_revoke_at_startup": {"host": MUC_HOST, "id": token_id}})
+    now = int(time.time())
+    token = make_token(SECRET, iat=now, exp=now + 3600, nonce=token_id)
+
+    assert_refused(await kick(server, {"nickname": "Eve", "muc": ROOM}, headers=bearer(token)), 401, "token-revoked")
+    log = server.log_text()
+    assert "revoked=0" in log  # the module had read the deny list before the plugin wrote it
+    assert f"AUDIT kick-token-revoked by=registry credential=token:{token_id}" in log
+
+
 async def test_revocation_survives_a_restart(start_kick_server):
     server = start_kick_server()
     token = create_token(server, "--service")

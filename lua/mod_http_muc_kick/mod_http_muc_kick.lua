@@ -302,10 +302,8 @@ local function audit_configuration()
 end
 audit_configuration();
 
--- `prosodyctl reload` fires reloading-config, then config-reloaded if the file parses. The deny list is re-read on the
--- first, so that a revocation from prosodyctl reaches the server even while the config file has an error; the server
--- logs each token it now refuses (prosodyctl's own audit line went to the operator's terminal).
-module:hook_global("reloading-config", function ()
+-- Re-reads the deny list; logs each token it now refuses (prosodyctl's own audit line went to the operator's terminal).
+local function reload_revoked()
 	local now_revoked = credentials.load_revoked(module, os.time());
 	for id, record in pairs(now_revoked) do
 		if not revoked[id] then
@@ -313,7 +311,15 @@ module:hook_global("reloading-config", function ()
 		end
 	end
 	revoked = now_revoked;
-end);
+end
+
+-- `prosodyctl reload` fires reloading-config, then config-reloaded if the file parses. The deny list is re-read on the
+-- first, so that a revocation from prosodyctl reaches the server even while the config file has an error.
+module:hook_global("reloading-config", reload_revoked);
+-- COMPAT 0.12: started with -D (as `prosodyctl start` does), it writes its pid file only on server-started, after
+-- this module read the deny list at load: a revocation in between finds no server to signal ("not running"), so read
+-- the list again once the pid file is there (mod_posix writes it at priority 0). 13 writes it before loading modules.
+module:hook_global("server-started", reload_revoked, -10);
 
 module:hook_global("config-reloaded", function ()
 	local new_settings, why = read_settings();
