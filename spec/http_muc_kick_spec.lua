@@ -350,6 +350,8 @@ describe("mod_http_muc_kick requests", function ()
 			413, "too-large", "Body is larger than 4096 bytes" };
 		{ "a room of another host", nil, '{"nickname":"Bob","muc":"lobby@chat.example.net"}', 404, "room-not-found",
 			"is not on this MUC service" };
+		{ "a room whose host stringprep turns into a full JID", nil, '{"nickname":"Bob","muc":"lobby@muc.example.org\xef\xbc\x8fx"}',
+			404, "room-not-found", "Room lobby@muc.example.org/x is not on this MUC service" };
 		{ "a room that does not exist", nil, '{"nickname":"Bob","muc":"nowhere@muc.example.org"}', 404, "room-not-found",
 			"does not exist" };
 		{ "a nickname not in the room", nil, '{"nickname":"Eve","muc":"lobby@muc.example.org"}', 404, "occupant-not-found",

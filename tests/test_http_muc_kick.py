@@ -280,6 +280,17 @@ async def test_refused_request_answers_json_error_with_code_and_changes_nothing(
         await assert_still_in_room(alice, bob)
 
 
+async def test_a_room_jid_that_stringprep_makes_a_full_jid_leaves_the_live_room_alone(start_kick_server):
+    # Stringprep makes "/" of a fullwidth solidus: mod_muc, asked for lobby@host/x, restored the stored copy of the
+    # persistent room over the live one, whose occupants could then no longer talk.
+    server = start_kick_server(muc_room_default_persistent=True)
+    async with lobby_with_bob(server) as (alice, bob):
+        response = await kick(server, {"nickname": "Bob", "muc": f"lobby@{MUC_HOST}\uff0fx"})
+
+        assert_refused(response, 404, "room-not-found", f"Room lobby@{MUC_HOST}/x is not on this MUC service")
+        await assert_still_in_room(alice, bob)
+
+
 async def test_owner_cannot_be_kicked(start_kick_server):
     server = start_kick_server()
     async with lobby_with_bob(server) as (alice, bob):

@@ -450,11 +450,15 @@ end
 -- occupant of one account by occupant id (XEP-0421) or real bare JID (an account may be in a room under several
 -- nicknames). Returns room, occupants, or nil, name, text.
 local function find_occupants(credential, muc, kind, target)
-	local room_jid = jid.prep(muc);
-	if not room_jid then
+	-- The parser let through room@host only, but stringprep makes "/" of a fullwidth solidus: the host is compared as
+	-- prepared, else "room@host\u{FF0F}x" would ask mod_muc for room@host/x, and it restores the stored room over the
+	-- live one.
+	local node, host, resource = jid.prepped_split(muc);
+	if not node or resource then
 		return nil, "bad-request", "'muc' is not a valid room JID: it has characters JIDs may not contain";
 	end
-	if jid.host(room_jid) ~= module.host then
+	local room_jid = node .. "@" .. host;
+	if host ~= module.host then
 		return nil, "room-not-found", ("Room %s is not on this MUC service (%s)"):format(room_jid, module.host);
 	end
 	if not is_in_scope(credential, room_jid) then
