@@ -385,6 +385,18 @@ describe("mod_http_muc_kick requests", function ()
 		end);
 	end
 
+	it("writes a refusal's text into JSON escaped as JSON escapes it, byte for byte", function ()
+		local escapes = { ['"'] = '\\"'; ["\\"] = "\\\\" };
+		for _, nickname in ipairs({ 'E"v\\e', "\\", "Ève ☃", "tab\\t" }) do
+			local response = { headers = {} };
+			local raw = server.http.route.POST({ response = response; request = { method = "POST"; path = "/muc_kick";
+				ip = "192.0.2.7"; headers = json_headers; body = json.encode({ nickname = nickname; muc = "lobby@muc.example.org" }) } });
+			local text = ("Nobody with the nickname %q is in the room lobby@muc.example.org"):format(nickname);
+			assert.equal(('{"error":"%s","code":"occupant-not-found"}'):format((text:gsub('["\\]', escapes))), raw);
+			assert.equal(text, json.decode(raw).error);
+		end
+	end);
+
 	it("answers 405 with Allow: POST to other methods", function ()
 		for _, method in ipairs({ "GET", "PUT", "PATCH", "DELETE" }) do
 			local status, body, headers = request(server, method, {}, nil);

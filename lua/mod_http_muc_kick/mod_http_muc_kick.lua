@@ -13,6 +13,7 @@ local errors = compat.require("util.error");
 local ip = compat.require("util.ip");
 local jid = compat.require("util.jid");
 local json = compat.require("util.json");
+local resourceprep = compat.require("util.encodings").stringprep.resourceprep;
 local throttle = compat.require("util.throttle");
 
 -- prosodyctl loads this module globally (host "*") only to run module.command, so the token commands come first and
@@ -161,6 +162,9 @@ local max_tracked_addresses = 10000;
 local max_tracked_credentials = 1000;
 -- Tokens that verified, by Authorization header, so that a busy integration's requests skip parsing and verifying.
 local max_cached_tokens = 256;
+-- Room JIDs of this host as prepared, by 'muc' as sent: an integration kicks in a few rooms, and preparing one takes
+-- two stringprep calls.
+local max_cached_rooms = 256;
 
 -- HTTP status in `code`; the JSON answer is {"error": text, "code": name}, where text often comes from the native
 -- library. Refusals travel as `nil, name, text` and are rendered from the template (no util.error object per request:
@@ -346,6 +350,15 @@ local function json_string(text)
 	return (text:gsub('[%c"\\]', json_escapes));
 end
 
+-- The JSON answer to a refusal, as one new string: for a text without control characters (nearly all), Lua's %q
+-- escapes exactly what JSON needs, quotes and backslashes. Each byte a request allocates costs Prosody's collector.
+local function error_body(text, name)
+	if not text:find("^%C*$") then
+		return ('{"error":"%s","code":"%s"}'):format(json_string(text), name);
+	end
+	return ('{"error":%q,"code":"%s"}'):format(text, name);
+end
+
 -- The answer to a refused request: `name` is an entry of kick_errors and `text` replaces its default text. Counts it,
 -- and logs it: an audit line when it matters to security (`audit` overrides the default of audited_refusals), else a
 -- debug line. `credential` is what the request proved it holds, if anything.
@@ -376,7 +389,7 @@ local function refuse(event, name, text, credential, audit)
 	end
 	response.status_code = status;
 	response.headers.content_type = "application/json";
-	return ('{"error":"%s","code":"%s"}'):format(json_string(text), name);
+	return error_body(text, name);
 end
 
 local function refuse_rate_limited(event, wait, first_refusal, text, credential)
@@ -442,6 +455,7 @@ local function is_in_scope(credential, room_jid)
 end
 
 local function is_json(content_type)
+	if content_type == "application/json" then return true; end -- what clients send, read without a new string
 	local media_type = content_type and content_type:match("^%s*([^;%s]+)");
 	return media_type ~= nil and media_type:lower() == "application/json";
 end
@@ -449,17 +463,23 @@ end
 -- The occupants a checked request names (`kind` is "nickname", "occupant-id" or "jid"): one by nickname, or every
 -- occupant of one account by occupant id (XEP-0421) or real bare JID (an account may be in a room under several
 -- nicknames). Returns room, occupants, or nil, name, text.
+local prepared_rooms = cache.new(max_cached_rooms);
+
 local function find_occupants(credential, muc, kind, target)
-	-- The parser let through room@host only, but stringprep makes "/" of a fullwidth solidus: the host is compared as
-	-- prepared, else "room@host\u{FF0F}x" would ask mod_muc for room@host/x, and it restores the stored room over the
-	-- live one.
-	local node, host, resource = jid.prepped_split(muc);
-	if not node or resource then
-		return nil, "bad-request", "'muc' is not a valid room JID: it has characters JIDs may not contain";
-	end
-	local room_jid = node .. "@" .. host;
-	if host ~= module.host then
-		return nil, "room-not-found", ("Room %s is not on this MUC service (%s)"):format(room_jid, module.host);
+	local room_jid = prepared_rooms:get(muc);
+	if not room_jid then
+		-- The parser let through room@host only, but stringprep makes "/" of a fullwidth solidus: the host is compared
+		-- as prepared, else "room@host\u{FF0F}x" would ask mod_muc for room@host/x, and it restores the stored room over
+		-- the live one.
+		local node, host, resource = jid.prepped_split(muc);
+		if not node or resource then
+			return nil, "bad-request", "'muc' is not a valid room JID: it has characters JIDs may not contain";
+		end
+		room_jid = node .. "@" .. host;
+		if host ~= module.host then
+			return nil, "room-not-found", ("Room %s is not on this MUC service (%s)"):format(room_jid, module.host);
+		end
+		prepared_rooms:set(muc, room_jid);
 	end
 	if not is_in_scope(credential, room_jid) then
 		return nil, "out-of-scope", ("This token does not cover the room %s"):format(room_jid);
@@ -469,11 +489,12 @@ local function find_occupants(credential, muc, kind, target)
 		return nil, "room-not-found", ("Room %s does not exist"):format(room_jid);
 	end
 	if kind == "nickname" then
-		local occupant_jid = jid.prep(room_jid .. "/" .. target);
-		if not occupant_jid then
+		-- What jid.prep(room_jid .. "/" .. target) gives, without preparing the room's JID a second time.
+		local nickname = resourceprep(target);
+		if not nickname then
 			return nil, "bad-request", "'nickname' is not valid: it has characters nicknames may not contain";
 		end
-		local occupant = room:get_occupant_by_nick(occupant_jid);
+		local occupant = room:get_occupant_by_nick(room_jid .. "/" .. nickname);
 		if not occupant then
 			return nil, "occupant-not-found", ("Nobody with the nickname %q is in the room %s"):format(target, room_jid);
 		end
