@@ -460,11 +460,11 @@ local function is_json(content_type)
 	return media_type ~= nil and media_type:lower() == "application/json";
 end
 
+local prepared_rooms = cache.new(max_cached_rooms);
+
 -- The occupants a checked request names (`kind` is "nickname", "occupant-id" or "jid"): one by nickname, or every
 -- occupant of one account by occupant id (XEP-0421) or real bare JID (an account may be in a room under several
 -- nicknames). Returns room, occupants, or nil, name, text.
-local prepared_rooms = cache.new(max_cached_rooms);
-
 local function find_occupants(credential, muc, kind, target)
 	local room_jid = prepared_rooms:get(muc);
 	if not room_jid then
