@@ -8,11 +8,11 @@
 //! are checked for shape only; Lua preps them with Prosody's `jid.prep` and looks the room up. Nothing here
 //! can panic on input, however hostile.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::error::Error;
 use crate::validate;
@@ -57,23 +57,109 @@ pub struct KickRequest {
     pub reason: Option<String>,
 }
 
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+/// A JSON string as read: borrowed from the body unless it has escapes. A request is read on Prosody's
+/// event loop, so reading it allocates as little as it can.
+struct JsonStr<'de>(Cow<'de, str>);
+
+struct JsonStrVisitor;
+
+impl<'de> Visitor<'de> for JsonStrVisitor {
+    type Value = JsonStr<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<JsonStr<'de>, E> {
+        Ok(JsonStr(Cow::Borrowed(s)))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<JsonStr<'de>, E> {
+        Ok(JsonStr(Cow::Owned(s.to_owned())))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<JsonStr<'de>, E> {
+        Ok(JsonStr(Cow::Owned(s)))
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(JsonStrVisitor)
+    }
+}
+
+/// A field's value: a string, null, or the kind of JSON value it was instead (for the error message).
+enum Field<'de> {
+    Str(Cow<'de, str>),
+    Null,
+    Other(&'static str),
+}
+
+struct FieldVisitor;
+
+impl<'de> Visitor<'de> for FieldVisitor {
+    type Value = Field<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Field<'de>, E> {
+        Ok(Field::Str(Cow::Borrowed(s)))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Field<'de>, E> {
+        Ok(Field::Str(Cow::Owned(s.to_owned())))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Field<'de>, E> {
+        Ok(Field::Str(Cow::Owned(s)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Field<'de>, E> {
+        Ok(Field::Null)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Field<'de>, E> {
+        Ok(Field::Other("a boolean"))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Field<'de>, E> {
+        Ok(Field::Other("a number"))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Field<'de>, E> {
+        Ok(Field::Other("a number"))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Field<'de>, E> {
+        Ok(Field::Other("a number"))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field<'de>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Field::Other("an array"))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field<'de>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Field::Other("an object"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Field<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(FieldVisitor)
     }
 }
 
 /// A body as read by [`BodyVisitor`]: an object's fields in order, with the first repeated name, or the
 /// kind of JSON value the body was instead.
-enum Body {
+enum Body<'de> {
     Object {
-        fields: Vec<(String, Value)>,
-        repeated: Option<String>,
+        fields: Vec<(Cow<'de, str>, Field<'de>)>,
+        repeated: Option<Cow<'de, str>>,
     },
     Other(&'static str),
 }
@@ -81,70 +167,69 @@ enum Body {
 struct BodyVisitor;
 
 impl<'de> Visitor<'de> for BodyVisitor {
-    type Value = Body;
+    type Value = Body<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
-        let mut fields: Vec<(String, Value)> = Vec::new();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Body<'de>, A::Error> {
+        let mut fields: Vec<(Cow<'de, str>, Field<'de>)> = Vec::with_capacity(FIELDS.len());
         let mut repeated = None;
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(JsonStr(key)) = map.next_key::<JsonStr>()? {
             if fields.iter().any(|(k, _)| *k == key) {
                 repeated.get_or_insert(key);
                 map.next_value::<IgnoredAny>()?;
             } else {
-                let value = map.next_value::<Value>()?;
+                let value = map.next_value::<Field>()?;
                 fields.push((key, value));
             }
         }
         Ok(Body::Object { fields, repeated })
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Body, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Body<'de>, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
         Ok(Body::Other("an array"))
     }
 
-    fn visit_str<E>(self, _: &str) -> Result<Body, E> {
+    fn visit_str<E>(self, _: &str) -> Result<Body<'de>, E> {
         Ok(Body::Other("a string"))
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<Body, E> {
+    fn visit_bool<E>(self, _: bool) -> Result<Body<'de>, E> {
         Ok(Body::Other("a boolean"))
     }
 
-    fn visit_i64<E>(self, _: i64) -> Result<Body, E> {
+    fn visit_i64<E>(self, _: i64) -> Result<Body<'de>, E> {
         Ok(Body::Other("a number"))
     }
 
-    fn visit_u64<E>(self, _: u64) -> Result<Body, E> {
+    fn visit_u64<E>(self, _: u64) -> Result<Body<'de>, E> {
         Ok(Body::Other("a number"))
     }
 
-    fn visit_f64<E>(self, _: f64) -> Result<Body, E> {
+    fn visit_f64<E>(self, _: f64) -> Result<Body<'de>, E> {
         Ok(Body::Other("a number"))
     }
 
-    fn visit_unit<E>(self) -> Result<Body, E> {
+    fn visit_unit<E>(self) -> Result<Body<'de>, E> {
         Ok(Body::Other("null"))
     }
 }
 
-impl<'de> Deserialize<'de> for Body {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Body, D::Error> {
+impl<'de> Deserialize<'de> for Body<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Body<'de>, D::Error> {
         deserializer.deserialize_any(BodyVisitor)
     }
 }
 
-fn string_field<'a>(fields: &'a [(String, Value)], name: &str) -> Result<Option<&'a str>, Error> {
+fn string_field<'a>(fields: &'a [(Cow<str>, Field)], name: &str) -> Result<Option<&'a str>, Error> {
     match fields.iter().find(|(k, _)| k == name).map(|(_, v)| v) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(Error::bad_request(format!(
-            "'{name}' must be a string, not {}",
-            type_name(other)
+        None | Some(Field::Null) => Ok(None),
+        Some(Field::Str(s)) => Ok(Some(s)),
+        Some(Field::Other(kind)) => Err(Error::bad_request(format!(
+            "'{name}' must be a string, not {kind}"
         ))),
     }
 }
@@ -241,7 +326,7 @@ pub fn parse(body: &[u8], limits: &Limits) -> Result<KickRequest, Error> {
         }
         Body::Object { fields, .. } => fields,
     };
-    if let Some((unknown, _)) = fields.iter().find(|(k, _)| !FIELDS.contains(&k.as_str())) {
+    if let Some((unknown, _)) = fields.iter().find(|(k, _)| !FIELDS.contains(&k.as_ref())) {
         return Err(Error::bad_request(format!(
             "Unknown field '{}'; expected 'muc', one of 'nickname', 'occupant_id' or 'jid', and optionally 'reason'",
             unknown.escape_debug()
@@ -336,6 +421,16 @@ mod tests {
     }
 
     #[test]
+    fn escaped_names_and_values_read_as_their_text() {
+        let request =
+            parse_str(r#"{"nickn\u0061me":"B\u00f6b \"B\"","muc":"r\u0040c.example","reason":"a\/b"}"#)
+                .unwrap();
+        assert_eq!(Target::Nickname("B\u{f6}b \"B\"".into()), request.target);
+        assert_eq!("r@c.example", request.muc);
+        assert_eq!(Some("a/b".into()), request.reason);
+    }
+
+    #[test]
     fn reason_is_optional_and_null_or_blank_means_none() {
         for body in [
             r#"{"nickname":"Bob","muc":"r@chat.example.org"}"#,
@@ -379,6 +474,14 @@ mod tests {
             (
                 r#"{"nickname":"Bob","muc":"r@c.example","reason":true}"#,
                 "'reason' must be a string, not a boolean",
+            ),
+            (
+                r#"{"nickname":{"first":["B","o","b"]},"muc":"r@c.example"}"#,
+                "'nickname' must be a string, not an object",
+            ),
+            (
+                r#"{"extra":{"deep":[[1],{"a":null}]},"nickname":"Bob","muc":"r@c.example"}"#,
+                "Unknown field 'extra'",
             ),
             (
                 r#"{"nick":"Bob","muc":"r@chat.example.org"}"#,
@@ -452,6 +555,7 @@ mod tests {
             r#"{"nickname":"Alice","muc":"r@c.example","nickname":"Bob"}"#,
             r#"{"nickname":"Bob","muc":"r@c.example","muc":"other@c.example"}"#,
             r#"{"nickname":"Bob","muc":"r@c.example","reason":"a","reason":"b"}"#,
+            r#"{"nickname":"Bob","muc":"r@c.example","nickn\u0061me":"Eve"}"#,
         ] {
             let e = parse_str(body).unwrap_err();
             assert_eq!("bad-request", e.code(), "{body}");

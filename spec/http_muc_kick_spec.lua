@@ -350,6 +350,8 @@ describe("mod_http_muc_kick requests", function ()
 			413, "too-large", "Body is larger than 4096 bytes" };
 		{ "a room of another host", nil, '{"nickname":"Bob","muc":"lobby@chat.example.net"}', 404, "room-not-found",
 			"is not on this MUC service" };
+		{ "a room whose host stringprep turns into a full JID", nil, '{"nickname":"Bob","muc":"lobby@muc.example.org\xef\xbc\x8fx"}',
+			404, "room-not-found", "Room lobby@muc.example.org/x is not on this MUC service" };
 		{ "a room that does not exist", nil, '{"nickname":"Bob","muc":"nowhere@muc.example.org"}', 404, "room-not-found",
 			"does not exist" };
 		{ "a nickname not in the room", nil, '{"nickname":"Eve","muc":"lobby@muc.example.org"}', 404, "occupant-not-found",
@@ -382,6 +384,18 @@ describe("mod_http_muc_kick requests", function ()
 			end
 		end);
 	end
+
+	it("writes a refusal's text into JSON escaped as JSON escapes it, byte for byte", function ()
+		local escapes = { ['"'] = '\\"'; ["\\"] = "\\\\" };
+		for _, nickname in ipairs({ 'E"v\\e', "\\", "Ève ☃", "tab\\t" }) do
+			local response = { headers = {} };
+			local raw = server.http.route.POST({ response = response; request = { method = "POST"; path = "/muc_kick";
+				ip = "192.0.2.7"; headers = json_headers; body = json.encode({ nickname = nickname; muc = "lobby@muc.example.org" }) } });
+			local text = ("Nobody with the nickname %q is in the room lobby@muc.example.org"):format(nickname);
+			assert.equal(('{"error":"%s","code":"occupant-not-found"}'):format((text:gsub('["\\]', escapes))), raw);
+			assert.equal(text, json.decode(raw).error);
+		end
+	end);
 
 	it("answers 405 with Allow: POST to other methods", function ()
 		for _, method in ipairs({ "GET", "PUT", "PATCH", "DELETE" }) do
@@ -627,6 +641,16 @@ describe("mod_http_muc_kick reloads", function ()
 		assert.equal(401, (post(server, kick_bob, bearer(token))));
 		assert.matches("AUDIT kick-token-revoked by=registry credential=token:" .. claims.nonce, log_text(server), 1, true);
 	end);
+
+	it("re-reads the deny list on server-started (0.12 -D writes its pid file only then)", function ()
+		local storage = {};
+		local server = load_module(default_options, nil, storage);
+		local token, claims = mint(nil);
+		load_module(default_options, "*", storage).module.command({ "revoke_token", host, claims.nonce });
+		assert.equal(200, (post(server, kick_bob, bearer(token))));
+		server.events["server-started"]();
+		assert.equal(401, (post(server, kick_bob, bearer(token))));
+	end);
 end);
 
 describe("mod_http_muc_kick token commands", function ()
@@ -663,6 +687,16 @@ describe("mod_http_muc_kick token commands", function ()
 		assert.equal(0, (run({ "revoke_token", host, "MDEyMzQ1Njc4OWFiY2RlZg" }, storage)));
 		assert.matches("MDEyMzQ1Njc4OWFiY2RlZg  revoked  (not minted here)", select(2, run({ "list_tokens", host }, storage)),
 			1, true);
+	end);
+
+	it("prosodyctl revoke_token takes an id that begins with a dash (one id in 64 does), not as an option", function ()
+		local storage = {};
+		for _, id in ipairs({ "-3Jldm9rZWQtYnktZGFzaA", "--9yZXZva2VkLWRhc2hlcw" }) do
+			local code, output = run({ "revoke_token", host, id }, storage);
+			assert.equal(0, code, output);
+			assert.matches("Revoked " .. id, output, 1, true);
+			assert.matches(id .. "  revoked  (not minted here)", select(2, run({ "list_tokens", host }, storage)), 1, true);
+		end
 	end);
 
 	local bad_commands = {

@@ -280,6 +280,17 @@ async def test_refused_request_answers_json_error_with_code_and_changes_nothing(
         await assert_still_in_room(alice, bob)
 
 
+async def test_a_room_jid_that_stringprep_makes_a_full_jid_leaves_the_live_room_alone(start_kick_server):
+    # Stringprep makes "/" of a fullwidth solidus: mod_muc, asked for lobby@host/x, restored the stored copy of the
+    # persistent room over the live one, whose occupants could then no longer talk.
+    server = start_kick_server(muc_room_default_persistent=True)
+    async with lobby_with_bob(server) as (alice, bob):
+        response = await kick(server, {"nickname": "Bob", "muc": f"lobby@{MUC_HOST}\uff0fx"})
+
+        assert_refused(response, 404, "room-not-found", f"Room lobby@{MUC_HOST}/x is not on this MUC service")
+        await assert_still_in_room(alice, bob)
+
+
 async def test_owner_cannot_be_kicked(start_kick_server):
     server = start_kick_server()
     async with lobby_with_bob(server) as (alice, bob):
@@ -671,6 +682,37 @@ async def test_prosodyctl_revocation_reaches_the_running_server(start_kick_serve
     listing = server.prosodyctl("mod_http_muc_kick", "list_tokens", server.muc_host)
     assert f"{token_id}  revoked  leaked  every room  key {key_id(SECRET)} (current key)" in listing
     assert f"{claims_of(spare)['nonce']}  active  spare" in listing
+
+
+@pytest.mark.parametrize("token_id", ["-3Jldm9rZWQtYnktZGFzaA", "--9yZXZva2VkLWRhc2hlcw"])
+async def test_prosodyctl_revokes_a_token_whose_id_begins_with_a_dash(start_kick_server, token_id):
+    # Ids are base64url, so one in 64 begins with "-": prosodyctl once took such an id for an unknown option.
+    server = start_kick_server()
+    now = int(time.time())
+    token = make_token(SECRET, iat=now, exp=now + 3600, nonce=token_id)
+    assert 404 == (await kick(server, {"nickname": "Eve", "muc": ROOM}, headers=bearer(token))).status_code
+    since = log_size(server)
+
+    output = server.prosodyctl("mod_http_muc_kick", "revoke_token", server.muc_host, token_id)
+
+    assert f"Revoked {token_id}; the running server was told to reload and now refuses it" in output
+    await wait_for_log(server, f"AUDIT kick-token-revoked by=registry credential=token:{token_id}", since)
+    assert_refused(await kick(server, {"nickname": "Eve", "muc": ROOM}, headers=bearer(token)), 401, "token-revoked")
+
+
+async def test_a_revocation_written_while_the_server_starts_is_in_force_once_it_has_started(start_kick_server,
+                                                                                            modules_dir):
+    token_id = b64url(b"revoked-at-start")
+    server = start_kick_server(global_modules=["test_kick_revoke_at_startup"], global_options={
+        "plugin_paths": [str(modules_dir), PLUGINS],
+        "test_kick_revoke_at_startup": {"host": MUC_HOST, "id": token_id}})
+    now = int(time.time())
+    token = make_token(SECRET, iat=now, exp=now + 3600, nonce=token_id)
+
+    assert_refused(await kick(server, {"nickname": "Eve", "muc": ROOM}, headers=bearer(token)), 401, "token-revoked")
+    log = server.log_text()
+    assert "revoked=0" in log  # the module had read the deny list before the plugin wrote it
+    assert f"AUDIT kick-token-revoked by=registry credential=token:{token_id}" in log
 
 
 async def test_revocation_survives_a_restart(start_kick_server):

@@ -13,6 +13,7 @@ local errors = compat.require("util.error");
 local ip = compat.require("util.ip");
 local jid = compat.require("util.jid");
 local json = compat.require("util.json");
+local resourceprep = compat.require("util.encodings").stringprep.resourceprep;
 local throttle = compat.require("util.throttle");
 
 -- prosodyctl loads this module globally (host "*") only to run module.command, so the token commands come first and
@@ -25,23 +26,25 @@ local function print_usage(command)
 	return 2;
 end
 
--- 0.12's util.argparse has no repeatable options, so the command line is read by hand: HOST, then options.
-local function parse_args(args, value_options, flag_options)
+-- 0.12's util.argparse has no repeatable options, so the command line is read by hand: HOST, then options. `options`
+-- has the command's options that take a value and its flags; a command without options takes every argument as it
+-- is, since a token id may begin with "-" (one in 64 do: ids are base64url) and must not be taken for an option.
+local function parse_args(args, options)
 	local positional, opts = {}, { room = {} };
 	local i = 1;
 	while args[i] do
 		local a = args[i];
-		local name = a:match("^%-%-([%w-]+)$");
+		local name = options and a:match("^%-%-([%w-]+)$");
 		name = name and name:gsub("-", "_");
-		if name and value_options[name] then
+		if name and options.values[name] then
 			local value = args[i + 1];
 			if not value then return nil, ("Expected a value after %s"):format(a); end
 			if name == "room" then table.insert(opts.room, value); else opts[name] = value; end
 			i = i + 2;
-		elseif name and flag_options[name] then
+		elseif name and options.flags[name] then
 			opts[name] = true;
 			i = i + 1;
-		elseif a:sub(1, 1) == "-" then
+		elseif options and a:sub(1, 1) == "-" then
 			return nil, ("Unknown option %s"):format(a);
 		else
 			table.insert(positional, a);
@@ -112,13 +115,18 @@ local offline_commands = {
 	end;
 };
 
+-- The options each command takes; the others take none.
+local command_options = {
+	create_token = { values = { room = true; expires_after = true; label = true }; flags = { service = true } };
+};
+
 --- prosodyctl mod_http_muc_kick create_token|list_tokens|revoke_token HOST ...: results on stdout (the token alone, the
 -- list, what became of the revocation), details and audit lines on stderr.
 function module.command(arg)
 	local command = table.remove(arg, 1);
 	local run = offline_commands[command];
 	if not run then return print_usage(); end
-	local positional, opts = parse_args(arg, { room = true; expires_after = true; label = true }, { service = true });
+	local positional, opts = parse_args(arg, command_options[command]);
 	if not positional then
 		io.stderr:write(opts, "\n");
 		return print_usage(command);
@@ -154,6 +162,9 @@ local max_tracked_addresses = 10000;
 local max_tracked_credentials = 1000;
 -- Tokens that verified, by Authorization header, so that a busy integration's requests skip parsing and verifying.
 local max_cached_tokens = 256;
+-- Room JIDs of this host as prepared, by 'muc' as sent: an integration kicks in a few rooms, and preparing one takes
+-- two stringprep calls.
+local max_cached_rooms = 256;
 
 -- HTTP status in `code`; the JSON answer is {"error": text, "code": name}, where text often comes from the native
 -- library. Refusals travel as `nil, name, text` and are rendered from the template (no util.error object per request:
@@ -295,10 +306,8 @@ local function audit_configuration()
 end
 audit_configuration();
 
--- `prosodyctl reload` fires reloading-config, then config-reloaded if the file parses. The deny list is re-read on the
--- first, so that a revocation from prosodyctl reaches the server even while the config file has an error; the server
--- logs each token it now refuses (prosodyctl's own audit line went to the operator's terminal).
-module:hook_global("reloading-config", function ()
+-- Re-reads the deny list; logs each token it now refuses (prosodyctl's own audit line went to the operator's terminal).
+local function reload_revoked()
 	local now_revoked = credentials.load_revoked(module, os.time());
 	for id, record in pairs(now_revoked) do
 		if not revoked[id] then
@@ -306,7 +315,15 @@ module:hook_global("reloading-config", function ()
 		end
 	end
 	revoked = now_revoked;
-end);
+end
+
+-- `prosodyctl reload` fires reloading-config, then config-reloaded if the file parses. The deny list is re-read on the
+-- first, so that a revocation from prosodyctl reaches the server even while the config file has an error.
+module:hook_global("reloading-config", reload_revoked);
+-- COMPAT 0.12: started with -D (as `prosodyctl start` does), it writes its pid file only on server-started, after
+-- this module read the deny list at load: a revocation in between finds no server to signal ("not running"), so read
+-- the list again once the pid file is there (mod_posix writes it at priority 0). 13 writes it before loading modules.
+module:hook_global("server-started", reload_revoked, -10);
 
 module:hook_global("config-reloaded", function ()
 	local new_settings, why = read_settings();
@@ -331,6 +348,15 @@ json_escapes["\127"] = "\\u007f";
 
 local function json_string(text)
 	return (text:gsub('[%c"\\]', json_escapes));
+end
+
+-- The JSON answer to a refusal, as one new string: for a text without control characters (nearly all), Lua's %q
+-- escapes exactly what JSON needs, quotes and backslashes. Each byte a request allocates costs Prosody's collector.
+local function error_body(text, name)
+	if not text:find("^%C*$") then
+		return ('{"error":"%s","code":"%s"}'):format(json_string(text), name);
+	end
+	return ('{"error":%q,"code":"%s"}'):format(text, name);
 end
 
 -- The answer to a refused request: `name` is an entry of kick_errors and `text` replaces its default text. Counts it,
@@ -363,7 +389,7 @@ local function refuse(event, name, text, credential, audit)
 	end
 	response.status_code = status;
 	response.headers.content_type = "application/json";
-	return ('{"error":"%s","code":"%s"}'):format(json_string(text), name);
+	return error_body(text, name);
 end
 
 local function refuse_rate_limited(event, wait, first_refusal, text, credential)
@@ -429,20 +455,31 @@ local function is_in_scope(credential, room_jid)
 end
 
 local function is_json(content_type)
+	if content_type == "application/json" then return true; end -- what clients send, read without a new string
 	local media_type = content_type and content_type:match("^%s*([^;%s]+)");
 	return media_type ~= nil and media_type:lower() == "application/json";
 end
+
+local prepared_rooms = cache.new(max_cached_rooms);
 
 -- The occupants a checked request names (`kind` is "nickname", "occupant-id" or "jid"): one by nickname, or every
 -- occupant of one account by occupant id (XEP-0421) or real bare JID (an account may be in a room under several
 -- nicknames). Returns room, occupants, or nil, name, text.
 local function find_occupants(credential, muc, kind, target)
-	local room_jid = jid.prep(muc);
+	local room_jid = prepared_rooms:get(muc);
 	if not room_jid then
-		return nil, "bad-request", "'muc' is not a valid room JID: it has characters JIDs may not contain";
-	end
-	if jid.host(room_jid) ~= module.host then
-		return nil, "room-not-found", ("Room %s is not on this MUC service (%s)"):format(room_jid, module.host);
+		-- The parser let through room@host only, but stringprep makes "/" of a fullwidth solidus: the host is compared
+		-- as prepared, else "room@host\u{FF0F}x" would ask mod_muc for room@host/x, and it restores the stored room over
+		-- the live one.
+		local node, host, resource = jid.prepped_split(muc);
+		if not node or resource then
+			return nil, "bad-request", "'muc' is not a valid room JID: it has characters JIDs may not contain";
+		end
+		room_jid = node .. "@" .. host;
+		if host ~= module.host then
+			return nil, "room-not-found", ("Room %s is not on this MUC service (%s)"):format(room_jid, module.host);
+		end
+		prepared_rooms:set(muc, room_jid);
 	end
 	if not is_in_scope(credential, room_jid) then
 		return nil, "out-of-scope", ("This token does not cover the room %s"):format(room_jid);
@@ -452,11 +489,12 @@ local function find_occupants(credential, muc, kind, target)
 		return nil, "room-not-found", ("Room %s does not exist"):format(room_jid);
 	end
 	if kind == "nickname" then
-		local occupant_jid = jid.prep(room_jid .. "/" .. target);
-		if not occupant_jid then
+		-- What jid.prep(room_jid .. "/" .. target) gives, without preparing the room's JID a second time.
+		local nickname = resourceprep(target);
+		if not nickname then
 			return nil, "bad-request", "'nickname' is not valid: it has characters nicknames may not contain";
 		end
-		local occupant = room:get_occupant_by_nick(occupant_jid);
+		local occupant = room:get_occupant_by_nick(room_jid .. "/" .. nickname);
 		if not occupant then
 			return nil, "occupant-not-found", ("Nobody with the nickname %q is in the room %s"):format(target, room_jid);
 		end
