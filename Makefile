@@ -22,7 +22,7 @@ HELPERS := $(wildcard lua/*.lib.lua)
 MODULE_FILES := $(patsubst lua/%,%,$(shell find $(addprefix lua/,$(MODULES)) -type f -not -name '.*' 2>/dev/null))
 DOCS := README.md LICENSE
 
-.PHONY: all deps install uninstall rocks run test test-rust test-lua test-integration test-fuzz lint bench clean
+.PHONY: all deps install uninstall rocks dist deb run test test-rust test-lua test-integration test-fuzz lint bench clean
 
 all: $(LIBRARY)
 
@@ -49,9 +49,18 @@ uninstall:
 	$(if $(DOC_DIR),rm -f $(addprefix $(DOC_DIR)/,$(DOCS)))
 	$(if $(DOC_DIR),[ ! -d $(DOC_DIR) ] || rmdir --ignore-fail-on-non-empty $(DOC_DIR))
 
-# A LuaRocks server folder for `prosodyctl install --server=build/rocks mod_...` (see scripts/rocks.sh).
+# A LuaRocks server folder for `prosodyctl install --server=$(CURDIR)/build/rocks mod_...`: binary rocks for this
+# machine and the source rock as fallback (see scripts/rocks.sh).
 rocks:
 	scripts/rocks.sh build/rocks
+
+# The release tarball with the crates vendored, build/dist/prosody-native-<version>.tar.gz (see scripts/dist.sh).
+dist:
+	scripts/dist.sh build/dist
+
+# The Debian package, built offline from that tarball with dpkg-buildpackage, into build/deb/ (see scripts/deb.sh).
+deb: dist
+	scripts/deb.sh build/deb
 
 run: deps $(LIBRARY)
 	$(PYTHON) scripts/run.py
@@ -72,6 +81,7 @@ test-integration: $(LIBRARY)
 	PROSODY_VERSIONS="$(PROSODY_VERSIONS)" $(PYTHON) -m pytest tests
 
 lint:
+	scripts/version.sh
 	$(LUACHECK) lua spec tests/plugins
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --features lua54 -- -D warnings

@@ -124,10 +124,16 @@ function compat.default_permission(module, role, action)
 	end
 end
 
---- Whether `actor_jid` may perform `action`, on the module's host.
+--- Whether `actor_jid` may perform `action`, on the module's host. `actor_jid` may also be the context of a request
+-- (an event, or ad-hoc command data: with `origin`, the session, and `stanza` or `from`): on 13 the session's own role
+-- then decides, so that a session with a reduced role (a token login) gets only what that role allows; 0.12 takes
+-- the sender's JID from it. On 13 the answer is nil when no role says anything about `action`.
 function compat.may(module, action, actor_jid)
 	if module.may then
 		return module:may(action, actor_jid);
+	end
+	if type(actor_jid) == "table" then
+		actor_jid = actor_jid.from or actor_jid.stanza.attr.from;
 	end
 	local usermanager = require "core.usermanager";
 	local role = module:shared("prosody_native_compat_roles")[action];
@@ -142,14 +148,43 @@ function compat.may(module, action, actor_jid)
 	return jid.host(actor_jid) == module.host;
 end
 
---- COMPAT 0.12: the set of roles a user holds ({ ["prosody:admin"] = true, ... }), or nil. 0.12 keeps role sets per
--- user; 13 gives each user one primary role with permissions (ask compat.may there), so on 13 this is always nil.
+-- The priority of a role (13), 0 for a custom role without one.
+local function role_priority(role)
+	return tonumber(role.priority) or 0;
+end
+
+--- Whether the account `username` of the module's host holds a role that outranks the actor's (a higher priority),
+-- and both roles' names: `actor` is a JID or a request context as for compat.may (its session's role counts). An
+-- account whose role cannot be read outranks everyone. 0.12 has no ranks (admins and users), so nothing outranks.
+function compat.outranks(module, username, actor)
+	if not module.may then
+		return false;
+	end
+	local usermanager = compat.require("core.usermanager");
+	local target = usermanager.get_user_role(username, module.host);
+	local session = type(actor) == "table" and (actor.origin or actor.session);
+	local mine;
+	if session and session.type == "c2s" and session.host == module.host then
+		mine = session.role;
+	else
+		local jid = type(actor) == "table" and (actor.from or actor.stanza.attr.from) or actor;
+		mine = usermanager.get_jid_role(jid, module.host);
+	end
+	local target_name, my_name = target and target.name or "unknown", mine and mine.name or "none";
+	if not target or not mine then
+		return true, target_name, my_name;
+	end
+	return role_priority(target) > role_priority(mine), target_name, my_name;
+end
+
+--- COMPAT 0.12: the set of roles a user holds ({ ["prosody:admin"] = true, ... }; empty when none). 0.12 keeps role
+-- sets per user; 13 gives each user one primary role with permissions (ask compat.may there), so on 13 this is nil.
 function compat.legacy_roles(module, actor_jid)
 	if module.may then
 		return nil;
 	end
 	local usermanager = require "core.usermanager";
-	return usermanager.get_roles and usermanager.get_roles(actor_jid, module.host) or nil;
+	return usermanager.get_roles(actor_jid, module.host) or {};
 end
 
 -- COMPAT 0.12: mod_invites' get(token, username) raises on a contact-only invite (it reads the account record such

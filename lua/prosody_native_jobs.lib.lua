@@ -3,7 +3,7 @@
 -- Load with `local jobs = module:require("prosody_native_jobs")`. The first module to load it creates the one
 -- shared instance (kept in package.loaded, like the native library itself); every later load returns it.
 --
--- A native submit function (such as `native.media.probe_url`) starts a job on a worker thread and returns its
+-- A native submit function (such as a media prober's `:probe(url)`) starts a job on a worker thread and returns its
 -- id at once. `jobs.watch(module, callback, id)` asks for `callback` to run when that job is done. Worker
 -- threads never touch Lua: a finished job goes into the library's completion queue and makes its wake-up
 -- descriptor readable. This helper watches that descriptor with `server.watchfd`; on the main thread it takes
@@ -86,6 +86,15 @@ local function ensure_watcher()
 	return true;
 end
 
+--- Cancels job `id`, which its owner no longer waits for: the library aborts it and its callback never runs.
+-- Returns whether it was still pending.
+function jobs.cancel(id)
+	if not pending[id] then return false; end
+	pending[id] = nil;
+	native.media.cancel(id);
+	return true;
+end
+
 --- Cancels every job of `owner` (a module): the library aborts them, their callbacks get `false, "cancelled"`.
 -- Returns how many there were.
 function jobs.cancel_all(owner)
@@ -128,7 +137,7 @@ end
 
 --- Calls `callback(true, result)` or `callback(false, code)` once, on the main thread, when job `id` of `owner`
 -- (a module) is done; `callback(false, "cancelled")` if `owner` unloads first. Takes the results of a native
--- submit function as they are, so `jobs.watch(module, callback, native.media.probe_url(url, limits))` works:
+-- submit function as they are, so `jobs.watch(module, callback, prober:probe(url))` works:
 -- when `id` is nil, `code` is the error, and the callback runs at once, before jobs.watch returns.
 function jobs.watch(owner, callback, id, code, text)
 	if not id then

@@ -1,5 +1,5 @@
 //! Form values of invitations (XEP-0401, mod_invites_adhoc): validity periods, reserved usernames, notes,
-//! tokens, and the per-user quota of open invitations.
+//! tokens, and the per-user quotas of open invitations and of accounts created with them.
 //!
 //! Everything here is pure: the Lua module reads the data form, passes each value and the configured limits
 //! in, and gets back a clean value or [`Error::BadRequest`] / [`Error::QuotaExceeded`] with a message that
@@ -262,6 +262,27 @@ pub fn quota(open: u64, limit: u64) -> Result<u64, Error> {
     Ok(limit - open - 1)
 }
 
+/// Checks that a user may hand out one more invitation that can create an account: `used` accounts were
+/// created with their invitations in the quota period (`period_secs`, 0 for ever) and `pending` open
+/// invitations of theirs could still create one; together they stay under `limit`, as ejabberd's
+/// `max_invites` counts. Returns how many remain after this one.
+pub fn account_quota(used: u64, pending: u64, limit: u64, period_secs: u64) -> Result<u64, Error> {
+    let counted = used.saturating_add(pending);
+    if counted >= limit {
+        let period = if period_secs == 0 {
+            "in all".to_string()
+        } else {
+            format!("every {}", describe_period(period_secs))
+        };
+        return Err(Error::QuotaExceeded(format!(
+            "You may invite {limit} new account{} {period}: {used} registered with your invitations, and {pending} of \
+             your open invitations could still register one",
+            if limit == 1 { "" } else { "s" }
+        )));
+    }
+    Ok(limit - counted - 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,6 +434,25 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("1 open invitation "));
+    }
+
+    #[test]
+    fn enforces_account_quota() {
+        assert_eq!(Ok(2), account_quota(0, 0, 3, 0));
+        assert_eq!(Ok(0), account_quota(1, 1, 3, 0));
+        let err = account_quota(2, 1, 3, 0).unwrap_err();
+        assert_eq!("quota-exceeded", err.code());
+        assert_eq!(
+            "You may invite 3 new accounts in all: 2 registered with your invitations, and 1 of your open \
+             invitations could still register one",
+            err.to_string()
+        );
+        assert!(account_quota(1, 0, 1, 30 * DAY)
+            .unwrap_err()
+            .to_string()
+            .starts_with("You may invite 1 new account every 30 days:"));
+        assert_eq!("quota-exceeded", account_quota(0, 0, 0, 0).unwrap_err().code());
+        assert!(account_quota(u64::MAX, u64::MAX, u64::MAX, 0).is_err());
     }
 
     proptest! {

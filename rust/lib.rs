@@ -17,8 +17,9 @@
 //! - [`error`]: the one error type and its codes.
 //! - [`validate`]: URIs, JIDs, nicknames, titles, hues and hat attachments, checked before anything is stored
 //!   (mod_muc_hats_api, mod_muc_hats_adhoc).
-//! - [`token`] and [`kick`]: stateless scoped API tokens, constant-time secret comparison and the JSON body
-//!   of an HTTP kick (mod_http_muc_kick).
+//! - [`token`] and [`kick`]: scoped API tokens signed by a keyring of the operator's secrets (key ids, so that a
+//!   secret can be rolled over), checks of those secrets, constant-time comparison, and the JSON body of an HTTP
+//!   kick (mod_http_muc_kick).
 //! - [`invite`]: form values of invitations and the per-user quota (mod_invites_adhoc).
 //! - Media (mod_muc_media_metadata), the folder [`media`]: its `mod.rs` holds the [`media::Prober`] handle
 //!   and ties one URL's job together: [`media::cache`] first, then a safe fetch ([`media::fetch`], with

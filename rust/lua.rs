@@ -129,6 +129,10 @@ fn validate_hat(
     clean.set("required", attachment.required)?;
     clean.set("title", attachment.title)?;
     clean.set("hue", attachment.hue)?;
+    clean.set(
+        "assigned_by",
+        attachment.assigned_by.map(validate::Assigner::as_str),
+    )?;
     (uri, clean).into_lua_multi(lua)
 }
 
@@ -180,6 +184,18 @@ fn invite_quota(lua: &Lua, (open, limit): (u64, u64)) -> LuaResult<LuaMultiValue
     to_lua(lua, guard(|| crate::invite::quota(open, limit)))
 }
 
+/// Lua: `invite.account_quota(used, pending, limit, period_seconds)` -> how many new accounts remain after this
+/// invitation, or nil, "quota-exceeded", text (period 0: for ever).
+fn invite_account_quota(
+    lua: &Lua,
+    (used, pending, limit, period): (u64, u64, u64, u64),
+) -> LuaResult<LuaMultiValue> {
+    to_lua(
+        lua,
+        guard(|| crate::invite::account_quota(used, pending, limit, period)),
+    )
+}
+
 fn invite_api(lua: &Lua) -> LuaResult<LuaTable> {
     let api = lua.create_table()?;
     api.set("validity", lua.create_function(invite_validity)?)?;
@@ -188,14 +204,15 @@ fn invite_api(lua: &Lua) -> LuaResult<LuaTable> {
     api.set("note", lua.create_function(invite_note)?)?;
     api.set("token", lua.create_function(invite_token)?)?;
     api.set("quota", lua.create_function(invite_quota)?)?;
+    api.set("account_quota", lua.create_function(invite_account_quota)?)?;
     Ok(api)
 }
 
 // --- token ---
 
 /// Claims as a flat Lua table, plus the room list: `{ host, scope = "service" | "rooms", rooms = { ... } | nil,
-/// issued_at, expires_at, nonce, label = ? }`.
-fn claims_to_table(lua: &Lua, claims: &crate::token::Claims) -> LuaResult<LuaTable> {
+/// issued_at, expires_at, nonce, label = ?, key_id }`.
+fn claims_to_table(lua: &Lua, claims: &crate::token::Claims, key_id: &str) -> LuaResult<LuaTable> {
     let table = lua.create_table()?;
     table.set("host", claims.host.as_str())?;
     match &claims.scope {
@@ -212,54 +229,118 @@ fn claims_to_table(lua: &Lua, claims: &crate::token::Claims) -> LuaResult<LuaTab
     table.set("expires_at", claims.exp)?;
     table.set("nonce", claims.nonce.as_str())?;
     table.set("label", claims.label.as_deref())?;
+    table.set("key_id", key_id)?;
     Ok(table)
 }
 
-/// Lua: `token.mint(secret, host, rooms, now, ttl, nonce[, label])` -> token, claims, or nil, code, text.
-/// `rooms` is a list of prepped bare room JIDs, or nil for a service-wide token; `nonce` is random bytes.
-fn token_mint(
-    lua: &Lua,
-    (secret, host, rooms, now, ttl, nonce, label): (
-        LuaString,
-        String,
-        Option<Vec<String>>,
-        i64,
-        i64,
-        LuaString,
-        Option<LuaString>,
-    ),
-) -> LuaResult<LuaMultiValue> {
-    let (secret, nonce) = (secret.as_bytes(), nonce.as_bytes());
-    let label = label.as_ref().map(|l| l.as_bytes());
+/// The keys of one MUC host, made once from the configured secrets (at load and on `config-reloaded`).
+struct Keyring(crate::token::Keyring);
+
+impl LuaUserData for Keyring {
+    fn add_methods<M: LuaUserDataMethods<Self>>(methods: &mut M) {
+        // `keyring:mint(rooms, now, ttl, nonce[, label])` -> token, claims, or nil, code, text. `rooms` is a list
+        // of prepped bare room JIDs, or nil for a service-wide token; `nonce` is random bytes.
+        methods.add_method(
+            "mint",
+            |lua,
+             this,
+             (rooms, now, ttl, nonce, label): (
+                Option<Vec<String>>,
+                i64,
+                i64,
+                LuaString,
+                Option<LuaString>,
+            )| {
+                let nonce = nonce.as_bytes();
+                let label = label.as_ref().map(|l| l.as_bytes());
+                let result = guard(|| {
+                    let request = crate::token::Request {
+                        host: this.0.host(),
+                        rooms,
+                        now,
+                        ttl,
+                        nonce: &nonce,
+                        label: label.as_deref(),
+                    };
+                    let claims = crate::token::Claims::new(&request)?;
+                    this.0.mint(&claims).map(|token| (token, claims))
+                });
+                match result {
+                    Ok((token, claims)) => {
+                        (token, claims_to_table(lua, &claims, this.0.signing_key_id())?).into_lua_multi(lua)
+                    }
+                    Err(e) => to_lua::<()>(lua, Err(e)),
+                }
+            },
+        );
+        // `keyring:verify(token, now)` -> claims, or nil, code, text with code "token-malformed", "token-invalid"
+        // (forged, unknown or retired key, other host) or "token-expired". Scope and revocation are the caller's.
+        methods.add_method("verify", |lua, this, (token, now): (LuaString, i64)| {
+            let token = token.as_bytes();
+            match guard(|| this.0.verify(&token, now)) {
+                Ok(v) => claims_to_table(lua, &v.claims, &v.key_id)?.into_lua_multi(lua),
+                Err(e) => to_lua::<()>(lua, Err(e)),
+            }
+        });
+        // `keyring:key_ids()` -> { { id = ..., accept_until = ? }, ... }, the signing key first.
+        methods.add_method("key_ids", |lua, this, ()| {
+            let list = lua.create_table()?;
+            for (id, accept_until) in this.0.key_ids() {
+                let key = lua.create_table()?;
+                key.set("id", id)?;
+                key.set("accept_until", accept_until)?;
+                list.push(key)?;
+            }
+            Ok(list)
+        });
+    }
+}
+
+/// Lua: `token.keyring(host, { { secret = s, accept_until = ? }, ... })` -> keyring, or nil, "bad-request", text.
+/// The first secret signs; each is checked with `check_secret` (the message names it by position only).
+fn token_keyring(lua: &Lua, (host, keys): (String, LuaTable)) -> LuaResult<LuaMultiValue> {
+    let mut secrets: Vec<(LuaString, Option<i64>)> = Vec::new();
+    for key in keys.sequence_values::<LuaTable>() {
+        let key = key?;
+        secrets.push((key.get("secret")?, key.get("accept_until")?));
+    }
+    let bytes: Vec<_> = secrets.iter().map(|(s, until)| (s.as_bytes(), *until)).collect();
     let result = guard(|| {
-        let request = crate::token::Request {
-            host: &host,
-            rooms,
-            now,
-            ttl,
-            nonce: &nonce,
-            label: label.as_deref(),
-        };
-        let claims = crate::token::Claims::new(&request)?;
-        crate::token::mint(&secret, &claims).map(|token| (token, claims))
+        let specs: Vec<crate::token::KeySpec> = bytes
+            .iter()
+            .map(|(secret, accept_until)| crate::token::KeySpec {
+                secret,
+                accept_until: *accept_until,
+            })
+            .collect();
+        crate::token::Keyring::new(&host, &specs)
     });
     match result {
-        Ok((token, claims)) => (token, claims_to_table(lua, &claims)?).into_lua_multi(lua),
+        Ok(keyring) => Keyring(keyring).into_lua_multi(lua),
         Err(e) => to_lua::<()>(lua, Err(e)),
     }
 }
 
-/// Lua: `token.verify(secret, host, token, now)` -> claims, or nil, code, text with code "token-malformed",
-/// "token-invalid" (forged, rotated secret, other host) or "token-expired". The scope is the caller's check.
-fn token_verify(
-    lua: &Lua,
-    (secret, host, token, now): (LuaString, String, LuaString, i64),
-) -> LuaResult<LuaMultiValue> {
-    let (secret, token) = (secret.as_bytes(), token.as_bytes());
-    match guard(|| crate::token::verify(&secret, &host, &token, now)) {
-        Ok(claims) => claims_to_table(lua, &claims)?.into_lua_multi(lua),
-        Err(e) => to_lua::<()>(lua, Err(e)),
-    }
+/// Lua: `token.check_secret(secret, what)` -> true, or nil, "bad-request", text naming `what` (never the secret).
+fn token_check_secret(lua: &Lua, (secret, what): (LuaString, String)) -> LuaResult<LuaMultiValue> {
+    let secret = secret.as_bytes();
+    to_lua(
+        lua,
+        guard(|| crate::token::check_secret(&secret, &what).map(|()| true)),
+    )
+}
+
+/// Lua: `token.check_id(s)` -> true, or nil, "bad-request", text: whether `s` can be a token id (nonce).
+fn token_check_id(lua: &Lua, id: String) -> LuaResult<LuaMultiValue> {
+    let result = guard(|| crate::token::check_nonce(&id).map(|()| true))
+        .map_err(|e| Error::bad_request(e.to_string()));
+    to_lua(lua, result)
+}
+
+/// Lua: `token.parse_utc_time("2025-07-01" | "2025-07-01T12:00:00Z")` -> seconds since the epoch, or nil,
+/// "bad-request", text.
+fn token_parse_utc_time(lua: &Lua, text: String) -> LuaResult<LuaMultiValue> {
+    to_lua(lua, guard(|| crate::token::parse_utc_time(&text)))
 }
 
 /// Lua: `token.secrets_equal(expected, given)` -> boolean, in constant time that leaks no length.
@@ -270,8 +351,10 @@ fn token_secrets_equal(_: &Lua, (expected, given): (LuaString, LuaString)) -> Lu
 
 fn token_api(lua: &Lua) -> LuaResult<LuaTable> {
     let api = lua.create_table()?;
-    api.set("mint", lua.create_function(token_mint)?)?;
-    api.set("verify", lua.create_function(token_verify)?)?;
+    api.set("keyring", lua.create_function(token_keyring)?)?;
+    api.set("check_secret", lua.create_function(token_check_secret)?)?;
+    api.set("check_id", lua.create_function(token_check_id)?)?;
+    api.set("parse_utc_time", lua.create_function(token_parse_utc_time)?)?;
     api.set("secrets_equal", lua.create_function(token_secrets_equal)?)?;
     api.set("max_ttl", crate::token::MAX_TTL_SECONDS)?;
     api.set("max_rooms", crate::token::MAX_ROOMS)?;
@@ -280,12 +363,14 @@ fn token_api(lua: &Lua) -> LuaResult<LuaTable> {
 
 // --- kick ---
 
-/// Lua: `kick.parse(body, max_body_bytes, max_reason_chars)` -> { nickname, muc, reason = ? }, or nil, code,
-/// text with code "too-large" or "bad-request".
+/// Lua: `kick.parse(body, max_body_bytes, max_reason_chars)` -> muc, kind, target, reason (nil when absent), where
+/// kind is "nickname", "occupant-id" or "jid" and target its value; or nil, code, text with code "too-large" or
+/// "bad-request". Plain values rather than a table: the request path allocates nothing it does not keep.
 fn kick_parse(
     lua: &Lua,
     (body, max_body_bytes, max_reason_chars): (LuaString, usize, usize),
 ) -> LuaResult<LuaMultiValue> {
+    use crate::kick::Target;
     let limits = crate::kick::Limits {
         max_body_bytes,
         max_reason_chars,
@@ -293,11 +378,12 @@ fn kick_parse(
     let body = body.as_bytes();
     match guard(|| crate::kick::parse(&body, &limits)) {
         Ok(request) => {
-            let table = lua.create_table()?;
-            table.set("nickname", request.nickname)?;
-            table.set("muc", request.muc)?;
-            table.set("reason", request.reason)?;
-            table.into_lua_multi(lua)
+            let (kind, target) = match request.target {
+                Target::Nickname(nickname) => ("nickname", nickname),
+                Target::OccupantId(id) => ("occupant-id", id),
+                Target::Jid(jid) => ("jid", jid),
+            };
+            (request.muc, kind, target, request.reason).into_lua_multi(lua)
         }
         Err(e) => to_lua::<()>(lua, Err(e)),
     }

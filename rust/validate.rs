@@ -227,6 +227,41 @@ impl FieldValue {
     }
 }
 
+/// Who assigned a hat, which decides who may change it: hats the service or another module assigned are
+/// protected from the room's owners and admins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assigner {
+    /// A room owner or admin, through the room's XEP-0317 commands.
+    Room,
+    /// A service admin, through any command.
+    Service,
+    /// Another Prosody module, through mod_muc_hats_api.
+    Api,
+}
+
+impl Assigner {
+    /// The name stored with the hat and shown to Lua.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Assigner::Room => "room",
+            Assigner::Service => "service",
+            Assigner::Api => "api",
+        }
+    }
+
+    /// Reads a stored or submitted name.
+    pub fn parse(bytes: &[u8]) -> Result<Self, Error> {
+        match bytes {
+            b"room" => Ok(Assigner::Room),
+            b"service" => Ok(Assigner::Service),
+            b"api" => Ok(Assigner::Api),
+            _ => Err(Error::bad_request(
+                "Attachment field 'assigned_by' must be \"room\", \"service\" or \"api\"",
+            )),
+        }
+    }
+}
+
 /// A checked hat attachment (mod_muc_hats_api's data model): every field optional.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Attachment {
@@ -238,6 +273,8 @@ pub struct Attachment {
     pub title: Option<String>,
     /// Colour hint in degrees.
     pub hue: Option<f64>,
+    /// Who assigned the hat.
+    pub assigned_by: Option<Assigner>,
 }
 
 /// Checks the fields of a hat attachment: known names only, each of its type, the title bounded to
@@ -262,8 +299,9 @@ where
                 checked.title = Some(text(t, max_title_chars, "Hat title")?.to_owned())
             }
             ("hue", FieldValue::Number(n)) => checked.hue = Some(check_hue(*n)?),
+            ("assigned_by", FieldValue::Text(t)) => checked.assigned_by = Some(Assigner::parse(t)?),
             ("active" | "required", _) => return Err(wrong_type("boolean")),
-            ("title", _) => return Err(wrong_type("string")),
+            ("title" | "assigned_by", _) => return Err(wrong_type("string")),
             ("hue", _) => return Err(wrong_type("number")),
             (other, _) => {
                 return Err(Error::bad_request(format!(
@@ -391,6 +429,7 @@ mod tests {
                 field("active", FieldValue::Bool(true)),
                 field("title", FieldValue::Text(b"Teacher".to_vec())),
                 field("hue", FieldValue::Number(200.0)),
+                field("assigned_by", FieldValue::Text(b"service".to_vec())),
             ],
             10,
         );
@@ -399,7 +438,8 @@ mod tests {
                 active: Some(true),
                 required: None,
                 title: Some("Teacher".into()),
-                hue: Some(200.0)
+                hue: Some(200.0),
+                assigned_by: Some(Assigner::Service),
             }),
             ok
         );
@@ -424,10 +464,27 @@ mod tests {
             ),
             (vec![(Err("number"), FieldValue::Bool(true))], "a number key"),
             (vec![field("required", FieldValue::Other("table"))], "not table"),
+            (
+                vec![field("assigned_by", FieldValue::Text(b"owner".to_vec()))],
+                "must be \"room\", \"service\" or \"api\"",
+            ),
+            (
+                vec![field("assigned_by", FieldValue::Bool(true))],
+                "'assigned_by' must be a string",
+            ),
         ] {
             let e = attachment(fields, 10).unwrap_err();
             assert!(e.to_string().contains(message), "{e} / {message}");
         }
+    }
+
+    #[test]
+    fn assigners_round_trip() {
+        for assigner in [Assigner::Room, Assigner::Service, Assigner::Api] {
+            assert_eq!(Ok(assigner), Assigner::parse(assigner.as_str().as_bytes()));
+        }
+        assert!(Assigner::parse(b"Room").is_err());
+        assert!(Assigner::parse(b"").is_err());
     }
 
     #[test]

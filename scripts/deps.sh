@@ -7,6 +7,9 @@
 #   .deps/prosody13/  Prosody 13 from bookworm-backports, unpacked beside the system's 0.12 (never installed)
 #   .deps/bin/        prosody13 and prosodyctl13 wrappers that run it from there
 #   .venv/            Python venv for the integration tests, from tests/requirements.txt
+#   .deps/arm64/      Debian's arm64 Lua 5.4, busted's and Prosody's C modules, unpacked: the specs run under
+#                     qemu-aarch64 against the linux-aarch64 library
+#   rustup target     aarch64-unknown-linux-gnu, for the linux-aarch64 binary rock
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -15,7 +18,13 @@ DEPS=$ROOT/.deps
 
 APT_PACKAGES=(
 	prosody lua5.4 liblua5.4-dev lua-busted lua-check luarocks lua-dbi-sqlite3
+	# building the Debian package (make deb, tests/test_install.py)
+	debhelper
+	# the linux-aarch64 binary rock: cross compiler, and qemu to run the specs against it
+	gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
 	postgresql lua-dbi-postgresql
+	# mod_http_muc_kick: its README's fail2ban filter is tested with fail2ban-regex; wrk drives its benchmark
+	fail2ban wrk
 	# Prosody 13's Depends and Recommends that bookworm has (it needs nothing from backports but itself)
 	lua-expat lua-filesystem lua-bitop lua-sec lua-socket lua-event lua-readline lua-unbound libicu72 libssl3 ssl-cert
 )
@@ -23,6 +32,11 @@ BACKPORTS_SOURCE="deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]
 PROSODY13=$DEPS/prosody13
 PROSODY13_STAMP=$DEPS/prosody13.stamp
 PIP_STAMP=$DEPS/pip.stamp
+ARM64=$DEPS/arm64
+# A root for `qemu-aarch64 -L`: libc, Lua and busted's C modules, and Prosody's util/*.so that module specs load.
+ARM64_PACKAGES=(libc6 libgcc-s1 libstdc++6 libreadline8 libtinfo6 libicu72 libssl3 lua5.4 liblua5.4-0 lua-filesystem
+	lua-system lua-term lua-socket prosody)
+ARM64_SOURCE="deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main"
 
 log() { printf 'deps: %s\n' "$*"; }
 
@@ -74,6 +88,16 @@ private_apt() {
 		"$@"
 }
 
+# An empty private apt state in $DEPS/apt with one source line; private_apt uses it.
+new_private_apt() { # source line
+	local dir=$DEPS/apt
+	rm -rf "$dir"
+	mkdir -p "$dir/state/lists/partial" "$dir/cache/archives/partial" "$dir/empty.d" "$dir/download"
+	: >"$dir/state/status"
+	: >"$dir/preferences"
+	echo "$1" >"$dir/sources.list"
+}
+
 # Points a script of the unpacked package at its own tree instead of /usr/lib/prosody and /etc/prosody.
 relocate() {
 	sed -i \
@@ -100,11 +124,7 @@ install_prosody13() {
 	fi
 	log "fetching Prosody 13 from bookworm-backports"
 	local dir=$DEPS/apt
-	rm -rf "$dir"
-	mkdir -p "$dir/state/lists/partial" "$dir/cache/archives/partial" "$dir/empty.d" "$dir/download"
-	: >"$dir/state/status"
-	: >"$dir/preferences"
-	echo "$BACKPORTS_SOURCE" >"$dir/sources.list"
+	new_private_apt "$BACKPORTS_SOURCE"
 	private_apt update
 	(cd "$dir/download" && private_apt download prosody)
 	local deb version
@@ -123,6 +143,28 @@ install_prosody13() {
 	printf '%s\n%s\n' "$version" "$PROSODY13" >"$PROSODY13_STAMP"
 	rm -rf "$dir"
 	log "Prosody $version in $PROSODY13"
+}
+
+# Debian's arm64 Lua 5.4 and the C modules the specs load, unpacked into .deps/arm64 (the system's dpkg never sees
+# them), so that `qemu-aarch64 -L .deps/arm64` runs the specs against the linux-aarch64 library
+# (tests/test_install.py); and Rust's aarch64 target.
+install_arm64() {
+	if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+		log "adding Rust's aarch64-unknown-linux-gnu target"
+		# rustup downloads it from Rust's own server; without it there is no linux-aarch64 rock, and its test skips.
+		rustup target add aarch64-unknown-linux-gnu || log "warning: no aarch64 target, so no linux-aarch64 rock"
+	fi
+	[ "$(cat "$ARM64.stamp" 2>/dev/null)" = "${ARM64_PACKAGES[*]}" ] && [ -x "$ARM64/usr/bin/lua5.4" ] && return
+	log "fetching arm64 ${ARM64_PACKAGES[*]}"
+	local dir=$DEPS/apt deb
+	new_private_apt "$ARM64_SOURCE"
+	private_apt -o APT::Architecture=arm64 -o APT::Architectures::=arm64 update
+	(cd "$dir/download" && private_apt -o APT::Architecture=arm64 -o APT::Architectures::=arm64 \
+		download "${ARM64_PACKAGES[@]}")
+	rm -rf "$ARM64"
+	for deb in "$dir"/download/*.deb; do dpkg-deb -x "$deb" "$ARM64"; done
+	rm -rf "$dir"
+	echo "${ARM64_PACKAGES[*]}" >"$ARM64.stamp"
 }
 
 # The test venv, reinstalled when tests/requirements.txt (or the Python) changes.
@@ -147,4 +189,5 @@ mkdir -p "$DEPS"
 install_apt_packages
 stop_system_prosody
 install_prosody13
+install_arm64
 install_venv

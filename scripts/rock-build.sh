@@ -1,9 +1,15 @@
 #!/bin/sh
-# Builds and installs the native library inside an unpacked prosody-native rock; the rockspec made by
-# scripts/rocks.sh runs it (luarocks "command" build). Not meant to be run by hand: use `make` in a checkout.
+# Builds the native library inside an unpacked prosody-native rock or release tarball; the rockspec made by
+# scripts/rocks.sh and debian/rules run it. Not meant to be run by hand: use `make` in a checkout.
 #
-#   sh scripts/rock-build.sh build                     cargo build --release --locked (fetches crates from crates.io)
-#   sh scripts/rock-build.sh install LUADIR LIBDIR     helpers into LUADIR, prosody_native.so into LIBDIR
+#   sh scripts/rock-build.sh build                     cargo build --release into build/prosody_native.so: offline
+#                                                      from vendor/ in a release tarball (`make dist`), else with
+#                                                      --locked, fetching the crates from crates.io; for another
+#                                                      architecture with PROSODY_NATIVE_TARGET=<rust target>
+#
+# The build is reproducible: the source, cargo home and target folders are remapped to fixed names in the library
+# (--remap-path-prefix), and the release profile strips it, so two builds of one tarball give the same bytes wherever
+# they run. The binary rocks and the Debian package are built by this script too.
 #
 # `prosodyctl install` runs luarocks with HOME set to Prosody's data folder (and, started as root, as the prosody
 # user), so a Rust toolchain installed with rustup for your own user is not found by default. Set CARGO (and
@@ -61,25 +67,41 @@ build() {
 	# The tarball's files all carry one fixed date; with a CARGO_TARGET_DIR shared between builds, cargo would take
 	# an older build of other sources for fresh. Dating them now makes it always rebuild this crate.
 	find Cargo.toml Cargo.lock rust -type f -exec touch {} +
-	echo "prosody-native: building with $cargo ($("$cargo" --version 2>&1))"
-	"$cargo" build --release --locked --features lua54 \
-		|| fail "cargo build failed (see above); it needs Rust $(rust_version) or newer and access to crates.io"
+	# A release tarball carries the crates: build with no network. A checkout fetches them.
+	network="--locked"
+	where="access to crates.io"
+	if [ -d vendor ] && [ -f .cargo/config.toml ]; then
+		network="--frozen"
+		where="the crates in vendor/"
+	fi
+	target_dir=${CARGO_TARGET_DIR:-$PWD/target}
+	output=$target_dir/release
+	# A cross build (scripts/rocks.sh makes the linux-aarch64 rock this way): Debian's cross compiler links, and
+	# compiles the TLS library's C and assembly.
+	target=
+	if [ -n "${PROSODY_NATIVE_TARGET:-}" ]; then
+		target="--target=$PROSODY_NATIVE_TARGET"
+		output=$target_dir/$PROSODY_NATIVE_TARGET/release
+		triple=$(echo "$PROSODY_NATIVE_TARGET" | sed 's/-unknown-/-/') # aarch64-linux-gnu
+		upper=$(echo "$PROSODY_NATIVE_TARGET" | tr 'a-z-' 'A-Z_')
+		under=$(echo "$PROSODY_NATIVE_TARGET" | tr '-' '_')
+		export "CARGO_TARGET_${upper}_LINKER=$triple-gcc" "CC_$under=$triple-gcc" "AR_$under=$triple-ar"
+	fi
+	version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+	# Each path a build machine has its own name for becomes a fixed one (rustc uses the last prefix that matches).
+	RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }--remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
+	RUSTFLAGS="$RUSTFLAGS --remap-path-prefix=$PWD=/usr/src/prosody-native-$version"
+	RUSTFLAGS="$RUSTFLAGS --remap-path-prefix=$target_dir=/usr/src/prosody-native-$version/target"
+	export RUSTFLAGS
+	echo "prosody-native: building with $cargo ($("$cargo" --version 2>&1)), $network"
+	# shellcheck disable=SC2086 # $target is one word or none
+	"$cargo" build --release "$network" --features lua54 --target-dir "$target_dir" $target \
+		|| fail "cargo build failed (see above); it needs Rust $(rust_version) or newer and $where"
 	mkdir -p build
-	cp "${CARGO_TARGET_DIR:-target}/release/libprosody_native.so" build/prosody_native.so
-}
-
-install_files() {
-	luadir=$1
-	libdir=$2
-	[ -f build/prosody_native.so ] || fail "build/prosody_native.so is missing; the build step did not run"
-	mkdir -p "$luadir" "$libdir"
-	# Exact file names: module:require("prosody_native") looks for share/lua/5.4/prosody_native.lib.lua.
-	cp lua/*.lib.lua "$luadir/"
-	cp build/prosody_native.so "$libdir/"
+	cp "$output/libprosody_native.so" build/prosody_native.so
 }
 
 case ${1:-} in
 	build) build ;;
-	install) [ $# -eq 3 ] || fail "usage: $0 install LUADIR LIBDIR"; install_files "$2" "$3" ;;
-	*) fail "usage: $0 build | install LUADIR LIBDIR" ;;
+	*) fail "usage: $0 build" ;;
 esac

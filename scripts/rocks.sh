@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
 # Makes a LuaRocks server folder from this checkout, for `prosodyctl install --server=<folder or its URL> mod_...`:
 #
-#   prosody-native-<version>.tar.gz        the source: the crate, the shared helpers, lua/mod_*/ and the docs
-#   prosody-native-<version>-1.rockspec    the native library (built with cargo on the installing machine) and the
-#                                          shared *.lib.lua helpers
+#   prosody-native-<version>.tar.gz        the release tarball of scripts/dist.sh (crates vendored)
+#   prosody-native-<version>-1.rockspec    the native library and the shared *.lib.lua helpers, built from the tarball
+#                                          by scripts/rock-build.sh (cargo, offline)
+#   prosody-native-<version>-1.<arch>.rock the same, built here: a binary rock for this machine's architecture
+#                                          (linux-x86_64, built on Debian 12, needs glibc 2.34 or newer), installed
+#                                          without cargo; and linux-aarch64, cross-built, where Debian's cross
+#                                          compiler and Rust's aarch64 target are installed
+#   prosody-native-<version>-1.src.rock    the rockspec and the tarball: the fallback where no binary rock fits,
+#                                          built with cargo on the installing machine, offline
 #   mod_<name>-<version>-1.rockspec        one per lua/mod_*/, depending on prosody-native and on the modules it
 #                                          module:depends() on
-#   *.src.rock, manifest*, index.html      `luarocks pack` of each rockspec, `luarocks-admin make-manifest`
+#   mod_<name>-<version>-1.all.rock        the module packed (pure Lua, for every architecture)
+#   manifest*, index.html                  `luarocks-admin make-manifest`
+#
+# luarocks picks a binary rock for its own architecture, else the src rock.
 #
 # Usage: scripts/rocks.sh [FOLDER]   (default build/rocks; a folder made by an earlier run is emptied first)
 #   ROCK_SOURCE_URL  where the tarball will be published, e.g. https://example.org/releases (default: the local
-#                    folder, file://...). The src rocks carry the tarball, so installing from them never fetches it.
+#                    folder, file://...). The rocks carry what they need, so installing from them never fetches it.
 #   ROCK_HOMEPAGE    the project's home page, for the rockspecs' description (default: none).
 #   LUAROCKS, LUAROCKS_ADMIN   the programs to use (default luarocks, luarocks-admin).
+#   CARGO_TARGET_DIR cargo's target folder for the binary rock's build (default: a fresh one, removed afterwards).
 #
-# The tarball is made from the working tree as it is: make releases from a clean checkout of the release tag.
+# Make releases from a clean checkout of the release tag.
 set -euo pipefail
 
 OUT=$(realpath -m "${1:-$(dirname "$0")/../build/rocks}")
@@ -54,12 +64,22 @@ module_dependencies() {
 		done
 }
 
-description() { # summary
+description() { # summary, documentation
 	echo "description = {"
 	echo "	summary = $(lua_string "$1");"
+	echo "	detailed = $(lua_string "$2");"
 	if [ -n "${ROCK_HOMEPAGE:-}" ]; then echo "	homepage = $(lua_string "$ROCK_HOMEPAGE");"; fi
 	echo "	license = \"MIT\";"
 	echo "}"
+}
+
+# Where a rock's documentation is once installed: luarocks copies the README into the rock's doc/ folder. prosodyctl
+# prints a link to modules.prosody.im after installing, which documents the original module, not this one.
+documentation() { # rock, README file name
+	printf 'Part of prosody-native %s. Documentation: %s, installed with the rock (%s, or luarocks --tree=<tree> doc' \
+		"$VERSION" "$2" "<tree>/lib/luarocks/rocks-$LUA_VERSION/$1/$ROCK_VERSION/doc/$2"
+	printf ' --list %s)%s; modules.prosody.im describes the original modules, not these.' \
+		"$1" "${ROCK_HOMEPAGE:+ and at $ROCK_HOMEPAGE}"
 }
 
 source_table() { # folder inside the tarball
@@ -74,13 +94,19 @@ native_rockspec() {
 	echo "package = \"$NAME\""
 	echo "version = \"$ROCK_VERSION\""
 	source_table "$NAME-$VERSION"
-	description "Native (Rust) library and shared helpers of the prosody-native Prosody modules"
+	description "Native (Rust) library and shared helpers of the prosody-native Prosody modules" \
+		"$(documentation "$NAME" README.md)"
 	echo "dependencies = { $(lua_string "$LUA_DEPENDENCY") }"
-	echo "-- cargo builds the library on the installing machine (scripts/rock-build.sh says what it needs when missing)."
+	echo "-- The binary rock is built here; from the src rock, cargo builds the library on the installing machine from the"
+	echo "-- vendored crates (scripts/rock-build.sh says what it needs when missing)."
+	# Files by position keep their names: module:require("prosody_native") looks for prosody_native.lib.lua.
 	echo "build = {"
 	echo "	type = \"command\";"
 	echo "	build_command = [[sh scripts/rock-build.sh build]];"
-	echo "	install_command = [[sh scripts/rock-build.sh install \"\$(LUADIR)\" \"\$(LIBDIR)\"]];"
+	echo "	install = {"
+	echo "		lua = { $(for f in lua/*.lib.lua; do printf '%s; ' "$(lua_string "$f")"; done)};"
+	echo "		lib = { \"build/prosody_native.so\" };"
+	echo "	};"
 	echo "}"
 }
 
@@ -92,7 +118,7 @@ module_rockspec() { # name without mod_
 	echo "package = \"mod_$name\""
 	echo "version = \"$ROCK_VERSION\""
 	source_table "$NAME-$VERSION/$dir"
-	description "$summary"
+	description "$summary" "$(documentation "mod_$name" README.markdown)"
 	echo "dependencies = {"
 	echo "	$(lua_string "$LUA_DEPENDENCY");"
 	echo "	\"$NAME == $VERSION\";"
@@ -126,26 +152,14 @@ module_rockspec() { # name without mod_
 	echo "}"
 }
 
-make_tarball() {
-	local stage=$OUT/.stage/$NAME-$VERSION
-	mkdir -p "$stage/scripts" "$stage/lua"
-	cp -R Cargo.toml Cargo.lock rust README.md LICENSE "$stage/"
-	cp scripts/rock-build.sh "$stage/scripts/"
-	cp lua/*.lib.lua "$stage/lua/"
-	for dir in lua/mod_*/; do cp -R "${dir%/}" "$stage/lua/"; done
-	# Reproducible: same files, same bytes.
-	tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 --exclude='.*' \
-		-C "$OUT/.stage" -cf - "$NAME-$VERSION" | gzip -n >"$OUT/$TARBALL"
-	rm -rf "$OUT/.stage"
-}
-
-# Emptied first, so it must be a folder this script made (or a new one).
-if [ -d "$OUT" ] && [ -n "$(ls -A "$OUT")" ] && [ ! -f "$OUT/manifest" ]; then
-	die "$OUT is not empty and holds no rock server; give a new folder"
+# Emptied first, so it must be a folder this script made, even one a failed run left (or a new one).
+if [ -d "$OUT" ] && [ -n "$(find "$OUT" -mindepth 1 -maxdepth 1 -not \( -name '*.rock' -o -name '*.rockspec' \
+	-o -name "$NAME-*.tar.gz" -o -name 'manifest*' -o -name index.html \))" ]; then
+	die "$OUT holds files that are not rocks; give a new folder"
 fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
-make_tarball
+scripts/dist.sh "$OUT" >/dev/null
 native_rockspec >"$OUT/$NAME-$ROCK_VERSION.rockspec"
 MODULES=()
 for dir in lua/mod_*/; do
@@ -162,9 +176,51 @@ done
 cd "$OUT"
 for spec in *.rockspec; do
 	"$LUAROCKS" --lua-version="$LUA_VERSION" lint "$spec" >/dev/null || die "$spec does not pass luarocks lint"
-	"$LUAROCKS" --lua-version="$LUA_VERSION" pack "$spec" >/dev/null || die "luarocks pack $spec failed"
 done
-# The tarball stays: installs use the src rocks, but `luarocks install <rockspec>` fetches it from its URL, and a
-# release uploads it to ROCK_SOURCE_URL.
+"$LUAROCKS" --lua-version="$LUA_VERSION" pack "$NAME-$ROCK_VERSION.rockspec" >/dev/null \
+	|| die "luarocks pack $NAME-$ROCK_VERSION.rockspec failed"
+
+# The binary rocks: `luarocks make --pack-binary-rock` builds in the unpacked tarball, exactly as an install from the
+# src rock would, and packs what it installs (modules have no native code: their rocks are "all").
+BUILD=$(mktemp -d "${TMPDIR:-/tmp}/prosody-native-rocks.XXXXXX")
+trap 'rm -rf "$BUILD"' EXIT
+tar -xzf "$TARBALL" -C "$BUILD"
+pack_binary() { # folder, rockspec[, architecture of a cross build: luarocks names the rock after its own]
+	(cd "$1" && "$LUAROCKS" --lua-version="$LUA_VERSION" make --pack-binary-rock --deps-mode=none "$OUT/$2") \
+		>"$BUILD/pack.log" 2>&1 || { cat "$BUILD/pack.log" >&2; die "luarocks make --pack-binary-rock $2 failed"; }
+	local rock
+	for rock in "$1"/*.rock; do
+		if [ -n "${3:-}" ]; then
+			mv "$rock" "$OUT/${2%.rockspec}.$3.rock"
+		else
+			mv "$rock" "$OUT/"
+		fi
+	done
+}
+pack_binary "$BUILD/$NAME-$VERSION" "$NAME-$ROCK_VERSION.rockspec"
+# linux-aarch64 too, where Debian's cross compiler and Rust's aarch64 target are installed (scripts/deps.sh does).
+CROSS_TARGET=aarch64-unknown-linux-gnu
+if [ "$(uname -m)" != aarch64 ] && command -v aarch64-linux-gnu-gcc >/dev/null \
+	&& rustup target list --installed 2>/dev/null | grep -qx "$CROSS_TARGET"; then
+	mkdir "$BUILD/$CROSS_TARGET"
+	tar -xzf "$TARBALL" -C "$BUILD/$CROSS_TARGET"
+	PROSODY_NATIVE_TARGET=$CROSS_TARGET pack_binary "$BUILD/$CROSS_TARGET/$NAME-$VERSION" \
+		"$NAME-$ROCK_VERSION.rockspec" linux-aarch64
+else
+	log "no linux-aarch64 rock: it needs aarch64-linux-gnu-gcc and 'rustup target add $CROSS_TARGET'" >&2
+fi
+for module in "${MODULES[@]}"; do
+	pack_binary "$BUILD/$NAME-$VERSION/lua/$module" "$module-$ROCK_VERSION.rockspec"
+done
 "$LUAROCKS_ADMIN" make-manifest --lua-version="$LUA_VERSION" "$OUT" >/dev/null
-log "$OUT: $NAME ${MODULES[*]} ($ROCK_VERSION)"
+
+# prosodyctl runs luarocks as the prosody user, in Prosody's data folder: a folder that user cannot read, or a
+# relative path, fails with nothing but luarocks' "No results matching query". Say so now, while it is clear why.
+if [ "$(id -u)" -eq 0 ] && id prosody >/dev/null 2>&1 && ! runuser -u prosody -- test -r "$OUT/manifest-$LUA_VERSION"; then
+	log "warning: the prosody user cannot read $OUT (a parent folder is closed to it), so 'prosodyctl install" \
+		"--server=$OUT' would fail with \"No results matching query\"; copy the folder where it can, e.g." \
+		"/srv/prosody-rocks" >&2
+fi
+log "install with: prosodyctl install --server=$OUT mod_<name> (an absolute path: prosodyctl runs luarocks in" \
+	"Prosody's data folder)"
+log "$OUT: $NAME ${MODULES[*]} ($ROCK_VERSION; $(cd "$OUT" && echo "$NAME"-*.rock | sed "s/$NAME-$ROCK_VERSION\.//g"))"

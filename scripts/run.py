@@ -72,6 +72,7 @@ def make_server(host_modules: list[str], muc_modules: list[str], creds: dict) ->
     muc_options = {
         "http_muc_kick_authorization_header": creds["kick_authorization"],
         "http_muc_kick_token_secret": creds["kick_token_secret"],
+        "muc_hats_room_commands": True,  # opt-in (default off): room owners may then enable hats in their rooms
     }
     host_options = {"allow_registration": False}  # accounts come from invites (or prosodyctl)
     return rig.Prosody(
@@ -105,6 +106,11 @@ Log in with an XMPP client (no TLS; allow plain authentication on an unencrypted
   password  {creds["admin_password"]}
   server    127.0.0.1, port {server.c2s_port}
   rooms     <name>@{server.muc_host}
+
+Ad-hoc commands (XEP-0050) for the admin:
+  {"on " + server.host:<15} invitations: create (account, contact, password reset), list, revoke, manage;
+  {"":<15} newcomers register in band with an invitation only
+  {"on a room":<15} hats (XEP-0317); its owners too, once they turn on enable_hats in the room's configuration
 
 Kick an occupant over HTTP (mod_http_muc_kick, port {server.http_port}):
   {kick}

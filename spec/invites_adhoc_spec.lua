@@ -137,3 +137,27 @@ describe("invite.quota", function ()
 		assert.has_error(function () invite.quota(-1, 10); end);
 	end);
 end);
+
+describe("invite.account_quota", function ()
+	it("returns how many new accounts remain after this invitation", function ()
+		assert.equal(7, invite.account_quota(1, 1, 10, 0));
+		assert.equal(0, invite.account_quota(0, 2, 3, 86400));
+	end);
+
+	it("counts accounts created and open invitations together", function ()
+		local remaining, code, text = invite.account_quota(2, 1, 3, 0);
+		assert.is_nil(remaining);
+		assert.equal("quota-exceeded", code);
+		assert.equal("You may invite 3 new accounts in all: 2 registered with your invitations, and 1 of your open "
+			.. "invitations could still register one", text);
+	end);
+
+	it("names a rolling period", function ()
+		local _, _, text = invite.account_quota(1, 0, 1, 30 * day);
+		assert.matches("^You may invite 1 new account every 30 days:", text);
+	end);
+
+	it("raises on negative counts", function ()
+		assert.has_error(function () invite.account_quota(-1, 0, 10, 0); end);
+	end);
+end);

@@ -93,6 +93,19 @@ describe("prosody_native_jobs", function ()
 		assert.is_true(ran);
 	end);
 
+	it("cancels one job its owner no longer waits for: it stops, and its callback never runs", function ()
+		local running_before = native.media.running();
+		local called = false;
+		local id = native.media.test_job("sleep", 3600);
+		jobs.watch(owner, function () called = true; end, id);
+		local pending_before = jobs.pending_count(owner);
+		assert.is_true(jobs.cancel(id));
+		assert.is_false(jobs.cancel(id), "nothing left to cancel");
+		assert.equal(pending_before - 1, jobs.pending_count(owner));
+		assert.equal(running_before, native.media.running(), "the library no longer runs it");
+		assert.is_false(called);
+	end);
+
 	it("cancels a module's jobs with 'cancelled' when it unloads, and only that module's", function ()
 		local leaving = fakes.new_module("leaving", "muc.example.org");
 		local staying = fakes.new_module("staying", "muc.example.org");

@@ -67,14 +67,31 @@ describe("prosody_native helper", function ()
 		assert.matches("reinstall both together", err, 1, true);
 	end);
 
-	it("refuses a library of another version that an earlier module loaded", function ()
+	it("asks for a restart when the process still runs the library of an earlier release", function ()
 		local source = helper_source:gsub('local expected_version = "', 'local expected_version = "9.9.9-', 1);
 		local saved = package.loaded.prosody_native;
 		package.loaded.prosody_native = { version = "0.0.1" };
 		local ok, err = pcall(assert(load(source, "@" .. helper_path)));
 		package.loaded.prosody_native = saved;
 		assert.is_false(ok);
-		assert.matches("native library loaded earlier is version 0.0.1 but these modules need 9.9.9-", err, 1, true);
+		assert.matches("still runs native library 0.0.1, loaded before the upgrade to 9.9.9-", err, 1, true);
+		assert.matches("restart Prosody to finish the upgrade", err, 1, true);
+	end);
+
+	it("tells each module once, at debug and in its status, which release it runs on", function ()
+		local logged, statuses = {}, {};
+		local fake = { status = nil };
+		function fake.log(_, level, fmt, ...) table.insert(logged, level .. " " .. fmt:format(...)); end
+		function fake:set_status(kind, text) self.status = text; table.insert(statuses, kind .. " " .. text); end
+		function fake:get_status() return self.status and "info", self.status; end
+		local env = setmetatable({ module = fake }, { __index = _G });
+		local native;
+		for _ = 1, 2 do -- the media module requires the helper twice
+			native = assert(load(helper_source, "@" .. helper_path, "t", env))();
+		end
+		local expected = "prosody-native " .. native.version;
+		assert.same({ "debug " .. expected }, logged);
+		assert.same({ "info " .. expected }, statuses);
 	end);
 end);
 

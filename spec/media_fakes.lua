@@ -8,6 +8,7 @@ package.cpath = "/usr/lib/prosody/?.so;" .. package.cpath;
 
 local socket = require "socket";
 local events = require "util.events";
+local jid = require "util.jid";
 
 local fakes = {};
 
@@ -62,12 +63,19 @@ local function host_events(host)
 	return fakes.prosody.hosts[host].events;
 end
 
+--- As core's stanza router: fires <name>/full, /bare or /host on the host the stanza is addressed to.
+function fakes.prosody.core_post_stanza(origin, stanza)
+	local node, host, resource = jid.split(stanza.attr.to);
+	local to_type = resource and "/full" or node and "/bare" or "/host";
+	return host_events(host).fire_event(stanza.name .. to_type, { origin = origin; stanza = stanza });
+end
+
 --- A module object named `name` on `host` with config `options` (kept as `m.options`: change it, then fire
--- `m.global_hooks["config-reloaded"].handler()`, to reload).
+-- `m.hooks["config-reloaded"].handler()`, to reload).
 function fakes.new_module(name, host, options)
 	options = options or {};
-	local m = { name = name; host = host; hooks = {}; global_hooks = {}; items = {}; timers = {}; counters = {}; logs = {};
-		options = options };
+	local m = { name = name; host = host; hooks = {}; items = {}; timers = {}; counters = {}; metrics = {}; logs = {};
+		dependencies = {}; options = options };
 	function m.get_option_number(_, key, default) local v = options[key]; if v == nil then return default; end return tonumber(v); end
 	function m.get_option_boolean(_, key, default) local v = options[key]; if v == nil then return default; end return v; end
 	function m.get_option_array(_, key, default) return options[key] or default; end
@@ -77,7 +85,8 @@ function fakes.new_module(name, host, options)
 		table.insert(self.logs, { level = level; text = fmt:gsub("%%[dg]", "%%s"):format(table.unpack(args, 1, args.n)) });
 	end
 	function m:hook(event, handler, priority) self.hooks[event] = { handler = handler; priority = priority or 0 }; end
-	function m:hook_global(event, handler, priority) self.global_hooks[event] = { handler = handler; priority = priority or 0 }; end
+	function m:hook_global(event, handler, priority) self:hook(event, handler, priority); end
+	function m:fire_event(event, data) return host_events(self.host).fire_event(event, data); end
 	function m:measure(counter)
 		self.counters[counter] = 0;
 		return function () self.counters[counter] = self.counters[counter] + 1; end;
@@ -88,7 +97,25 @@ function fakes.new_module(name, host, options)
 		table.insert(self.timers, timer);
 		return timer;
 	end
-	function m.depends() end
+	-- m.metrics[name][label values joined by ","] is the metric: `value` (counters, gauges) and `samples` (histograms).
+	function m:metric(kind, metric_name, unit, description, label_keys)
+		assert(kind and unit and description and label_keys, "module:metric needs type, name, unit, description, labels");
+		local family = {};
+		self.metrics[metric_name] = family;
+		return {
+			with_labels = function (_, ...)
+				local key = table.concat({ ... }, ",");
+				family[key] = family[key] or {
+					value = 0; samples = {};
+					add = function (metric, n) metric.value = metric.value + n; end;
+					set = function (metric, v) metric.value = v; end;
+					sample = function (metric, v) table.insert(metric.samples, v); end;
+				};
+				return family[key];
+			end;
+		};
+	end
+	function m:depends(dependency) return self.dependencies[dependency]; end -- set m.dependencies.x before loading
 	function m.get_host_type() return "component"; end
 	function m.get_option_string(_, key, default)
 		if key == "component_module" then return "muc"; end

@@ -1,9 +1,11 @@
--- mod_muc_media_metadata loaded into a fake module: the hook, what it adds to a message, holding and timeouts,
--- spoofing, counters, and configuration checks. A local HTTP server (tests/media_server.py) serves the media.
+-- mod_muc_media_metadata loaded into a fake module: the hooks, what it adds to a message, holding and delivering
+-- (order, timeouts, moderation, shutdown), spoofing, metrics, and configuration checks. A local HTTP server
+-- (tests/media_server.py) serves the media.
 local fakes = require "media_fakes";
+local native = require "prosody_native";
 local st = require "util.stanza";
-local async = require "util.async";
-local socket = require "socket";
+
+local jobs = fakes.load_lib("prosody_native_jobs", fakes.new_module("media_spec", "conference.example.org"));
 
 local xmlns_oob = "jabber:x:oob";
 local xmlns_metadata = "xmpp:prosody.im/protocol/media-metadata#0";
@@ -35,40 +37,60 @@ local options = {
 	muc_media_metadata_max_bytes = 1024 * 1024;
 };
 
+local room_jid = "room@conference.example.org";
+
+-- A mod_muc stand-in: get_room_from_jid answers from `rooms`, as after a room was destroyed (or recreated).
+local mod_muc = { rooms = {} };
+function mod_muc.get_room_from_jid(jid) return mod_muc.rooms[jid]; end
+
 local function load(extra)
 	local opts = {};
 	for k, v in pairs(options) do opts[k] = v; end
 	for k, v in pairs(extra or {}) do opts[k] = v; end
 	local m = fakes.new_module("muc_media_metadata", "conference.example.org", opts);
+	m.dependencies.muc = mod_muc;
 	fakes.load_module(m);
-	return m;
+	return m, opts;
 end
 
-local function message(...)
-	local msg = st.message({ from = "alice@example.org/phone"; to = "room@conference.example.org"; type = "groupchat"; id = "m1" })
-		:text_tag("body", "look");
+local function message(from, ...)
+	local msg = st.message({ from = from; to = room_jid; type = "groupchat"; id = "m1" }):text_tag("body", "look");
 	for _, url in ipairs({ ... }) do
 		msg:tag("x", { xmlns = xmlns_oob }):text_tag("url", url):up();
 	end
 	return msg;
 end
 
--- A MUC room stand-in that records what core (or the module) broadcasts.
+-- A MUC room stand-in with occupants by real JID; it records what is broadcast, with the sender as the room sees it.
 local function room()
-	local r = { jid = "room@conference.example.org"; broadcasts = {} };
+	local r = { jid = room_jid; broadcasts = {}; occupants = {} };
 	function r:broadcast_message(stanza) table.insert(self.broadcasts, st.clone(stanza)); end
+	function r:get_occupant_by_real_jid(real_jid) return self.occupants[real_jid]; end
+	function r:join(real_jid, nick) self.occupants[real_jid] = { nick = room_jid .. "/" .. nick; role = "participant" }; end
+	r:join("alice@example.org/phone", "Alice");
+	r:join("bob@example.org/laptop", "Bob");
 	return r;
 end
 
--- Fires the hook the way core does for a c2s stanza: inside an async runner. Returns a status table whose
--- `returned` is set (to the handler's return value, boxed) once the handler has finished.
-local function fire_in_runner(m, event)
-	local status = {};
-	local runner = async.runner(function ()
-		status.returned = { m.hooks["muc-occupant-groupchat"].handler(event) };
-	end);
-	runner:run(true);
-	return status;
+-- A session stand-in that records what is sent to it.
+local function session()
+	local s = { sent = {} };
+	function s.send(stanza) table.insert(s.sent, stanza); end
+	return s;
+end
+
+-- Fires the muc-occupant-groupchat hook as core does; returns what it returned.
+local function groupchat(m, r, stanza, origin)
+	return m.hooks["muc-occupant-groupchat"].handler({ room = r; stanza = stanza; origin = origin or session();
+		occupant = r:get_occupant_by_real_jid(stanza.attr.from) });
+end
+
+-- Fires the hook for a message from Alice and waits until the room has broadcast it; returns what was broadcast.
+local function posted(m, ...)
+	local r = room();
+	assert.is_true(groupchat(m, r, message("alice@example.org/phone", ...)), "held: core must not broadcast it");
+	fakes.pump_until(function () return #r.broadcasts == 1; end);
+	return r.broadcasts[1];
 end
 
 local function metadata_of(oob)
@@ -81,31 +103,49 @@ local function metadata_of(oob)
 	return fields;
 end
 
+local function bodies(stanzas)
+	local texts = {};
+	for _, stanza in ipairs(stanzas) do table.insert(texts, stanza:get_child_text("body")); end
+	return texts;
+end
+
+local function metric(m, name, labels)
+	local family = m.metrics[name];
+	return family and family[labels or ""] or { value = 0; samples = {} };
+end
+
 describe("mod_muc_media_metadata", function ()
-	it("hooks groupchat messages after every other handler", function ()
+	local alice, bob = "alice@example.org/phone", "bob@example.org/laptop";
+
+	it("hooks groupchat messages after every other handler, and stanzas to rooms before anything else", function ()
 		local m = load();
-		assert.is_function(m.hooks["muc-occupant-groupchat"].handler);
 		assert.equal(-100, m.hooks["muc-occupant-groupchat"].priority);
+		for _, event in ipairs({ "message/bare", "message/full", "presence/bare", "presence/full" }) do
+			assert.equal(1000, m.hooks[event].priority, event);
+		end
+		assert.is_nil(m.hooks["iq/full"], "IQs never wait");
 	end);
 
-	it("passes a message without OOB untouched and without waiting", function ()
+	it("passes a message without OOB untouched and without holding it", function ()
 		local m = load();
-		local stanza = message();
+		local r, stanza = room(), message(alice);
 		local before = tostring(stanza);
-		local status = fire_in_runner(m, { room = room(); stanza = stanza; occupant = { nick = "room@conference.example.org/Alice" } });
-		assert.same({}, status.returned);
+		assert.is_nil(groupchat(m, r, stanza), "core broadcasts it");
 		assert.equal(before, tostring(stanza));
 		assert.same({}, m.timers);
 	end);
 
-	it("holds the message until the probe finishes, then adds metadata in the seed's order", function ()
+	it("holds a message until the probe finishes, then broadcasts it from the sender's nick with metadata", function ()
 		local m = load();
-		local stanza = message(server.url("/photo.png"));
-		local status = fire_in_runner(m, { room = room(); stanza = stanza });
-		assert.is_nil(status.returned, "the handler is waiting");
-		fakes.pump_until(function () return status.returned ~= nil; end);
-		local oob = stanza:get_child("x", xmlns_oob);
-		local fields = metadata_of(oob);
+		local r = room();
+		local stanza = message(alice, server.url("/photo.png"));
+		assert.is_true(groupchat(m, r, stanza), "taken out of the flow");
+		assert.equal(1, metric(m, "held_messages").value);
+		fakes.pump_until(function () return #r.broadcasts == 1; end);
+		local sent = r.broadcasts[1];
+		assert.equal(room_jid .. "/Alice", sent.attr.from);
+		assert.equal(alice, stanza.attr.from, "the sender's address is restored");
+		local fields = metadata_of(sent:get_child("x", xmlns_oob));
 		assert.same({ "bytes", "type", "width", "height", "blurhash" }, { fields[1][1], fields[2][1], fields[3][1], fields[4][1], fields[5][1] });
 		assert.same({ "type", "image/png" }, fields[2]);
 		assert.same({ { "width", "76" }, { "height", "52" } }, { fields[3], fields[4] });
@@ -113,15 +153,15 @@ describe("mod_muc_media_metadata", function ()
 		assert.equal(4 + 2 * 4 * 3, #fields[5][2], "4x3 components by default");
 		assert.is_true(m.timers[1].stopped, "the hold timer is stopped once all probes are done");
 		assert.equal(1, m.counters.probes_done);
+		assert.equal(0, metric(m, "held_messages").value);
+		assert.equal(1, #metric(m, "hold").samples);
 	end);
 
 	it("adds an XEP-0447 file-sharing element with XEP-0446 metadata and a BlurHash thumbnail", function ()
 		local m = load();
 		local url = server.url("/photo.jpg");
-		local stanza = message(url);
-		local status = fire_in_runner(m, { room = room(); stanza = stanza });
-		fakes.pump_until(function () return status.returned ~= nil; end);
-		local sfs = assert(stanza:get_child("file-sharing", xmlns_sfs));
+		local sent = posted(m, url);
+		local sfs = assert(sent:get_child("file-sharing", xmlns_sfs));
 		assert.equal("inline", sfs.attr.disposition);
 		local file = assert(sfs:get_child("file", "urn:xmpp:file:metadata:0"));
 		assert.equal("image/jpeg", file:get_child_text("media-type"));
@@ -130,7 +170,7 @@ describe("mod_muc_media_metadata", function ()
 		assert.matches("^%d+$", file:get_child_text("size"));
 		local thumbnail = assert(file:get_child("thumbnail", "urn:xmpp:thumbs:1"));
 		assert.equal("image/blurhash", thumbnail.attr["media-type"]);
-		local blurhash = stanza:get_child("x", xmlns_oob):get_child("metadata", xmlns_metadata):get_child_text("blurhash");
+		local blurhash = sent:get_child("x", xmlns_oob):get_child("metadata", xmlns_metadata):get_child_text("blurhash");
 		local decoded = thumbnail.attr.uri:match("^data:image/blurhash,(.*)$"):gsub("%%(%x%x)", function (h) return string.char(tonumber(h, 16)); end);
 		assert.equal(blurhash, decoded);
 		assert.is_nil(thumbnail.attr.uri:find("#", 1, true), "no raw '#' in the URI");
@@ -139,52 +179,47 @@ describe("mod_muc_media_metadata", function ()
 
 	it("keeps a file-sharing element the sender made for the URL and adds none", function ()
 		local m = load();
+		local r = room();
 		local url = server.url("/photo.png?own-sfs");
-		local stanza = message(url);
+		local stanza = message(alice, url);
 		stanza:tag("file-sharing", { xmlns = xmlns_sfs }):tag("file", { xmlns = "urn:xmpp:file:metadata:0" })
 			:text_tag("name", "cat.png"):up()
 			:tag("sources"):tag("url-data", { xmlns = "http://jabber.org/protocol/url-data"; target = url }):up():up():up();
-		local status = fire_in_runner(m, { room = room(); stanza = stanza });
-		fakes.pump_until(function () return status.returned ~= nil; end);
+		groupchat(m, r, stanza);
+		fakes.pump_until(function () return #r.broadcasts == 1; end);
 		local all = {};
-		for sfs in stanza:childtags("file-sharing", xmlns_sfs) do table.insert(all, sfs); end
+		for sfs in r.broadcasts[1]:childtags("file-sharing", xmlns_sfs) do table.insert(all, sfs); end
 		assert.equal(1, #all);
 		assert.equal("cat.png", all[1]:get_child("file", "urn:xmpp:file:metadata:0"):get_child_text("name"));
-		assert.is_table(metadata_of(stanza:get_child("x", xmlns_oob)), "the seed's metadata is still added");
+		assert.is_table(metadata_of(r.broadcasts[1]:get_child("x", xmlns_oob)), "the seed's metadata is still added");
 	end);
 
 	it("adds one file-sharing element per URL, however often the message repeats it", function ()
 		local m = load();
 		local png, gif = server.url("/photo.png?repeated"), server.url("/photo.gif?repeated");
-		local stanza = message(png, gif, png);
-		local status = fire_in_runner(m, { room = room(); stanza = stanza });
-		fakes.pump_until(function () return status.returned ~= nil; end);
+		local sent = posted(m, png, gif, png);
 		local targets = {};
-		for sfs in stanza:childtags("file-sharing", xmlns_sfs) do
+		for sfs in sent:childtags("file-sharing", xmlns_sfs) do
 			table.insert(targets, sfs:get_child("sources"):get_child("url-data", "http://jabber.org/protocol/url-data").attr.target);
 		end
 		assert.same({ png, gif }, targets);
-		for oob in stanza:childtags("x", xmlns_oob) do
+		for oob in sent:childtags("x", xmlns_oob) do
 			assert.is_table(metadata_of(oob), "every OOB element still gets the seed's metadata");
 		end
 	end);
 
 	it("can leave the XEP-0447 element out", function ()
 		local m = load({ muc_media_metadata_file_sharing = false });
-		local stanza = message(server.url("/photo.gif"));
-		local status = fire_in_runner(m, { room = room(); stanza = stanza });
-		fakes.pump_until(function () return status.returned ~= nil; end);
-		assert.is_nil(stanza:get_child("file-sharing", xmlns_sfs));
-		assert.is_table(metadata_of(stanza:get_child("x", xmlns_oob)));
+		local sent = posted(m, server.url("/photo.gif"));
+		assert.is_nil(sent:get_child("file-sharing", xmlns_sfs));
+		assert.is_table(metadata_of(sent:get_child("x", xmlns_oob)));
 	end);
 
 	it("gives each OOB element its own metadata", function ()
 		local m = load();
-		local stanza = message(server.url("/photo.webp"), server.url("/notes.txt"));
-		local status = fire_in_runner(m, { room = room(); stanza = stanza });
-		fakes.pump_until(function () return status.returned ~= nil; end);
+		local sent = posted(m, server.url("/photo.webp"), server.url("/notes.txt"));
 		local types = {};
-		for oob in stanza:childtags("x", xmlns_oob) do
+		for oob in sent:childtags("x", xmlns_oob) do
 			table.insert(types, oob:get_child("metadata", xmlns_metadata):get_child_text("type"));
 		end
 		assert.same({ "image/webp", "text/plain" }, types);
@@ -192,84 +227,224 @@ describe("mod_muc_media_metadata", function ()
 
 	it("removes metadata the sender put in, even when no probe succeeds", function ()
 		local m = load();
-		local stanza = message(server.url("/missing.png"));
+		local r = room();
+		local stanza = message(alice, server.url("/missing.png"));
 		stanza:get_child("x", xmlns_oob):tag("metadata", { xmlns = xmlns_metadata }):text_tag("bytes", "1"):up();
 		stanza:tag("metadata", { xmlns = xmlns_metadata }):up();
-		local status = fire_in_runner(m, { room = room(); stanza = stanza });
-		fakes.pump_until(function () return status.returned ~= nil; end);
-		assert.is_nil(stanza:get_child("x", xmlns_oob):get_child("metadata", xmlns_metadata));
-		assert.is_nil(stanza:get_child("metadata", xmlns_metadata));
+		groupchat(m, r, stanza);
+		fakes.pump_until(function () return #r.broadcasts == 1; end);
+		assert.is_nil(r.broadcasts[1]:get_child("x", xmlns_oob):get_child("metadata", xmlns_metadata));
+		assert.is_nil(r.broadcasts[1]:get_child("metadata", xmlns_metadata));
 		assert.equal(1, m.counters.probes_failed);
+	end);
+
+	it("removes spoofed metadata from a message without OOB", function ()
+		local m = load();
+		local stanza = message(alice):tag("metadata", { xmlns = xmlns_metadata }):text_tag("bytes", "1"):up();
+		assert.is_nil(groupchat(m, room(), stanza));
+		assert.is_nil(stanza:get_child("metadata", xmlns_metadata));
 	end);
 
 	it("never contacts a blocked address and counts it", function ()
 		local m = load();
-		local stanza = message(blocked_server.url("/photo.png"));
-		local status = fire_in_runner(m, { room = room(); stanza = stanza });
-		fakes.pump_until(function () return status.returned ~= nil; end);
-		assert.is_nil(metadata_of(stanza:get_child("x", xmlns_oob)));
+		local sent = posted(m, blocked_server.url("/photo.png"));
+		assert.is_nil(metadata_of(sent:get_child("x", xmlns_oob)));
 		assert.equal(1, m.counters.probes_blocked);
 	end);
 
 	it("answers a reposted link from the cache without holding the message", function ()
 		local m = load();
 		local url = server.url("/photo.png?repost");
-		local first = fire_in_runner(m, { room = room(); stanza = message(url) });
-		fakes.pump_until(function () return first.returned ~= nil; end);
-		local stanza = message(url);
-		local second = fire_in_runner(m, { room = room(); stanza = stanza });
-		assert.same({}, second.returned, "finished at once");
+		posted(m, url);
+		local stanza = message(alice, url);
+		assert.is_nil(groupchat(m, room(), stanza), "core broadcasts it at once");
 		assert.is_table(metadata_of(stanza:get_child("x", xmlns_oob)));
 		assert.equal(1, m.counters.cache_hits);
 	end);
 
-	it("delivers at the timeout without the metadata of a stalled probe", function ()
+	it("delivers at the timeout without the metadata of a stalled probe, and cancels that probe", function ()
 		local m = load();
-		local stanza = message(server.url("/stall.png"), server.url("/notes.txt?stall-test"));
-		local status = fire_in_runner(m, { room = room(); stanza = stanza });
+		local r = room();
+		local running = native.media.running();
+		groupchat(m, r, message(alice, server.url("/stall.png"), server.url("/notes.txt?stall-test")));
 		-- Let the quick probe finish; the stalled one cannot.
-		local deadline = socket.gettime() + 10;
-		while m.counters.probes_done < 1 and socket.gettime() < deadline do fakes.pump(0.2); end
-		assert.is_nil(status.returned, "still held");
+		fakes.pump_until(function () return m.counters.probes_done == 1; end);
+		assert.same({}, r.broadcasts, "still held");
 		assert.equal(5, m.timers[1].delay);
 		m.timers[1].callback(); -- the hold timeout passes
-		assert.same({}, status.returned);
+		assert.equal(1, #r.broadcasts);
 		local oobs = {};
-		for oob in stanza:childtags("x", xmlns_oob) do table.insert(oobs, oob); end
+		for oob in r.broadcasts[1]:childtags("x", xmlns_oob) do table.insert(oobs, oob); end
 		assert.is_nil(metadata_of(oobs[1]));
 		assert.is_table(metadata_of(oobs[2]));
 		assert.equal(1, m.counters.probes_timed_out);
+		assert.equal(1, metric(m, "holds_cut_short", "timeout").value);
+		assert.equal(running, native.media.running(), "the stalled download was cancelled");
+		assert.equal(0, jobs.pending_count(m));
 	end);
 
-	it("holds and broadcasts the message itself outside an async runner", function ()
+	it("keeps a sender's later messages behind their held one, and nobody else's", function ()
 		local m = load();
 		local r = room();
-		local stanza = message(server.url("/photo.png?no-runner"));
-		local event = { room = r; stanza = stanza; occupant = { nick = "room@conference.example.org/Alice" } };
-		local returned = m.hooks["muc-occupant-groupchat"].handler(event);
-		assert.is_true(returned, "core must not broadcast it");
-		fakes.pump_until(function () return #r.broadcasts == 1; end);
-		local sent = r.broadcasts[1];
-		assert.equal("room@conference.example.org/Alice", sent.attr.from);
-		assert.is_table(metadata_of(sent:get_child("x", xmlns_oob)));
-		assert.equal("alice@example.org/phone", stanza.attr.from, "the sender's address is restored");
+		local slow, plain = message(alice, server.url("/photo.png?order")), message(alice);
+		plain.tags[1][1] = "after";
+		assert.is_true(groupchat(m, r, slow));
+		assert.is_true(groupchat(m, r, plain), "waits behind the held one");
+		assert.is_nil(groupchat(m, r, message(bob)), "Bob does not wait");
+		assert.same({}, r.broadcasts);
+		fakes.pump_until(function () return #r.broadcasts == 2; end);
+		assert.same({ "look", "after" }, bodies(r.broadcasts));
+		assert.is_table(metadata_of(r.broadcasts[1]:get_child("x", xmlns_oob)));
 	end);
+
+	it("hands a sender's presence and private messages back to core after their held message", function ()
+		local m = load();
+		local r = room();
+		local handled = {};
+		local host_events = fakes.prosody.hosts["conference.example.org"].events;
+		local function record(event) table.insert(handled, { #r.broadcasts; event.stanza.name }); return true; end
+		host_events.add_handler("presence/full", record);
+		host_events.add_handler("message/full", record);
+		groupchat(m, r, message(alice, server.url("/photo.png?presence")));
+		local gate = m.hooks["presence/full"].handler;
+		local leave = { origin = session(); stanza = st.presence({ from = alice; to = room_jid .. "/Alice"; type = "unavailable" }) };
+		local pm = { origin = session(); stanza = st.message({ from = alice; to = room_jid .. "/Bob"; type = "chat" }) };
+		assert.is_true(gate(leave), "waits in the line");
+		leave.stanza.attr.to = nil; -- as mod_presence does with the one presence it sends to every room
+		assert.is_true(m.hooks["message/full"].handler(pm), "waits in the line");
+		assert.is_nil(gate({ origin = session(); stanza = st.presence({ from = bob; to = room_jid .. "/Bob" }) }), "Bob's passes");
+		assert.is_nil(m.hooks["presence/full"].handler({ stanza = st.presence({ from = alice; to = "other@conference.example.org/A" }) }),
+			"another room is another line");
+		assert.equal(2, metric(m, "waiting_stanzas").value);
+		fakes.pump_until(function () return #handled == 2; end);
+		assert.same({ { 1; "presence" }, { 1; "message" } }, handled, "in order, after the broadcast");
+		assert.equal(0, metric(m, "waiting_stanzas").value);
+		host_events.remove_handler("presence/full", record);
+		host_events.remove_handler("message/full", record);
+	end);
+
+	it("lets a groupchat message pass the gate to core's checks, but not a subject change", function ()
+		local m = load();
+		groupchat(m, room(), message(alice, server.url("/stall.png?gate")));
+		local gate = m.hooks["message/bare"].handler;
+		assert.is_nil(gate({ origin = session(); stanza = message(alice) }));
+		local subject = st.message({ from = alice; to = room_jid; type = "groupchat" }):text_tag("subject", "new");
+		assert.is_true(gate({ origin = session(); stanza = subject }));
+		m:unload();
+	end);
+
+	it("holds a waiting subject change with a body again when core hands it back, keeping its place", function ()
+		local m = load();
+		local r = room();
+		-- What mod_muc does with a message/bare the gate hands back: muc-occupant-groupchat, then the broadcast.
+		local host_events = fakes.prosody.hosts["conference.example.org"].events;
+		local function muc(event)
+			if not groupchat(m, r, event.stanza, event.origin) then r:broadcast_message(event.stanza); end
+			return true;
+		end
+		host_events.add_handler("message/bare", muc);
+		local first, last = message(alice, server.url("/photo.png?first")), message(alice);
+		local second = message(alice, server.url("/photo.gif?second")):text_tag("subject", "with a body: a message");
+		second.tags[1][1], last.tags[1][1] = "second", "last";
+		groupchat(m, r, first);
+		assert.is_true(m.hooks["message/bare"].handler({ origin = session(); stanza = second }), "waits for its turn");
+		assert.is_true(groupchat(m, r, last));
+		fakes.pump_until(function () return #r.broadcasts == 3; end);
+		host_events.remove_handler("message/bare", muc);
+		assert.same({ "look", "second", "last" }, bodies(r.broadcasts));
+		assert.is_table(metadata_of(r.broadcasts[2]:get_child("x", xmlns_oob)), "held for its own metadata");
+	end);
+
+	local refusals = {
+		{ "kicked", function (r) r.occupants[alice] = nil; end, "cancel", "not-acceptable" };
+		{ "devoiced", function (r) r.occupants[alice].role = "visitor"; end, "auth", "forbidden" };
+		{ "in a destroyed room", function (r) r.destroying = true; r.occupants = {}; end, "cancel", "item-not-found" };
+		{ "in a room destroyed with a tombstone", function (r)
+			r.destroying = true;
+			mod_muc.rooms[room_jid] = { _data = { destroyed = true; reason = "closed"; newjid = "new@conference.example.org" } };
+		end, "cancel", "gone" };
+	};
+	for _, case in ipairs(refusals) do
+		it("bounces a held message whose sender was " .. case[1] .. " with core's error, and never broadcasts it", function ()
+			local m = load();
+			local r, origin = room(), session();
+			local stanza = message(alice, server.url("/photo.png?" .. case[4]));
+			groupchat(m, r, stanza, origin);
+			case[2](r);
+			fakes.pump_until(function () return #origin.sent == 1; end);
+			mod_muc.rooms = {};
+			assert.same({}, r.broadcasts);
+			local reply = origin.sent[1];
+			assert.same({ "error", alice, room_jid, "m1" }, { reply.attr.type, reply.attr.to, reply.attr.from, reply.attr.id });
+			local error_type, condition = reply:get_error();
+			assert.same({ case[3], case[4] }, { error_type, condition });
+			assert.equal(1, metric(m, "bounced_messages", case[4]).value);
+		end);
+	end
+
+	it("names the new room in the error of a tombstone", function ()
+		local m = load();
+		local r, origin = room(), session();
+		groupchat(m, r, message(alice, server.url("/photo.png?tombstone")), origin);
+		r.destroying = true;
+		mod_muc.rooms[room_jid] = { _data = { destroyed = true; reason = "moved"; newjid = "new@conference.example.org" } };
+		fakes.pump_until(function () return #origin.sent == 1; end);
+		mod_muc.rooms = {};
+		local _, _, text = origin.sent[1]:get_error();
+		assert.equal("moved", text);
+		assert.equal("xmpp:new@conference.example.org?join", origin.sent[1]:get_child("error"):get_child_text("gone",
+			"urn:ietf:params:xml:ns:xmpp-stanzas"));
+	end);
+
+	it("ends every hold of a line that grows past its limit", function ()
+		local m = load({ muc_media_metadata_max_waiting = 2 });
+		local r = room();
+		groupchat(m, r, message(alice, server.url("/stall.png?full-1")));
+		groupchat(m, r, message(alice, server.url("/stall.png?full-2")));
+		assert.same({}, r.broadcasts);
+		assert.is_true(groupchat(m, r, message(alice)), "the third is delivered by the module");
+		assert.equal(3, #r.broadcasts, "all at once, in order");
+		assert.equal(2, metric(m, "holds_cut_short", "line-full").value);
+		assert.equal(0, jobs.pending_count(m));
+	end);
+
+	it("reads the line limit again when the configuration is reloaded", function ()
+		local m, opts = load();
+		local r = room();
+		groupchat(m, r, message(alice, server.url("/stall.png?reload-1")));
+		opts.muc_media_metadata_max_waiting = 1;
+		m.hooks["config-reloaded"].handler({});
+		assert.is_true(groupchat(m, r, message(alice)));
+		assert.equal(2, #r.broadcasts, "the second stanza went past the new limit");
+	end);
+
+	for _, case in ipairs({ { "at shutdown", function (m) m.hooks["server-stopping"].handler({}); end, "shutdown" };
+		{ "when unloaded", function (m) m.unload(); end, "unload" } }) do
+		it("delivers every held message at once " .. case[1] .. ", then holds nothing", function ()
+			local m = load();
+			local r = room();
+			groupchat(m, r, message(alice, server.url("/stall.png?stop-" .. case[3])));
+			groupchat(m, r, message(alice));
+			case[2](m);
+			assert.equal(2, #r.broadcasts);
+			assert.is_nil(metadata_of(r.broadcasts[1]:get_child("x", xmlns_oob)));
+			assert.equal(1, metric(m, "holds_cut_short", case[3]).value);
+			assert.equal(0, jobs.pending_count(m));
+			assert.is_nil(groupchat(m, r, message(alice, server.url("/stall.png?after-" .. case[3]))), "no more holds");
+		end);
+	end
 
 	it("ignores URLs it does not fetch, such as aesgcm:", function ()
 		local m = load();
-		local stanza = message("aesgcm://example.org/file.png#key");
-		local status = fire_in_runner(m, { room = room(); stanza = stanza });
-		assert.same({}, status.returned);
+		local stanza = message(alice, "aesgcm://example.org/file.png#key");
+		assert.is_nil(groupchat(m, room(), stanza));
 		assert.is_nil(metadata_of(stanza:get_child("x", xmlns_oob)));
 		assert.equal(0, m.counters.probes_failed);
 	end);
 
-	-- Probes `url` in a message fired in a runner; returns the message's first OOB metadata fields.
+	-- Posts a message with `url`; returns the broadcast's first OOB metadata fields.
 	local function probe_one(m, url)
-		local stanza = message(url);
-		local status = fire_in_runner(m, { room = room(); stanza = stanza });
-		fakes.pump_until(function () return status.returned ~= nil; end);
-		return metadata_of(stanza:get_child("x", xmlns_oob));
+		return metadata_of(posted(m, url):get_child("x", xmlns_oob));
 	end
 
 	local function audit_lines(m)
@@ -286,14 +461,14 @@ describe("mod_muc_media_metadata", function ()
 		assert.equal(4 + 2 * 4 * 3, #before[5][2]);
 		m.options.muc_media_metadata_blurhash_x = 2;
 		m.options.muc_media_metadata_timeout = 7;
-		m.global_hooks["config-reloaded"].handler();
+		m.hooks["config-reloaded"].handler();
 		local after = probe_one(m, server.url("/photo.png?reload-2"));
 		assert.equal(4 + 2 * 2 * 3, #after[5][2], "the new prober's components");
 		assert.equal(7, m.timers[#m.timers].delay, "the new hold timeout");
 		local audits = audit_lines(m);
 		assert.equal(1, #audits);
 		assert.matches("^AUDIT media%-settings%-changed settings=\".*components_x=2 ", audits[1]);
-		m.global_hooks["config-reloaded"].handler();
+		m.hooks["config-reloaded"].handler();
 		assert.equal(1, #audit_lines(m), "an unchanged reload changes nothing");
 	end);
 
@@ -301,7 +476,7 @@ describe("mod_muc_media_metadata", function ()
 		local m = load();
 		m.options.muc_media_metadata_allowed_networks = { "10.0.0.0/33" };
 		m.options.muc_media_metadata_blurhash_x = 2;
-		m.global_hooks["config-reloaded"].handler();
+		m.hooks["config-reloaded"].handler();
 		local errors = {};
 		for _, entry in ipairs(m.logs) do
 			if entry.level == "error" then table.insert(errors, entry.text); end

@@ -15,11 +15,14 @@ local xmlns_commands = "http://jabber.org/protocol/commands";
 local xmlns_hats_commands = "urn:xmpp:hats:commands";
 local teacher = "http://tech.example.edu/hats#Teacher";
 
--- A room with just what the two modules use.
+-- A room with just what the two modules use; Bob is in it.
 local function new_room(affiliations)
-	local room = { jid = room_jid; _data = {}; _affiliations = affiliations; _affiliation_data = {}; notices = {};
-		presences = {}; saves = 0 };
+	local room = { jid = room_jid; _data = { enable_hats = true }; _affiliations = affiliations; _affiliation_data = {};
+		notices = {}; presences = {}; saves = 0 };
 	function room:get_affiliation(user) return self._affiliations[jid.bare(user)]; end
+	function room:get_occupant_jid(real_jid)
+		return jid.bare(real_jid) == "bob@localhost" and room_jid .. "/Bob" or nil;
+	end
 	function room:each_affiliation() return next, self._affiliations, nil; end
 	function room:get_affiliation_data(user, key)
 		local data = self._affiliation_data[user];
@@ -39,9 +42,11 @@ local function new_room(affiliations)
 	return room;
 end
 
--- Loads both modules on one fake host; returns the host (hooks, provided commands, the room).
-local function new_host()
-	local host = { hooks = {}; commands = {}; permissions = {}; shared = {} };
+-- Loads both modules on one fake host with `options` (muc_hats_room_commands on unless given); returns the host
+-- (hooks, global hooks, provided commands, options, audit lines, counted metrics, the room).
+local function new_host(options)
+	local host = { hooks = {}; global_hooks = {}; commands = {}; permissions = {}; shared = {}; audit = {}; counts = {};
+		options = options or { muc_hats_room_commands = true } };
 	host.room = new_room({ ["alice@localhost"] = "owner"; ["bob@localhost"] = "member";
 		["carol@localhost"] = "member" });
 	local environments = {};
@@ -53,11 +58,33 @@ local function new_host()
 		end
 	end
 
+	local function add_handler(hooks, event, handler)
+		hooks[event] = hooks[event] or {};
+		table.insert(hooks[event], handler);
+	end
+
 	local function load(name)
 		local module = { name = name; host = muc_host };
 		local env = setmetatable({ module = module }, { __index = _G });
-		function module:log() end
-		function module:get_option_number(_, default) return default; end
+		function module:log(level, format, ...)
+			local line = format:format(...);
+			if level == "info" and line:match("^AUDIT ") then table.insert(host.audit, line); end
+		end
+		function module:get_option_number(option, default) return host.options[option] or default; end
+		function module:get_option_boolean(option, default)
+			if host.options[option] == nil then return default; end
+			return host.options[option];
+		end
+		function module:hook_global(event, handler) add_handler(host.global_hooks, event, handler); end
+		-- a counter family: counts[name][label values joined with " "]
+		function module:metric(_, metric_name)
+			local counts = {};
+			host.counts[name .. "/" .. metric_name] = counts;
+			return { with_labels = function (_, ...)
+				local key = table.concat({ ... }, " ");
+				return { add = function (_, n) counts[key] = (counts[key] or 0) + n; end };
+			end };
+		end
 		function module:get_host_type() return "component"; end
 		function module:get_option_string(option, default)
 			return ({ component_module = "muc" })[option] or default;
@@ -66,10 +93,7 @@ local function new_host()
 			host.shared[what] = host.shared[what] or {};
 			return host.shared[what];
 		end
-		function module:hook(event, handler)
-			host.hooks[event] = host.hooks[event] or {};
-			table.insert(host.hooks[event], handler);
-		end
+		function module:hook(event, handler) add_handler(host.hooks, event, handler); end
 		function module:fire_event(event, data) return host.fire(event, data); end
 		function module:provides(kind, item)
 			assert.equal("adhoc", kind);
@@ -166,21 +190,32 @@ describe("mod_muc_hats_adhoc service commands", function ()
 		assert.equal("prosody:admin", host.permissions["muc_hats_adhoc:manage-hats"]);
 	end);
 
-	it("adds an active hat, taking the hue from the room catalogue", function ()
+	it("adds an active hat as the service's, taking title and hue from the room catalogue", function ()
 		host.room._data.hat_definitions = { [teacher] = { title = "Teacher"; hue = 200 } };
 		local result = run("http://prosody.im/protocol/hats#add", admin,
 			{ user = "bob@localhost"; room = room_jid; uri = teacher });
 		assert.same({ status = "completed"; info = "The hat has been added successfully" }, result);
-		assert.same({ [teacher] = { active = true; required = true; title = "Teacher"; hue = 200 } },
+		assert.same({ [teacher] = { active = true; required = true; title = "Teacher"; hue = 200; assigned_by = "service" } },
 			host.room:get_affiliation_data("bob@localhost", "hats"));
 		assert.same({ "bob@localhost" }, host.room.presences);
+		assert.same({ "AUDIT hat-assigned actor=admin@localhost/laptop by=service hat=" .. teacher
+			.. " room=" .. room_jid .. " title=Teacher user=bob@localhost" }, host.audit);
+		assert.same({ ["assigned service"] = 1 }, host.counts["muc_hats_api/hat_changes"]);
+		assert.same({ ["add completed"] = 1 }, host.counts["muc_hats_adhoc/commands"]);
 	end);
 
-	it("refuses anyone without the permission, before showing the form", function ()
+	it("gives a hat without title its URI as title", function ()
+		run("http://prosody.im/protocol/hats#add", admin, { user = "bob@localhost"; room = room_jid; uri = teacher });
+		assert.equal(teacher, host.room:get_affiliation_data("bob@localhost", "hats")[teacher].title);
+	end);
+
+	it("refuses anyone without the permission, before showing the form, and audits it", function ()
 		local data = host.commands["http://prosody.im/protocol/hats#add"]:handler(
 			{ from = "alice@localhost/phone"; to = muc_host; action = "execute" }, nil);
 		assert.equal("error", data.status);
 		assert.equal("forbidden", data.error.condition);
+		assert.same({ "AUDIT hat-command-refused actor=alice@localhost/phone command=add reason=not-a-service-admin" },
+			host.audit);
 	end);
 
 	local bad_inputs = {
@@ -230,7 +265,8 @@ describe("mod_muc_hats_adhoc room commands", function ()
 		local reply = create("alice@localhost/a", { ["hats#uri"] = teacher; ["hats#title"] = "Teacher";
 			["hats#hue"] = "327.255249" });
 		assert.equal("Created the hat 'Teacher' (" .. teacher .. ")", note_of(reply));
-		assert.same({ [teacher] = { title = "Teacher"; hue = 327.255249 } }, host.room._data.hat_definitions);
+		assert.same({ [teacher] = { title = "Teacher"; hue = 327.255249; defined_by = "room" } },
+			host.room._data.hat_definitions);
 		assert.equal(1, host.room.saves);
 		assert.equal(1, #host.room.notices);
 		local x = host.room.notices[1]:get_child("x", "http://jabber.org/protocol/muc#user");
@@ -242,8 +278,87 @@ describe("mod_muc_hats_adhoc room commands", function ()
 		send(host, command_iq("alice@localhost/a", room_jid, xmlns_hats_commands .. ":assign",
 			{ ["hats#jid"] = "bob@localhost"; hat = teacher }));
 		create("alice@localhost/a", { ["hats#uri"] = teacher; ["hats#title"] = "Head"; ["hats#hue"] = "10" });
-		assert.same({ [teacher] = { active = true; title = "Head"; hue = 10 } },
+		assert.same({ [teacher] = { active = true; title = "Head"; hue = 10; assigned_by = "room" } },
 			host.room:get_affiliation_data("bob@localhost", "hats"));
+	end);
+
+	it("finds wearers without an affiliation entry, as service admins on 0.12", function ()
+		create("alice@localhost/a", { ["hats#uri"] = teacher; ["hats#title"] = "Teacher" });
+		host.room._affiliation_data["admin@localhost"] = { hats = { [teacher] = { active = true; title = "Teacher" } } };
+		create(admin, { ["hats#uri"] = teacher; ["hats#title"] = "Head" });
+		assert.equal("Head", host.room:get_affiliation_data("admin@localhost", "hats")[teacher].title);
+		send(host, command_iq(admin, room_jid, xmlns_hats_commands .. ":destroy", { ["hats#uri"] = teacher }));
+		assert.is_nil(host.room:get_affiliation_data("admin@localhost", "hats"));
+	end);
+
+	it("refuses owners a hat the service assigned, and audits it", function ()
+		create("alice@localhost/a", { ["hats#uri"] = teacher; ["hats#title"] = "Teacher" });
+		send(host, command_iq(admin, room_jid, xmlns_hats_commands .. ":assign",
+			{ ["hats#jid"] = "bob@localhost"; ["hats#uri"] = teacher }));
+		host.audit = {};
+		local kind, condition, text = error_of(send(host, command_iq("alice@localhost/a", room_jid,
+			xmlns_hats_commands .. ":unassign", { ["hats#jid"] = "bob@localhost"; ["hats#uri"] = teacher })));
+		assert.same({ "auth"; "forbidden" }, { kind; condition });
+		assert.matches("was assigned by the service", text, 1, true);
+		assert.equal("service", host.room:get_affiliation_data("bob@localhost", "hats")[teacher].assigned_by);
+		assert.same({ "AUDIT hat-change-refused actor=alice@localhost/a by=room hat=" .. teacher
+			.. " reason=protected room=" .. room_jid .. " user=bob@localhost" }, host.audit);
+	end);
+
+	it("refuses owners where the room's switch is off, and lets them turn it on", function ()
+		host.room._data.enable_hats = nil;
+		local _, condition, text = error_of(create("alice@localhost/a", { ["hats#uri"] = teacher; ["hats#title"] = "T" }));
+		assert.equal("forbidden", condition);
+		assert.matches("enable_hats", text, 1, true);
+		local event = { room = host.room; actor = "alice@localhost/a"; value = true; status_codes = {} };
+		host.fire("muc-config-submitted/enable_hats", event);
+		assert.same({ ["104"] = true }, event.status_codes);
+		assert.is_true(host.room._data.enable_hats);
+		assert.equal("completed", create("alice@localhost/a", { ["hats#uri"] = teacher; ["hats#title"] = "T" })
+			:get_child("command", xmlns_commands).attr.status);
+	end);
+
+	it("offers the room's switch only where the operator allows room commands, read again on reload", function ()
+		local function form_vars()
+			local event = { room = host.room; form = {} };
+			host.fire("muc-config-form", event);
+			local vars = {};
+			for _, field in ipairs(event.form) do table.insert(vars, field.name); end
+			return vars;
+		end
+		assert.same({ "enable_hats" }, form_vars());
+		host.options.muc_hats_room_commands = nil;
+		assert.same({ "enable_hats" }, form_vars()); -- not before the config is reloaded
+		for _, handler in ipairs(host.global_hooks["config-reloaded"]) do handler({}); end
+		assert.same({}, form_vars());
+		local _, condition = error_of(create("alice@localhost/a", { ["hats#uri"] = teacher; ["hats#title"] = "T" }));
+		assert.equal("forbidden", condition);
+	end);
+
+	it("lets occupants list the catalogue, and nobody else", function ()
+		create("alice@localhost/a", { ["hats#uri"] = teacher; ["hats#title"] = "Teacher" });
+		local list = xmlns_hats_commands .. ":list";
+		assert.equal("completed", send(host, command_iq("bob@localhost/b", room_jid, list))
+			:get_child("command", xmlns_commands).attr.status);
+		local _, condition, text = error_of(send(host, command_iq("dave@localhost/d", room_jid, list)));
+		assert.equal("forbidden", condition);
+		assert.equal("Only the room's occupants and members may list its hats", text);
+	end);
+
+	it("keeps each actor's sessions apart", function ()
+		local function start(from)
+			return send(host, command_iq(from, room_jid, xmlns_hats_commands .. ":create"))
+				:get_child("command", xmlns_commands).attr.sessionid;
+		end
+		local kept = start("alice@localhost/a");
+		local first = start(admin);
+		for _ = 1, 300 do start(admin); end
+		local fields = { ["hats#uri"] = teacher; ["hats#title"] = "T" };
+		local _, _, _, specific = error_of(send(host, command_iq(admin, room_jid, xmlns_hats_commands .. ":create",
+			fields, { action = "complete"; sessionid = first })));
+		assert.equal("bad-sessionid", specific);
+		assert.equal("completed", send(host, command_iq("alice@localhost/a", room_jid, xmlns_hats_commands .. ":create",
+			fields, { action = "complete"; sessionid = kept })):get_child("command", xmlns_commands).attr.status);
 	end);
 
 	it("removes a destroyed hat from its wearers", function ()
@@ -301,11 +416,13 @@ describe("mod_muc_hats_adhoc room commands", function ()
 		assert.equal("bad-action", specific);
 	end);
 
-	it("answers an unknown room and an unknown command with item-not-found", function ()
+	it("answers an unknown room with item-not-found, and leaves other command nodes to other modules", function ()
 		local _, condition = error_of(send(host, command_iq(admin, "nope@" .. muc_host, xmlns_hats_commands .. ":list")));
 		assert.equal("item-not-found", condition);
-		_, condition = error_of(send(host, command_iq(admin, room_jid, xmlns_hats_commands .. ":don")));
-		assert.equal("item-not-found", condition);
+		assert.is_nil(host.fire("iq-set/bare/" .. xmlns_commands .. ":command", {
+			origin = { send = function () error("answered"); end };
+			stanza = command_iq(admin, room_jid, xmlns_hats_commands .. ":don");
+		}));
 	end);
 
 	it("advertises hats and a hash that follows the catalogue", function ()

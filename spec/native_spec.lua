@@ -103,9 +103,10 @@ end);
 
 describe("validate.hat", function ()
 	it("returns the URI and a clean attachment", function ()
-		local uri, attachment = native.validate.hat("urn:x:teacher", { active = true; title = "Teacher"; hue = 200 });
+		local uri, attachment = native.validate.hat("urn:x:teacher", { active = true; title = "Teacher"; hue = 200;
+			assigned_by = "service" });
 		assert.equal("urn:x:teacher", uri);
-		assert.same({ active = true; title = "Teacher"; hue = 200 }, attachment);
+		assert.same({ active = true; title = "Teacher"; hue = 200; assigned_by = "service" }, attachment);
 	end);
 
 	it("treats a missing attachment as {}", function ()
@@ -120,6 +121,7 @@ describe("validate.hat", function ()
 		{ { title = ("t"):rep(200) }, "longer than 128" };
 		{ { hue = 400 }, "Hue" };
 		{ { colour = "red" }, "unknown field 'colour'" };
+		{ { assigned_by = "owner" }, "'assigned_by' must be \"room\", \"service\" or \"api\"" };
 		{ { [1] = true }, "integer key" };
 	};
 	for _, case in ipairs(bad_attachments) do

@@ -49,16 +49,23 @@ def postgres():
 @pytest.fixture
 def start_prosody(request, prosody_version, modules_dir, tmp_path):
     """Factory: start_prosody(host_modules=..., muc_options=..., ...) -> a started rig.Prosody, stopped at teardown.
-    storage="postgres" gives the server a new database in the session's PostgreSQL cluster."""
+    storage="postgres" gives the server a new database in the session's PostgreSQL cluster. s2s=True (with
+    domain="<name>.test") lets it federate with the test's other s2s servers; since a server reads their names when
+    it starts, create them all with start=False (which returns the server unstarted), then start() each."""
     servers: list[rig.Prosody] = []
     request.node.prosody_servers = servers  # for the log tail on failure
 
-    def start(*, daemonize: bool = False, check_modules: bool = True, **options) -> rig.Prosody:
+    def start(
+        *, daemonize: bool = False, check_modules: bool = True, s2s: bool = False, start: bool = True, **options
+    ) -> rig.Prosody:
         if options.get("storage") == "postgres":
             options["sql"] = request.getfixturevalue("postgres").create_database()
+        if s2s:
+            options["s2s_hosts"] = tmp_path / "s2s-hosts"  # one per test: its federated servers find each other
         server = rig.Prosody(prosody_version, tmp_path / f"prosody{len(servers)}", modules_dir, **options)
         servers.append(server)
-        server.start(daemonize=daemonize, check_modules=check_modules)
+        if start:
+            server.start(daemonize=daemonize, check_modules=check_modules)
         return server
 
     yield start

@@ -20,6 +20,8 @@ Paths:
   /redirect/photo                                302 to /photo.png
   /redirect/loop                                 302 to itself
   /slow/<n>.png                                  photo.png, held until `release_slow()`; sets `slow_requested`
+  /tarpit/<n>.png                                reads the request and never answers; closes the connection without
+                                                 a response at `release_tarpit()`; sets `tarpit_requested`
   /_sent?<path>                                  body bytes sent so far for <path> (for the benchmark's process)
   anything added with `redirect(path, target)` or `serve(path, body, content_type, declared_length=, chunked=)`
 """
@@ -116,6 +118,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(302, b"", headers={"Location": "/photo.png"})
         if self.path == "/redirect/loop":
             return self._send(302, b"", headers={"Location": "/redirect/loop"})
+        if self.path.startswith("/tarpit/"):
+            owner.tarpit_requested.set()
+            owner.tarpit_released.wait()
+            self.close_connection = True
+            return None
         if self.path.startswith("/slow/"):
             owner.slow_requested.set()
             owner.slow_released.wait()
@@ -187,6 +194,8 @@ class MediaServer:
         self.stopping = threading.Event()
         self.slow_requested = threading.Event()  # a /slow/ request has arrived
         self.slow_released = threading.Event()
+        self.tarpit_requested = threading.Event()  # a /tarpit/ request has arrived
+        self.tarpit_released = threading.Event()
         self.not_modified = 0  # 304 answers given
         self._server = _Server(self, (host, 0))
         self.port = self._server.server_address[1]
@@ -213,6 +222,10 @@ class MediaServer:
     def release_slow(self) -> None:
         self.slow_released.set()
 
+    def release_tarpit(self) -> None:
+        """Every /tarpit/ connection, now and later, is closed without an answer."""
+        self.tarpit_released.set()
+
     def count(self, path: str) -> int:
         with self.lock:
             return self.requests.count(path)
@@ -224,6 +237,7 @@ class MediaServer:
     def stop(self) -> None:
         self.stopping.set()
         self.slow_released.set()
+        self.tarpit_released.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)

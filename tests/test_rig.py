@@ -63,3 +63,14 @@ async def test_daemonized_server_serves_and_stops(start_prosody):
         assert has_status(110, 201)(presence)
     prosody.stop()
     assert not prosody.is_running()
+
+
+def test_sql_is_the_storage_connection_of_a_server(tmp_path):
+    assert rig.Prosody("0.12", tmp_path / "internal").sql is None
+    assert rig.Prosody("0.12", tmp_path / "sqlite", storage="sql").sql == rig.SQL
+    connection = {"driver": "PostgreSQL", "database": "prosody7", "host": "127.0.0.1", "port": 5432,
+                  "username": "postgres", "password": ""}
+    server = rig.Prosody("0.12", tmp_path / "postgres", storage="postgres", sql=connection)
+    assert server.sql == connection
+    server.sql["database"] = "other"  # a copy: the server's config stays as it is
+    assert server.sql["database"] == "prosody7"

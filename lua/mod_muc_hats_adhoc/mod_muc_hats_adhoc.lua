@@ -5,8 +5,11 @@
 -- - XEP-0317 v0.3.1's hat catalogue commands (create, destroy, list, assign, unassign, list-assigned) on every room
 --   JID. mod_adhoc only answers commands addressed to a host, so this module routes the room's commands itself:
 --   disco of the commands node, <command/> iqs to room JIDs and their sessions.
+-- Who may do what: service admins everything; a room's owners and admins read its hats, and change them only where
+-- the service (muc_hats_room_commands) and the room (its enable_hats field) allow it, and never hats the service or
+-- a module made (mod_muc_hats_api refuses those); occupants and members list the catalogue.
 -- Every submitted value is checked by the native library; a command that fails ends with an error and changes
--- nothing.
+-- nothing. mod_muc_hats_api writes the audit line of every change.
 
 local compat = module:require("prosody_native_compat");
 compat.check_host(module, "muc");
@@ -24,24 +27,38 @@ local adhoc_new = module:require("adhoc").new;
 local hats_api = module:depends("muc_hats_api");
 local mod_muc = module:depends("muc");
 
+local room_commands_allowed;
+local function read_options()
+	room_commands_allowed = module:get_option_boolean("muc_hats_room_commands", false);
+end
+read_options();
+-- `prosodyctl reload` re-reads the config file but reloads no module.
+module:hook_global("config-reloaded", read_options);
+
 local xmlns_commands = "http://jabber.org/protocol/commands";
 local xmlns_data = "jabber:x:data";
 local xmlns_disco_items = "http://jabber.org/protocol/disco#items";
-local xmlns_hats = "urn:xmpp:hats:0";
 local xmlns_hats_commands = "urn:xmpp:hats:commands";
-local xmlns_muc_user = "http://jabber.org/protocol/muc#user";
 local node_add = "http://prosody.im/protocol/hats#add";
 local node_remove = "http://prosody.im/protocol/hats#remove";
 
--- Room command sessions waiting for their form; abandoned ones are forgotten, oldest first.
-local max_sessions = 256;
+-- Room command sessions waiting for their form are kept per actor (bare JID), at most max_sessions_per_actor each,
+-- for the max_actors who started one last: abandoned sessions push out only their own actor's oldest ones.
+local max_sessions_per_actor = 8;
+local max_actors = 1024;
+
+local commands_answered = module:metric("counter", "commands", "",
+	"Hat commands answered, by command and outcome (completed, canceled, refused, failed)", { "command"; "outcome" });
 
 -- Conditions in the XEP-0050 namespace (bad-payload, ...) are added to the error as its application condition.
 local hats_errors = errors.init(module.name, xmlns_commands, {
 	["forbidden"] = { "auth", "forbidden", "Only the room's owners and admins, and service admins, may manage its hats" };
+	["forbidden-disabled"] = { "auth", "forbidden",
+		"Room owners and admins may change hats only where the service and the room allow it (room option enable_hats)" };
+	["forbidden-list"] = { "auth", "forbidden", "Only the room's occupants and members may list its hats" };
+	["protected"] = { "auth", "forbidden", "Only service admins may change the hats the service assigned" };
 	["forbidden-service"] = { "auth", "forbidden", "Only service admins may manage hats with this command" };
 	["room-not-found"] = { "cancel", "item-not-found", "There is no such room on this service" };
-	["command-not-found"] = { "cancel", "item-not-found", "Rooms have no command with that node" };
 	["not-affiliated"] = { "cancel", "item-not-found", "The user has no affiliation with the room; make them a member first" };
 	["hat-not-found"] = { "cancel", "item-not-found", "The room has no hat with that URI" };
 	["too-many-hats"] = { "wait", "resource-constraint", "The room or the user has as many hats as allowed" };
@@ -65,6 +82,7 @@ local api_error_codes = {
 	["item-not-found"] = "not-affiliated";
 	["bad-request"] = "bad-payload";
 	["resource-constraint"] = "too-many-hats";
+	["forbidden"] = "protected";
 };
 
 local function api_fail(code, text)
@@ -103,10 +121,28 @@ local function is_service_admin(actor)
 	return compat.may(module, ":manage-hats", actor);
 end
 
--- XEP-0317 commands: the room's owners and admins, and whoever may manage hats on the whole service.
-local function may_manage(room, actor)
+-- Where the actor stands with the room's hats: "service" (may manage hats on the whole service), "room" (owner or
+-- admin of the room), "occupant" (in the room, or a member), or nil.
+local function standing(room, actor)
+	if is_service_admin(actor) then
+		return "service";
+	end
 	local affiliation = room:get_affiliation(actor);
-	return affiliation == "owner" or affiliation == "admin" or is_service_admin(actor);
+	if affiliation == "owner" or affiliation == "admin" then
+		return "room";
+	elseif affiliation == "member" or room:get_occupant_jid(actor) then
+		return "occupant";
+	end
+end
+
+-- Room owners and admins change hats only where the operator opted in and the room's owners enabled it.
+local function room_commands_enabled(room)
+	return room_commands_allowed and room._data.enable_hats == true;
+end
+
+-- What the API records about who acts: the kind decides which hats may be changed, the JID goes to the audit log.
+local function acting(actor, kind)
+	return { kind = kind; actor = actor };
 end
 
 local function room_hats(room)
@@ -118,15 +154,14 @@ local function room_hats(room)
 	return hats;
 end
 
--- Hats somebody in the room holds (hat id -> { title, hue }), whether or not the catalogue defines them.
-local function held_hats(room)
-	local hats = {};
-	for user_bare in room:each_affiliation() do
-		for uri, hat in pairs(room:get_affiliation_data(user_bare, "hats") or {}) do
-			hats[uri] = hats[uri] or { title = hat.title; hue = hat.hue };
-		end
+-- Every wearer's hats (bare JID -> hat id -> attachment), service admins without an affiliation entry included.
+local function assigned_hats(room)
+	local assigned, code, text = hats_api.get_assigned_hats(room.jid);
+	if not assigned then
+		module:log("warn", "Cannot read the hats worn in %s: %s (%s)", room.jid, text, code);
+		return {};
 	end
-	return hats;
+	return assigned;
 end
 
 -- XEP-0317 leaves the hash to the implementation: SHA-1 over the sorted catalogue, titles and hues included, so
@@ -213,54 +248,76 @@ local remove_layout = dataforms.new {
 	{ name = "uri"; type = "text-single"; label = "Hat URI"; required = true; check = "uri" };
 };
 
--- The room and the user's affiliation named by a form, or nil, error.
-local function affiliated_room(room_jid, user_bare)
+-- The room a form names, or nil, error.
+local function named_room(room_jid)
 	local room = find_room(room_jid);
 	if not room then
 		return nil, fail("room-not-found", ("There is no room %s on this service"):format(room_jid));
 	end
-	if not room:get_affiliation(user_bare) then
-		return nil, fail("not-affiliated", ("%s has no affiliation with %s; make them a member first")
-			:format(user_bare, room.jid));
+	return room;
+end
+
+local function not_affiliated(room, user_bare)
+	return fail("not-affiliated", ("%s has no affiliation with %s; make them a member first"):format(user_bare, room.jid));
+end
+
+-- The room a form names, where the user is a member, admin or owner; or nil, error.
+local function affiliated_room(room_jid, user_bare)
+	local room, err = named_room(room_jid);
+	if not room then return nil, err; end
+	local affiliation = room:get_affiliation(user_bare);
+	if not affiliation or affiliation == "outcast" then
+		return nil, not_affiliated(room, user_bare);
 	end
 	return room;
 end
 
-local function add_hat(fields)
+-- The hats a user wears in a room, or nil, error when they neither wear any nor are affiliated.
+local function worn_hats(room, user_bare)
+	local hats = hats_api.get_user_hats(user_bare, room.jid);
+	if not hats then return nil, not_affiliated(room, user_bare); end
+	return hats;
+end
+
+-- The hat is added active and required; the API gives it the catalogue's title and hue unless a title is given.
+local function add_hat(fields, by)
 	local room, err = affiliated_room(fields.room, fields.user);
 	if not room then return nil, err; end
-	-- a hat the room's catalogue defines brings its title (unless one is given) and hue
-	local definition = room_hats(room)[fields.uri] or {};
-	local ok, code, text = hats_api.add_user_hat(fields.user, room.jid, fields.uri, {
-		active = true;
-		required = true;
-		title = fields.title or definition.title;
-		hue = definition.hue;
-	});
+	local ok, code, text = hats_api.add_user_hat(fields.user, room.jid, fields.uri,
+		{ active = true; required = true; title = fields.title }, by);
 	if not ok then return nil, api_fail(code, text); end
 	return "The hat has been added successfully";
 end
 
-local function remove_hat(fields)
-	local room, err = affiliated_room(fields.room, fields.user);
-	if not room then return nil, err; end
-	local hats, code, text = hats_api.get_user_hats(fields.user, room.jid);
-	if not hats then return nil, api_fail(code, text); end
+local function remove_hat(fields, by)
+	local room, room_err = named_room(fields.room);
+	if not room then return nil, room_err; end
+	local hats, err = worn_hats(room, fields.user);
+	if not hats then return nil, err; end
 	if hats[fields.uri] == nil then
 		return nil, fail("hat-not-found", ("%s does not wear the hat %s in %s"):format(fields.user, fields.uri, room.jid));
 	end
-	local ok, remove_code, remove_text = hats_api.remove_user_hat(fields.user, room.jid, fields.uri);
+	local ok, remove_code, remove_text = hats_api.remove_user_hat(fields.user, room.jid, fields.uri, by);
 	if not ok then return nil, api_fail(remove_code, remove_text); end
 	return "The hat has been removed successfully";
 end
 
+-- A refused attempt, which matters to security: one audit line, and counted.
+local function refused(actor, command_name, reason, room)
+	compat.audit(module, "hat-command-refused", { actor = actor; command = command_name; reason = reason;
+		room = room and room.jid });
+	commands_answered:with_labels(command_name, "refused"):add(1);
+end
+
 -- A mod_adhoc handler: form, then submission; permission is checked at every step.
-local function service_command(layout, submit)
+local function service_command(command_name, layout, submit)
 	return function (_, data, state)
 		if not is_service_admin(data.from) then
+			refused(data.from, command_name, "not-a-service-admin");
 			return { status = "error"; error = fail("forbidden-service") };
 		end
 		if data.action == "cancel" or (data.form and data.form.attr.type == "cancel") then
+			commands_answered:with_labels(command_name, "canceled"):add(1);
 			return { status = "canceled" };
 		end
 		if not data.form then
@@ -270,9 +327,15 @@ local function service_command(layout, submit)
 			return { status = "executing"; actions = { "complete"; default = "complete" }; form = layout }, "executing";
 		end
 		local fields, err = read_form(data.form, layout);
-		if not fields then return { status = "error"; error = err }; end
-		local info, submit_err = submit(fields);
-		if not info then return { status = "error"; error = submit_err }; end
+		local info;
+		if fields then
+			info, err = submit(fields, acting(data.from, "service"));
+		end
+		if not info then
+			commands_answered:with_labels(command_name, "failed"):add(1);
+			return { status = "error"; error = err };
+		end
+		commands_answered:with_labels(command_name, "completed"):add(1);
 		return { status = "completed"; info = info };
 	end;
 end
@@ -282,8 +345,9 @@ local service_nodes = { [node_add] = true; [node_remove] = true };
 -- The commands are open to anyone in mod_adhoc's terms; service_command decides with Prosody's permissions
 -- (":manage-hats", granted to admins, delegable to any role on 13).
 compat.default_permission(module, "prosody:admin", ":manage-hats");
-module:provides("adhoc", adhoc_new("Add hat to a user", node_add, service_command(add_layout, add_hat), "any"));
-module:provides("adhoc", adhoc_new("Remove hat from a user", node_remove, service_command(remove_layout, remove_hat), "any"));
+module:provides("adhoc", adhoc_new("Add hat to a user", node_add, service_command("add", add_layout, add_hat), "any"));
+module:provides("adhoc", adhoc_new("Remove hat from a user", node_remove,
+	service_command("remove", remove_layout, remove_hat), "any"));
 
 -- ...and they are only listed to those who may run them.
 module:hook("host-disco-items-node", function (event)
@@ -383,14 +447,15 @@ local function list_hats(room)
 end
 
 local function list_assigned(room)
+	local assigned = assigned_hats(room);
 	local users = {};
-	for user_bare in room:each_affiliation() do
+	for user_bare in pairs(assigned) do
 		table.insert(users, user_bare);
 	end
 	table.sort(users);
 	local rows = {};
 	for _, user_bare in ipairs(users) do
-		for _, hat in ipairs(sorted_hats(room:get_affiliation_data(user_bare, "hats") or {})) do
+		for _, hat in ipairs(sorted_hats(assigned[user_bare])) do
 			table.insert(rows, {
 				["hats#jid"] = user_bare;
 				["hats#uri"] = hat.uri;
@@ -406,12 +471,12 @@ local function describe_hat(uri, hat)
 	return hat and hat.title and ("'%s' (%s)"):format(hat.title, uri) or uri;
 end
 
-local function create_hat(room, fields)
+local function create_hat(room, fields, by)
 	local existed = room_hats(room)[fields["hats#uri"]] ~= nil;
 	local ok, code, text = hats_api.define_room_hat(room.jid, fields["hats#uri"], {
 		title = fields["hats#title"];
 		hue = fields["hats#hue"];
-	});
+	}, by);
 	if not ok then return nil, api_fail(code, text); end
 	return ("%s the hat %s"):format(existed and "Updated" or "Created", describe_hat(fields["hats#uri"], {
 		title = fields["hats#title"];
@@ -422,36 +487,35 @@ local function unknown_hat(room, uri)
 	return fail("hat-not-found", ("The room %s has no hat %s; create it first"):format(room.jid, uri));
 end
 
-local function destroy_hat(room, fields)
+local function destroy_hat(room, fields, by)
 	local uri = fields["hats#uri"];
 	local hat = room_hats(room)[uri];
 	if not hat then return nil, unknown_hat(room, uri); end
-	local ok, code, text = hats_api.destroy_room_hat(room.jid, uri);
+	local ok, code, text = hats_api.destroy_room_hat(room.jid, uri, by);
 	if not ok then return nil, api_fail(code, text); end
 	return ("Destroyed the hat %s"):format(describe_hat(uri, hat));
 end
 
-local function assign_hat(room, fields)
+local function assign_hat(room, fields, by)
 	local user, uri = fields["hats#jid"], fields["hats#uri"];
 	local hat = room_hats(room)[uri];
 	if not hat then return nil, unknown_hat(room, uri); end
 	local _, err = affiliated_room(room.jid, user);
 	if err then return nil, err; end
-	local ok, code, text = hats_api.add_user_hat(user, room.jid, uri, { active = true; title = hat.title; hue = hat.hue });
+	local ok, code, text = hats_api.add_user_hat(user, room.jid, uri, { active = true; title = hat.title; hue = hat.hue },
+		by);
 	if not ok then return nil, api_fail(code, text); end
 	return ("Assigned the hat %s to %s"):format(describe_hat(uri, hat), user);
 end
 
-local function unassign_hat(room, fields)
+local function unassign_hat(room, fields, by)
 	local user, uri = fields["hats#jid"], fields["hats#uri"];
-	local _, err = affiliated_room(room.jid, user);
-	if err then return nil, err; end
-	local hats, code, text = hats_api.get_user_hats(user, room.jid);
-	if not hats then return nil, api_fail(code, text); end
+	local hats, err = worn_hats(room, user);
+	if not hats then return nil, err; end
 	if hats[uri] == nil then
 		return nil, fail("hat-not-found", ("%s does not wear the hat %s in this room"):format(user, uri));
 	end
-	local ok, remove_code, remove_text = hats_api.remove_user_hat(user, room.jid, uri);
+	local ok, remove_code, remove_text = hats_api.remove_user_hat(user, room.jid, uri, by);
 	if not ok then return nil, api_fail(remove_code, remove_text); end
 	return ("Removed the hat %s from %s"):format(describe_hat(uri, hats[uri]), user);
 end
@@ -466,9 +530,11 @@ local function catalogue_picker(room)
 end
 
 local function held_picker(room)
-	local hats = held_hats(room);
-	for uri, hat in pairs(room_hats(room)) do
-		hats[uri] = hat;
+	local hats = room_hats(room);
+	for _, worn in pairs(assigned_hats(room)) do
+		for uri, hat in pairs(worn) do
+			hats[uri] = hats[uri] or hat;
+		end
 	end
 	if next(hats) == nil then
 		return nil, "Nobody in this room wears a hat";
@@ -477,23 +543,68 @@ local function held_picker(room)
 end
 
 -- Each command: `layout` and `initial` (values, or nil and a note) for a form, and `submit`; or `result` alone.
+-- `access` says who may run it: "list" (occupants and members too), "review" (owners and admins, and service
+-- admins) or "change" (service admins, and owners and admins where room_commands_enabled).
 local room_commands = {
-	{ node = "create"; name = "Create or update a hat"; layout = create_layout; submit = create_hat;
+	{ node = "create"; name = "Create or update a hat"; access = "change"; layout = create_layout; submit = create_hat;
 		initial = function () return {}; end };
-	{ node = "destroy"; name = "Destroy a hat"; layout = destroy_layout; submit = destroy_hat; initial = catalogue_picker };
-	{ node = "list"; name = "List hats"; result = list_hats };
-	{ node = "assign"; name = "Assign a hat"; layout = assign_layout; submit = assign_hat; initial = catalogue_picker };
-	{ node = "unassign"; name = "Remove a hat from a user"; layout = unassign_layout; submit = unassign_hat;
-		initial = held_picker };
-	{ node = "list-assigned"; name = "List assigned hats"; result = list_assigned };
+	{ node = "destroy"; name = "Destroy a hat"; access = "change"; layout = destroy_layout; submit = destroy_hat;
+		initial = catalogue_picker };
+	{ node = "list"; name = "List hats"; access = "list"; result = list_hats };
+	{ node = "assign"; name = "Assign a hat"; access = "change"; layout = assign_layout; submit = assign_hat;
+		initial = catalogue_picker };
+	{ node = "unassign"; name = "Remove a hat from a user"; access = "change"; layout = unassign_layout;
+		submit = unassign_hat; initial = held_picker };
+	{ node = "list-assigned"; name = "List assigned hats"; access = "review"; result = list_assigned };
 };
 local room_command_by_node = {};
 for _, command in ipairs(room_commands) do
+	command.short_name = command.node;
 	command.node = xmlns_hats_commands .. ":" .. command.node;
 	room_command_by_node[command.node] = command;
 end
 
-local sessions = cache.new(max_sessions);
+-- Whether someone of `standing` may run the command in the room; if not, the error and the reason to audit.
+local function may_run(command, room, actor_standing)
+	if command.access == "list" and actor_standing then
+		return true;
+	elseif command.access ~= "change" and (actor_standing == "service" or actor_standing == "room") then
+		return true;
+	elseif actor_standing == "service" or (actor_standing == "room" and room_commands_enabled(room)) then
+		return true;
+	elseif actor_standing == "room" then
+		return false, "forbidden-disabled", "room-commands-disabled";
+	elseif command.access == "list" then
+		return false, "forbidden-list", "not-an-occupant";
+	end
+	return false, "forbidden", "not-a-room-manager";
+end
+
+local sessions_by_actor = cache.new(max_actors);
+
+local function session_of(actor, sessionid)
+	local sessions = sessions_by_actor:get(jid.bare(actor));
+	return sessions and sessions:get(sessionid);
+end
+
+local function forget_session(actor, sessionid)
+	local sessions = sessions_by_actor:get(jid.bare(actor));
+	if sessions then
+		sessions:set(sessionid, nil);
+	end
+end
+
+local function open_session(actor, session)
+	local actor_bare = jid.bare(actor);
+	local sessions = sessions_by_actor:get(actor_bare);
+	if not sessions then
+		sessions = cache.new(max_sessions_per_actor);
+	end
+	sessions_by_actor:set(actor_bare, sessions); -- also makes this actor the most recent
+	local sessionid = id.medium();
+	sessions:set(sessionid, session);
+	return sessionid;
+end
 
 local function command_element(node, sessionid, status)
 	return st.stanza("command", { xmlns = xmlns_commands; node = node; sessionid = sessionid; status = status });
@@ -507,16 +618,16 @@ local function completed(node, sessionid, info)
 	return element;
 end
 
--- Runs one step of a room command: returns the <command/> to answer with, or nil, error.
-local function run_room_command(command, room, actor, request)
+-- Runs one step of a room command for someone who may run it: returns the <command/> to answer with, or nil, error.
+local function run_room_command(command, room, actor, kind, request)
 	local action = request.attr.action or "execute";
 	local sessionid = request.attr.sessionid;
 	if sessionid then
-		local session = sessions:get(sessionid);
+		local session = session_of(actor, sessionid);
 		if not (session and session.node == command.node and session.room == room.jid and session.actor == actor) then
 			return nil, fail("bad-sessionid");
 		end
-		sessions:set(sessionid, nil); -- every answer below ends the session or starts a new one
+		forget_session(actor, sessionid); -- every answer below ends the session or starts a new one
 	end
 	local form = request:get_child("x", xmlns_data);
 	if action == "cancel" or (form and form.attr.type == "cancel") then
@@ -531,9 +642,8 @@ local function run_room_command(command, room, actor, request)
 	if form then -- a submission, also allowed straight away without asking for the form first (XEP-0317 §3.3)
 		local fields, err = read_form(form, command.layout);
 		if not fields then return nil, err; end
-		local info, submit_err = command.submit(room, fields);
+		local info, submit_err = command.submit(room, fields, acting(actor, kind));
 		if not info then return nil, submit_err; end
-		module:log("info", "%s: %s in %s", actor, info, room.jid);
 		return completed(command.node, sessionid, info);
 	end
 	if sessionid then
@@ -543,36 +653,42 @@ local function run_room_command(command, room, actor, request)
 	if not values then
 		return completed(command.node, nil, note);
 	end
-	sessionid = id.medium();
-	sessions:set(sessionid, { node = command.node; room = room.jid; actor = actor });
+	sessionid = open_session(actor, { node = command.node; room = room.jid; actor = actor });
 	return command_element(command.node, sessionid, "executing")
 		:tag("actions", { execute = "complete" }):tag("complete"):up():up()
 		:add_child(command.layout:form(values));
 end
 
+-- Commands to room JIDs. Nodes that are not XEP-0317's are left to other modules (or to Prosody's
+-- service-unavailable).
 module:hook("iq-set/bare/" .. xmlns_commands .. ":command", function (event)
 	local origin, stanza = event.origin, event.stanza;
+	local request = stanza.tags[1];
+	local command = room_command_by_node[request.attr.node];
+	if not command then return; end
 	local room = find_room(stanza.attr.to);
 	if not room then
 		origin.send(st.error_reply(stanza, fail("room-not-found")));
 		return true;
 	end
-	local request = stanza.tags[1];
-	local command = room_command_by_node[request.attr.node];
-	if not command then
-		origin.send(st.error_reply(stanza, fail("command-not-found")));
-		return true;
-	end
 	local actor = stanza.attr.from;
-	if not may_manage(room, actor) then
-		origin.send(st.error_reply(stanza, fail("forbidden")));
+	local actor_standing = standing(room, actor);
+	local allowed, refusal, reason = may_run(command, room, actor_standing);
+	if not allowed then
+		refused(actor, command.short_name, reason, room);
+		origin.send(st.error_reply(stanza, fail(refusal)));
 		return true;
 	end
-	local answer, err = run_room_command(command, room, actor, request);
+	local kind = actor_standing == "service" and "service" or "room";
+	local answer, err = run_room_command(command, room, actor, kind, request);
 	if not answer then
 		module:log("debug", "%s: %s failed in %s: %s", actor, command.node, room.jid, err.text);
+		commands_answered:with_labels(command.short_name, err.condition == "forbidden" and "refused" or "failed"):add(1);
 		origin.send(st.error_reply(stanza, err));
 		return true;
+	end
+	if answer.attr.status ~= "executing" then
+		commands_answered:with_labels(command.short_name, answer.attr.status):add(1);
 	end
 	origin.send(st.reply(stanza):add_child(answer));
 	return true;
@@ -585,8 +701,9 @@ module:hook("iq-get/bare/http://jabber.org/protocol/disco#items:query", function
 	local room = find_room(stanza.attr.to);
 	if not room then return; end -- mod_muc answers for missing and destroyed rooms
 	local reply = st.reply(stanza):tag("query", { xmlns = xmlns_disco_items; node = xmlns_commands });
-	if may_manage(room, stanza.attr.from) then
-		for _, command in ipairs(room_commands) do
+	local actor_standing = standing(room, stanza.attr.from);
+	for _, command in ipairs(room_commands) do
+		if may_run(command, room, actor_standing) then
 			reply:tag("item", { jid = room.jid; node = command.node; name = command.name }):up();
 		end
 	end
@@ -600,15 +717,15 @@ end);
 
 for _, command in ipairs(room_commands) do
 	module:hook("muc-disco#info/" .. command.node, function (event)
-		if not may_manage(event.room, event.stanza.attr.from) then return; end
+		if not may_run(command, event.room, standing(event.room, event.stanza.attr.from)) then return; end
 		event.reply:tag("identity", { category = "automation"; type = "command-node"; name = command.name }):up();
 		event.reply:tag("feature", { var = xmlns_commands }):up();
 		event.reply:tag("feature", { var = xmlns_data }):up();
 	end);
 end
 
+-- mod_muc_hats_api advertises urn:xmpp:hats:0; the room also answers commands, and its catalogue has a hash.
 module:hook("muc-disco#info", function (event)
-	event.reply:tag("feature", { var = xmlns_hats }):up();
 	event.reply:tag("feature", { var = xmlns_commands }):up();
 	local hats = room_hats(event.room);
 	if next(hats) ~= nil then
@@ -617,9 +734,23 @@ module:hook("muc-disco#info", function (event)
 	end
 end);
 
--- XEP-0317: a changed hat list is a configuration change (status 104) for everyone in the room.
-module:hook("muc-room-hats-changed", function (event)
-	local notice = st.message({ type = "groupchat"; from = event.room.jid })
-		:tag("x", { xmlns = xmlns_muc_user }):tag("status", { code = "104" }):up():up();
-	event.room:broadcast_message(notice);
+-- The room's switch for its owners and admins, in the style of ejabberd's enable_hats, offered only where the
+-- operator opted in with muc_hats_room_commands.
+module:hook("muc-config-form", function (event)
+	if not room_commands_allowed then return; end
+	table.insert(event.form, {
+		name = "enable_hats";
+		type = "boolean";
+		label = "Let the room's owners and admins manage its hats (XEP-0317)";
+		value = event.room._data.enable_hats == true;
+	});
+end, 80 - 5);
+
+module:hook("muc-config-submitted/enable_hats", function (event)
+	local room, enabled = event.room, event.value == true;
+	if (room._data.enable_hats == true) == enabled then return; end
+	room._data.enable_hats = enabled or nil;
+	event.status_codes["104"] = true;
+	compat.audit(module, enabled and "hat-commands-enabled" or "hat-commands-disabled", { actor = event.actor;
+		room = room.jid });
 end);

@@ -5,20 +5,25 @@
 -- under decoding limits. The message is held until every probe has finished or the timeout has passed, then
 -- broadcast with a <metadata/> element inside each <x/> and, by default, an XEP-0447 <file-sharing/> with XEP-0446
 -- file metadata and an XEP-0264 BlurHash thumbnail, which clients parse today. Results are cached per URL.
+--
+-- Holding never waits inside the sender's stream: the message is taken out of the flow and broadcast later, as core
+-- would have, after checking again that its sender may still speak. The sender's later stanzas to that room wait
+-- in their line behind it, so the room sees them in order; nobody else waits.
 
 local compat = module:require("prosody_native_compat");
 compat.check_host(module, "muc");
 local native = module:require("prosody_native");
 local jobs = module:require("prosody_native_jobs");
-local async = compat.require("util.async");
 local st = compat.require("util.stanza");
+local jid = compat.require("util.jid");
+local time = compat.require("util.time");
 
 -- Options (README), read at load and again on config-reloaded. The ones the native library uses become one
 -- prober handle, which holds them parsed: a probe passes nothing but its URL.
-local hold_timeout, max_urls, add_file_sharing;
+local hold_timeout, max_urls, add_file_sharing, max_waiting;
 local prober, prober_settings;
 
-module:depends("muc");
+local mod_muc = module:depends("muc");
 
 local xmlns_oob = "jabber:x:oob";
 local xmlns_metadata = "xmpp:prosody.im/protocol/media-metadata#0";
@@ -57,6 +62,8 @@ local function read_options()
 	hold_timeout = compat.get_option_number(module, "muc_media_metadata_timeout", 5, 0.1, 60);
 	max_urls = compat.get_option_integer(module, "muc_media_metadata_max_urls", 8, 1, 64);
 	add_file_sharing = module:get_option_boolean("muc_media_metadata_file_sharing", true);
+	-- After a reload, lines already longer go out with the next stanza that joins them.
+	max_waiting = compat.get_option_integer(module, "muc_media_metadata_max_waiting", 256, 1, 10000);
 	prober = new_prober;
 	return settings;
 end
@@ -95,12 +102,32 @@ module:hook_global("config-reloaded", function ()
 	end
 end);
 
+-- The two calls into the prober.
+local function cached(url)
+	return prober:lookup(url);
+end
+
+local function start_probe(url)
+	return prober:probe(url);
+end
+
 -- Counters for mod_http_openmetrics (and any other statistics provider).
 local count_done = module:measure("probes_done", "rate");
 local count_failed = module:measure("probes_failed", "rate");
 local count_timed_out = module:measure("probes_timed_out", "rate");
 local count_blocked = module:measure("probes_blocked", "rate");
 local count_cache_hits = module:measure("cache_hits", "rate");
+
+local held_now = module:metric("gauge", "held_messages", "", "Groupchat messages taken out of the flow, not yet delivered",
+	{}):with_labels();
+local waiting_now = module:metric("gauge", "waiting_stanzas", "",
+	"Other stanzas waiting behind their sender's held message (presence, private messages, subject changes)", {}):with_labels();
+local hold_time = module:metric("histogram", "hold", "seconds", "Time from a held message's arrival to its delivery", {},
+	{ buckets = { 0.01; 0.05; 0.1; 0.25; 0.5; 1; 2.5; 5; 10; 30; 60 } }):with_labels();
+local holds_cut = module:metric("counter", "holds_cut_short", "",
+	"Holds ended before every probe finished, by reason (timeout, line-full, shutdown, unload)", { "reason" });
+local bounced = module:metric("counter", "bounced_messages", "",
+	"Held messages refused at delivery because the sender may no longer speak, by error condition", { "condition" });
 
 -- Percent-encodes what may not stand unescaped in the data part of a data: URI (BlurHash uses # % ? [ ] ^ { | }).
 local function uri_escape(s)
@@ -196,56 +223,6 @@ local function count_outcome(probe, outcome)
 	end
 end
 
--- Starts the probes of `probes` that the cache cannot answer, and calls `on_settled()` once all of them have
--- finished or `hold_timeout` has passed, whichever is first. Returns false, and never calls `on_settled`, when
--- nothing needs waiting for.
-local function start_probes(probes, on_settled)
-	local remaining, timer = 0, nil;
-	local function settle()
-		if timer then
-			timer:stop();
-			timer = nil;
-		end
-		for _, probe in ipairs(probes) do
-			if not probe.counted then
-				module:log("debug", "Metadata for %s not ready within %gs, delivering without it", probe.url, hold_timeout);
-				count_outcome(probe, "held-too-long");
-			end
-		end
-		on_settled();
-	end
-	for _, probe in ipairs(probes) do
-		local cached = prober:lookup(probe.url);
-		if cached then
-			probe.meta = cached;
-			count_cache_hits();
-			count_outcome(probe, "done");
-		else
-			remaining = remaining + 1;
-			jobs.watch(module, function (ok, result)
-				if ok then
-					probe.meta = result;
-					if result.cached then count_cache_hits(); end
-					count_outcome(probe, "done");
-				else
-					module:log("debug", "No metadata for %s: %s", probe.url, result);
-					count_outcome(probe, result);
-				end
-				remaining = remaining - 1;
-				if remaining == 0 and timer then -- no timer yet: still starting, or already delivered
-					settle();
-				end
-			end, prober:probe(probe.url));
-		end
-	end
-	if remaining == 0 then return false; end
-	timer = module:add_timer(hold_timeout, function ()
-		timer = nil; -- it has fired: nothing to stop
-		settle();
-	end);
-	return true;
-end
-
 -- Removes what only this module may add, so that a client cannot pass off its own values as the server's.
 local function strip_spoofed(stanza)
 	stanza:remove_children("metadata", xmlns_metadata);
@@ -267,40 +244,265 @@ local function collect_probes(stanza)
 	return probes;
 end
 
+-- Lines. A message that waits for its metadata is taken out of the flow (its muc-occupant-groupchat handler
+-- returns true) and delivered later by `deliver`, as core's handle_groupchat_to_room would have delivered it.
+-- Meanwhile the sender's later stanzas to that room wait behind it, in one line per sender (real JID) and room:
+-- lines[sender][room_jid] = { sender = ...; room_jid = ...; entry, entry, ... }, oldest first. An entry is either
+-- - a groupchat message that core has accepted (`stanza`, `room`, `origin`, `probes`), `ready` once its probes
+--   are done or its hold has ended, or
+-- - a stanza core has not seen yet (`stanza`, `origin`): presence, a private message, a subject change; it is
+--   handed back to core's routing when its turn comes, as if it had just arrived.
+-- The front of a non-empty line is always a message that is not ready. Each hold starts when its message arrives
+-- and ends after hold_timeout at most, so nothing waits in a line longer than hold_timeout.
+local lines = {};
+local no_probes = {};
+local passing; -- the stanza being handed back to core from a line, which the gate lets through
+local is_stopping = false; -- shutdown or unload: nothing is held any more
+
+local function new_line(sender, room_jid)
+	local by_room = lines[sender];
+	if not by_room then
+		by_room = {};
+		lines[sender] = by_room;
+	end
+	local line = { sender = sender; room_jid = room_jid };
+	by_room[room_jid] = line;
+	return line;
+end
+
+local function forget_line(line)
+	local by_room = lines[line.sender];
+	if by_room and by_room[line.room_jid] == line then
+		by_room[line.room_jid] = nil;
+		if next(by_room) == nil then
+			lines[line.sender] = nil;
+		end
+	end
+end
+
+-- The error core would answer a groupchat message from the sender of `stanza` to `room` with now; or nil, the
+-- sender's occupant and the room when they may still speak. Mirrors mod_muc's routing to a destroyed room and
+-- muc.lib's role check (both the same in 0.12 and 13). Kicked and banned senders are no occupants any more; a
+-- devoiced one is a visitor.
+local function refusal(room, stanza)
+	if room.destroying then
+		local current = mod_muc.get_room_from_jid(room.jid); -- its tombstone, a new room of that name, or none
+		if not current then
+			return st.error_reply(stanza, "cancel", "item-not-found", nil, module.host);
+		elseif current._data.destroyed then
+			local reply = st.error_reply(stanza, "cancel", "gone", current._data.reason, module.host);
+			if current._data.newjid then
+				reply:get_child("error"):child_with_name("gone"):text("xmpp:" .. current._data.newjid .. "?join");
+			end
+			return reply;
+		end
+		room = current;
+	end
+	local occupant = room:get_occupant_by_real_jid(stanza.attr.from);
+	local role = occupant and occupant.role or "none";
+	if role == "none" then
+		return st.error_reply(stanza, "cancel", "not-acceptable", "You are not currently connected to this chat");
+	elseif role == "visitor" then
+		return st.error_reply(stanza, "auth", "forbidden", "You do not currently have permission to speak in this chat");
+	end
+	return nil, occupant, room;
+end
+
+-- Does once what core's handle_groupchat_to_room does after muc-occupant-groupchat: broadcast from the sender's
+-- nick, through muc-broadcast-message (history, MAM archive and stanza-id). A sender who may no longer speak gets
+-- the error core would give, and the room never sees the message.
+local function deliver(entry)
+	local stanza = entry.stanza;
+	local error_reply, occupant, room = refusal(entry.room, stanza);
+	if error_reply then
+		local _, condition = error_reply:get_error();
+		module:log("debug", "Held message %s of %s to %s not delivered: %s", stanza.attr.id, stanza.attr.from,
+			entry.room.jid, condition);
+		bounced:with_labels(condition):add(1);
+		entry.origin.send(error_reply);
+		return;
+	end
+	add_metadata(stanza, entry.probes);
+	local from = stanza.attr.from;
+	stanza.attr.from = occupant.nick;
+	room:broadcast_message(stanza);
+	stanza.attr.from = from;
+end
+
+-- Sends out the front of `line` for as long as it is ready, in order.
+local function release(line)
+	while line[1] and line[1].ready do
+		local entry = table.remove(line, 1);
+		local ok, err;
+		if entry.room then
+			held_now:add(-1);
+			hold_time:sample(time.monotonic() - entry.since);
+			ok, err = pcall(deliver, entry);
+		else
+			waiting_now:add(-1);
+			local outer = passing;
+			passing = entry.stanza;
+			ok, err = pcall(prosody.core_post_stanza, entry.origin, entry.stanza);
+			passing = outer;
+		end
+		if not ok then
+			module:log("error", "Could not deliver a stanza of %s to %s after holding it: %s", line.sender, line.room_jid, err);
+		end
+	end
+	if not line[1] then
+		forget_line(line);
+	end
+end
+
+-- Ends the hold of a message, before its probes are done when `reason` says why (timeout, line-full, shutdown,
+-- unload): those probes are cancelled and count as timed out, and the message goes without their metadata.
+local function end_hold(entry, reason)
+	entry.ready = true;
+	if entry.timer then
+		entry.timer:stop();
+		entry.timer = nil;
+	end
+	if not reason then return; end
+	holds_cut:with_labels(reason):add(1);
+	for _, probe in ipairs(entry.probes) do
+		if not probe.counted then
+			module:log("debug", "Metadata for %s not ready (%s), delivering without it", probe.url, reason);
+			count_outcome(probe, "held-too-long");
+		end
+		if probe.job then
+			jobs.cancel(probe.job);
+			probe.job = nil;
+		end
+	end
+end
+
+-- Ends every hold in `line` at once and sends it all out.
+local function cut_short(line, reason)
+	for _, entry in ipairs(line) do
+		if not entry.ready then
+			end_hold(entry, reason);
+		end
+	end
+	release(line);
+end
+
+-- Answers the probes of `entry` from the cache and starts the others. Returns whether any is running; then the
+-- entry's hold ends when the last one finishes, or after hold_timeout.
+local function start_probes(entry)
+	local remaining = 0;
+	for _, probe in ipairs(entry.probes) do
+		local meta = cached(probe.url);
+		if meta then
+			probe.meta = meta;
+			count_cache_hits();
+			count_outcome(probe, "done");
+		else
+			remaining = remaining + 1;
+			local id, code, text = start_probe(probe.url);
+			probe.job = id;
+			jobs.watch(module, function (ok, result)
+				probe.job = nil;
+				if ok then
+					probe.meta = result;
+					if result.cached then count_cache_hits(); end
+					count_outcome(probe, "done");
+				else
+					module:log("debug", "No metadata for %s: %s", probe.url, result);
+					count_outcome(probe, result);
+				end
+				remaining = remaining - 1;
+				if remaining == 0 and entry.timer then -- no timer yet: still starting
+					end_hold(entry);
+					release(entry.line);
+				end
+			end, id, code, text);
+		end
+	end
+	if remaining == 0 then return false; end
+	entry.timer = module:add_timer(hold_timeout, function ()
+		entry.timer = nil; -- it has fired: nothing to stop
+		end_hold(entry, "timeout");
+		release(entry.line);
+	end);
+	return true;
+end
+
 -- Runs after every other handler of the message (they may still refuse it, and then nothing is fetched).
 module:hook("muc-occupant-groupchat", function (event)
-	local stanza = event.stanza;
-	if not stanza:get_child("x", xmlns_oob) then
-		if stanza:get_child("metadata", xmlns_metadata) then
-			strip_spoofed(stanza);
-		end
-		return;
+	local stanza, room = event.stanza, event.room;
+	local has_oob = stanza:get_child("x", xmlns_oob);
+	if has_oob or stanza:get_child("metadata", xmlns_metadata) then
+		strip_spoofed(stanza);
 	end
-	strip_spoofed(stanza);
-	local probes = collect_probes(stanza);
-	if async.ready() then
-		-- c2s and s2s stanzas are handled in an async runner: waiting here holds this message (and the
-		-- sender's next ones, keeping their order) while the loop serves everyone else.
-		local wait, done = async.waiter();
-		if start_probes(probes, done) then
-			wait();
-		end
-		add_metadata(stanza, probes);
-		return;
+	local by_room = lines[stanza.attr.from];
+	local line = by_room and by_room[room.jid];
+	if not (has_oob or line) then return; end
+	local entry = { room = room; origin = event.origin; stanza = stanza; since = time.monotonic() };
+	entry.probes = has_oob and not is_stopping and collect_probes(stanza) or no_probes;
+	local is_waiting = start_probes(entry);
+	local is_next = passing == stanza; -- handed back to core from the front of its line
+	if not is_waiting and (is_next or not line) then
+		add_metadata(stanza, entry.probes);
+		return; -- nothing to wait for: core broadcasts it now
 	end
-	-- Not in a runner (a component connection, a module sending): hold the message ourselves and finish what
-	-- core's handle_groupchat_to_room would have done once this event returned.
-	local room, occupant = event.room, event.occupant;
-	local held = start_probes(probes, function ()
-		add_metadata(stanza, probes);
-		local from = stanza.attr.from;
-		stanza.attr.from = occupant and occupant.nick or room.jid;
-		room:broadcast_message(stanza);
-		stanza.attr.from = from;
-	end);
-	if not held then
-		add_metadata(stanza, probes);
-		return;
+	-- Held: this message (or, with nothing to wait for, the message before it). Core must not broadcast it.
+	entry.ready = not is_waiting;
+	line = line or new_line(stanza.attr.from, room.jid);
+	entry.line = line;
+	table.insert(line, is_next and 1 or #line + 1, entry);
+	held_now:add(1);
+	if #line > max_waiting then
+		cut_short(line, "line-full");
 	end
 	return true;
 end, -100);
+
+-- A sender's stanzas to a room where their line is not empty join the line, except groupchat messages: core checks
+-- those at once and they join it in the hook above. A subject change does join here, since core applies it before
+-- that hook. IQs pass: they are requests and answers (a client's self-ping must not wait), not broadcasts.
+local function gate(name, event)
+	local stanza = event.stanza;
+	if stanza == passing then return; end
+	local by_room = lines[stanza.attr.from];
+	if not by_room then return; end -- this sender waits for nothing: the common case, decided without allocating
+	local line = by_room[jid.bare(stanza.attr.to)];
+	if not line then return; end
+	if name == "message/bare" and stanza.attr.type == "groupchat" and not stanza:get_child("subject") then return; end
+	-- A copy: whoever routed it may reuse the object once handlers return (mod_presence sends one unavailable
+	-- presence to every room a leaving client is in, changing its `to` each time).
+	table.insert(line, { stanza = st.clone(stanza); origin = event.origin; ready = true });
+	waiting_now:add(1);
+	if #line > max_waiting then
+		cut_short(line, "line-full");
+	end
+	return true;
+end
+
+for _, name in ipairs({ "message/bare"; "message/full"; "presence/bare"; "presence/full" }) do
+	module:hook(name, function (event) return gate(name, event); end, 1000);
+end
+
+-- Nothing is dropped: at shutdown and unload (a reload too), every held message goes out at once with what
+-- metadata is ready, followed by what waited behind it.
+local function release_all(reason)
+	is_stopping = true;
+	local all = {};
+	for _, by_room in pairs(lines) do
+		for _, line in pairs(by_room) do
+			table.insert(all, line);
+		end
+	end
+	for _, line in ipairs(all) do
+		cut_short(line, reason);
+	end
+end
+
+-- Before mod_c2s (-100) and mod_s2s (-200) close the sessions that would receive it, and mod_muc (-300) saves rooms.
+module:hook_global("server-stopping", function ()
+	release_all("shutdown");
+end);
+
+function module.unload()
+	release_all("unload");
+end
+
