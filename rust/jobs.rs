@@ -140,6 +140,18 @@ where
     Ok(id)
 }
 
+/// Spawns `task` on the pool (creating it if needed), outside the job table: no id, no result through
+/// [`take_results`]. For work that several jobs share (one download awaited by several probes); the caller
+/// aborts it through the handle. [`blocking`] works inside it.
+pub fn spawn<F>(task: F) -> Result<AbortHandle, Error>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let pool = pool()?;
+    let shared = pool.shared.clone();
+    Ok(pool.runtime.spawn(CURRENT.scope(shared, task)).abort_handle())
+}
+
 /// Runs CPU-heavy `work` on a blocking thread, at most [`cpu_slots`] at a time, under [`guard`]. Called
 /// from inside a job; outside one it runs `work` in place.
 pub async fn blocking<T, W>(work: W) -> Result<T, Error>
