@@ -1124,6 +1124,113 @@ mod tests {
     }
 
     #[test]
+    fn normalised_keys_drop_the_fragment_and_lower_case_scheme_and_host() {
+        assert_eq!(
+            "http://example.org/A.png?x=1",
+            normalise("HTTP://Example.ORG/A.png?x=1#Frag").unwrap()
+        );
+        assert_eq!("bad-request", normalise("not a url").unwrap_err().code());
+    }
+
+    #[test]
+    fn probes_of_one_url_at_once_share_one_download() {
+        let image = png(64, 64);
+        let server = TestServer::start("127.0.0.1", move |_, _| {
+            let mut a = Answer::ok("image/png", &image);
+            a.stall_after = Some(100); // the header, then nothing: the download outlives both submissions
+            a
+        });
+        let prober = Prober::new(loopback()).unwrap();
+        let url = server.url("/shared.png");
+        let deadline = Some(Duration::from_millis(300));
+        let a = prober.probe(&url, "a@flight", "room@flight", deadline).unwrap();
+        let b = prober
+            .probe(&format!("{url}#other"), "b@flight", "room@flight", deadline)
+            .unwrap();
+        let results = crate::jobs::tests::wait_for(&[a, b]);
+        assert!(results[0].result.is_ok(), "{:?}", results[0].result);
+        assert_eq!(results[0].result, results[1].result);
+        assert_eq!(1, server.connections.load(Ordering::SeqCst), "one download");
+        settle(a);
+        settle(b);
+    }
+
+    #[test]
+    fn a_failure_is_remembered_for_its_time_to_live() {
+        let server = TestServer::start("127.0.0.1", |_, _| Answer::status("404 Not Found"));
+        let url = server.url("/missing.png");
+        let first = complete(submit(&url, loopback())).unwrap_err();
+        let second = complete(submit(&url, loopback())).unwrap_err();
+        assert_eq!("fetch-failed", first.code());
+        assert_eq!(first, second);
+        assert_eq!(
+            1,
+            server.connections.load(Ordering::SeqCst),
+            "the second fails at once"
+        );
+        let forgetful = MediaLimits {
+            failure_ttl: Duration::ZERO,
+            ..loopback()
+        };
+        let other = server.url("/other.png");
+        complete(submit(&other, forgetful.clone())).unwrap_err();
+        complete(submit(&other, forgetful)).unwrap_err();
+        assert_eq!(3, server.connections.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn probes_over_a_sender_or_room_limit_are_shed_and_settling_frees_them() {
+        let server = TestServer::start("127.0.0.1", |_, _| {
+            let mut a = Answer::ok("image/png", b"");
+            a.stall = true;
+            a
+        });
+        let prober = Prober::new(MediaLimits {
+            max_per_sender: 1,
+            max_per_room: 2,
+            ..loopback()
+        })
+        .unwrap();
+        let d = Some(Duration::from_secs(30));
+        let url = |n: u32| server.url(&format!("/shed-{n}.png"));
+        let first = prober.probe(&url(1), "s1@shed", "r@shed", d).unwrap();
+        let busy = prober.probe(&url(2), "s1@shed", "r@shed", d).unwrap_err();
+        assert_eq!("sender-busy", busy.code());
+        let second = prober.probe(&url(3), "s2@shed", "r@shed", d).unwrap();
+        let full = prober.probe(&url(4), "s3@shed", "r@shed", d).unwrap_err();
+        assert_eq!("room-busy", full.code());
+        assert!(crate::jobs::cancel(first));
+        settle(first);
+        let third = prober.probe(&url(5), "s1@shed", "r@shed", d).unwrap();
+        for id in [second, third] {
+            crate::jobs::cancel(id);
+            settle(id);
+        }
+        let late = prober.probe(&url(6), "s4@shed", "r2@shed", Some(Duration::ZERO));
+        assert_eq!("too-late", late.unwrap_err().code());
+    }
+
+    #[test]
+    fn admission_limits_are_checked() {
+        for limits in [
+            MediaLimits {
+                max_downloads: 0,
+                ..MediaLimits::default()
+            },
+            MediaLimits {
+                max_per_sender: 0,
+                ..MediaLimits::default()
+            },
+            MediaLimits {
+                max_queued: MAX_ADMISSION + 1,
+                ..MediaLimits::default()
+            },
+        ] {
+            assert_eq!("bad-request", limits.validate().unwrap_err().code());
+        }
+    }
+
+    #[test]
     fn a_stale_entry_is_revalidated_with_its_etag() {
         let image = png(8, 8);
         let server = TestServer::start("127.0.0.1", move |_, inm| {
