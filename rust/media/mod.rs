@@ -329,7 +329,7 @@ impl Prober {
         }
         let waiter = {
             let mut flights = lock(&media.flights);
-            match flights.get(&key).and_then(|f| Waiter::join(f)) {
+            match flights.get(&key).and_then(Waiter::join) {
                 Some(waiter) => waiter,
                 None => {
                     let free = limits
