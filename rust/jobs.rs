@@ -181,7 +181,14 @@ pub fn take_results() -> Vec<Completion> {
     }
     let pool = lock(&POOL).clone();
     match pool {
-        Some(pool) if pool.pid == std::process::id() => std::mem::take(&mut *lock(&pool.shared.done)),
+        // Workers hold this lock only to push a result, and signal the descriptor after letting go. So when a
+        // worker has it now (maybe descheduled under SCHED_IDLE), its signal is still to come: take nothing this
+        // time rather than wait for it on Prosody's thread.
+        Some(pool) if pool.pid == std::process::id() => match pool.shared.done.try_lock() {
+            Ok(mut done) => std::mem::take(&mut *done),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => std::mem::take(&mut *poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => Vec::new(),
+        },
         _ => Vec::new(),
     }
 }
