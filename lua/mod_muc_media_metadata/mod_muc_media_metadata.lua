@@ -19,7 +19,7 @@ local jid = compat.require("util.jid");
 local time = compat.require("util.time");
 
 -- Options (README), read at load and again on config-reloaded. The ones the native library uses become one
--- prober handle, which holds them parsed: a probe passes nothing but its URL.
+-- prober handle, which holds them parsed: a probe passes its URL, sender, room and the time left in its hold.
 local hold_timeout, max_urls, add_file_sharing, max_waiting;
 local prober, prober_settings;
 
