@@ -566,8 +566,8 @@ struct Media {
     /// "busy" as a miss (the probe's job then looks again, on a worker, where waiting is harmless). Every
     /// other lock here is taken only by the main thread (admission, flights, slots) or only by workers.
     cache: Mutex<Caches>,
-    /// Download slots: (size, semaphore), remade when `max_downloads` changes. Main thread only.
-    slots: Mutex<Option<(usize, Arc<Semaphore>)>>,
+    /// Download slots by `max_downloads`. Main thread only.
+    slots: Mutex<HashMap<usize, Arc<Semaphore>>>,
     /// Downloads by cache key, so that probes of one URL share one. Main thread only.
     flights: Mutex<HashMap<String, Arc<Flight>>>,
     admitted: Mutex<Admitted>,
@@ -593,7 +593,7 @@ fn media() -> Arc<Media> {
         pid,
         fetchers: Mutex::new(HashMap::new()),
         cache: Mutex::new(Caches::default()),
-        slots: Mutex::new(None),
+        slots: Mutex::new(HashMap::new()),
         flights: Mutex::new(HashMap::new()),
         admitted: Mutex::new(Admitted::default()),
         queued: AtomicUsize::new(0),
@@ -605,18 +605,17 @@ fn media() -> Arc<Media> {
 }
 
 impl Media {
-    /// The download slots for `size` downloads; a new semaphore when the size changed (downloads holding
-    /// the old one finish under it).
+    /// The download slots for `size` downloads. Each size has its own semaphore: after a reload that changes
+    /// `max_downloads`, downloads holding the old one finish under it while new ones take the new one.
     fn slots(&self, size: usize) -> Arc<Semaphore> {
         let mut slots = lock(&self.slots);
-        match slots.as_ref() {
-            Some((n, s)) if *n == size => s.clone(),
-            _ => {
-                let s = Arc::new(Semaphore::new(size));
-                *slots = Some((size, s.clone()));
-                s
-            }
+        if slots.len() >= 16 && !slots.contains_key(&size) {
+            slots.clear(); // sizes come from config: more than a few means churn, not a working set
         }
+        slots
+            .entry(size)
+            .or_insert_with(|| Arc::new(Semaphore::new(size)))
+            .clone()
     }
 
     /// Probes `job`: from the cache or the remembered failures, else downloads it once a slot is free
@@ -1180,9 +1179,10 @@ mod tests {
 
     #[test]
     fn probes_over_a_sender_or_room_limit_are_shed_and_settling_frees_them() {
-        let server = TestServer::start("127.0.0.1", |_, _| {
-            let mut a = Answer::ok("image/png", b"");
-            a.stall = true;
+        let image = png(64, 64);
+        let server = TestServer::start("127.0.0.1", move |_, _| {
+            let mut a = Answer::ok("image/png", &image);
+            a.stall_after = Some(10); // every probe runs until it is cancelled
             a
         });
         let prober = Prober::new(MediaLimits {
@@ -1208,6 +1208,43 @@ mod tests {
         }
         let late = prober.probe(&url(6), "s4@shed", "r2@shed", Some(Duration::ZERO));
         assert_eq!("too-late", late.unwrap_err().code());
+    }
+
+    #[test]
+    fn a_probe_that_gets_no_download_slot_before_its_deadline_is_too_late() {
+        let image = png(64, 64);
+        let server = TestServer::start("127.0.0.1", move |_, _| {
+            let mut a = Answer::ok("image/png", &image);
+            a.stall_after = Some(10); // the holder keeps its slot until it is cancelled
+            a
+        });
+        // A size no other test uses, so that these two probes share their single slot.
+        let prober = Prober::new(MediaLimits {
+            max_downloads: 1,
+            ..loopback()
+        })
+        .unwrap();
+        let holder = prober
+            .probe(
+                &server.url("/slot-holder.png"),
+                "a@late",
+                "r@late",
+                Some(Duration::from_secs(30)),
+            )
+            .unwrap();
+        let late = prober
+            .probe(
+                &server.url("/slot-waiter.png"),
+                "b@late",
+                "r@late",
+                Some(Duration::from_millis(200)),
+            )
+            .unwrap();
+        let result = crate::jobs::tests::wait_for(&[late]).remove(0).result;
+        assert_eq!("too-late", result.unwrap_err().code());
+        crate::jobs::cancel(holder);
+        settle(holder);
+        settle(late);
     }
 
     #[test]
