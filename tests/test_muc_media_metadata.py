@@ -261,12 +261,14 @@ async def test_loopback_is_blocked_without_allowed_networks(start_media_prosody,
 
 async def test_stalled_response_is_delivered_at_the_timeout_without_metadata(start_media_prosody, media):
     # The stalled server never finishes and the fetch limit is far beyond the rig's timeout, so the message can
-    # only arrive because the module stopped holding it at its 1 s timeout.
+    # only arrive because the module stopped holding it at its 1 s timeout. The probe's own deadline is the hold's,
+    # so the stalled download ends at about the same moment with what arrived (the header: type and size, never a
+    # BlurHash), whichever of the two comes first.
     server = start_media_prosody({"muc_media_metadata_timeout": 1, "muc_media_metadata_fetch_timeout": 300})
     async with occupants(server) as (alice, bob):
         body = post(alice, media.url("/stall.png"), media.url("/notes.txt"))
         stalled, ready = metadata_of(await received(bob, body))
-        assert stalled is None
+        assert stalled is None or [("bytes", "100000"), ("type", "image/png")] == stalled
         assert "text/plain" == dict(ready)["type"], "what was ready is delivered"
         await assert_responsive(server, bob)
         await assert_responsive(server, alice)
