@@ -30,6 +30,11 @@ pub enum Error {
     FetchFailed(String),
     /// A fetch took longer than the caller's connect or total time limit (`timeout`).
     Timeout(String),
+    /// Work refused at admission because a limit is reached; the code names the limit (`queue-full`,
+    /// `sender-busy`, `room-busy`).
+    Shed(&'static str, String),
+    /// Work that could not start before its deadline (`too-late`).
+    TooLate(String),
 }
 
 impl Error {
@@ -47,6 +52,8 @@ impl Error {
             Error::Blocked(_) => "blocked",
             Error::FetchFailed(_) => "fetch-failed",
             Error::Timeout(_) => "timeout",
+            Error::Shed(code, _) => code,
+            Error::TooLate(_) => "too-late",
         }
     }
 
@@ -69,7 +76,9 @@ impl fmt::Display for Error {
             | Error::QuotaExceeded(text)
             | Error::Blocked(text)
             | Error::FetchFailed(text)
-            | Error::Timeout(text) => f.write_str(text),
+            | Error::Timeout(text)
+            | Error::Shed(_, text)
+            | Error::TooLate(text) => f.write_str(text),
         }
     }
 }

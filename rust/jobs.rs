@@ -140,6 +140,18 @@ where
     Ok(id)
 }
 
+/// Spawns `task` on the pool (creating it if needed), outside the job table: no id, no result through
+/// [`take_results`]. For work that several jobs share (one download awaited by several probes); the caller
+/// aborts it through the handle. [`blocking`] works inside it.
+pub fn spawn<F>(task: F) -> Result<AbortHandle, Error>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let pool = pool()?;
+    let shared = pool.shared.clone();
+    Ok(pool.runtime.spawn(CURRENT.scope(shared, task)).abort_handle())
+}
+
 /// Runs CPU-heavy `work` on a blocking thread, at most [`cpu_slots`] at a time, under [`guard`]. Called
 /// from inside a job; outside one it runs `work` in place.
 pub async fn blocking<T, W>(work: W) -> Result<T, Error>
@@ -169,7 +181,14 @@ pub fn take_results() -> Vec<Completion> {
     }
     let pool = lock(&POOL).clone();
     match pool {
-        Some(pool) if pool.pid == std::process::id() => std::mem::take(&mut *lock(&pool.shared.done)),
+        // Workers hold this lock only to push a result, and signal the descriptor after letting go. So when a
+        // worker has it now (maybe descheduled under SCHED_IDLE), its signal is still to come: take nothing this
+        // time rather than wait for it on Prosody's thread.
+        Some(pool) if pool.pid == std::process::id() => match pool.shared.done.try_lock() {
+            Ok(mut done) => std::mem::take(&mut *done),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => std::mem::take(&mut *poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => Vec::new(),
+        },
         _ => Vec::new(),
     }
 }

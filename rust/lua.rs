@@ -463,6 +463,11 @@ fn read_media_limits(table: Option<LuaTable>) -> LuaResult<Result<crate::media::
             "connect_timeout" => seconds(&key, &value).map(|d| limits.fetch.connect_timeout = d),
             "timeout" => seconds(&key, &value).map(|d| limits.fetch.timeout = d),
             "cache_ttl" => seconds(&key, &value).map(|d| limits.cache_ttl = d),
+            "failure_ttl" => seconds(&key, &value).map(|d| limits.failure_ttl = d),
+            "max_downloads" => small(&key, &value).map(|n| limits.max_downloads = n as usize),
+            "max_queued" => small(&key, &value).map(|n| limits.max_queued = n as usize),
+            "max_per_sender" => small(&key, &value).map(|n| limits.max_per_sender = n as usize),
+            "max_per_room" => small(&key, &value).map(|n| limits.max_per_room = n as usize),
             "cache_size" => {
                 count(&key, &value).map(|n| limits.cache_size = usize::try_from(n).unwrap_or(usize::MAX))
             }
@@ -525,12 +530,45 @@ struct LuaProber(crate::media::Prober);
 
 impl LuaUserData for LuaProber {
     fn add_methods<M: LuaUserDataMethods<Self>>(methods: &mut M) {
-        // `prober:probe(url)` -> job id, or nil, "bad-request", text for a malformed URL. The job's result
-        // arrives through `media.take_results()`: `{ id, bytes = ?, type, width = ?, height = ?, blurhash = ?,
-        // cached }` or `{ id, error = code, text }` with code "blocked", "fetch-failed", "timeout".
-        methods.add_method("probe", |lua, this, url: LuaString| {
-            let url = url.to_string_lossy();
-            to_lua(lua, guard(|| this.0.submit(&url)))
+        // `prober:probe(url, sender, room, deadline_seconds)` -> job id, or nil, code, text: "bad-request" for a
+        // malformed URL, "sender-busy", "room-busy", "queue-full" when admission sheds it, "too-late" for a
+        // deadline already past. The job's result arrives through `media.take_results()`: `{ id, bytes = ?,
+        // type, width = ?, height = ?, blurhash = ?, cached }` or `{ id, error = code, text }` with code
+        // "blocked", "fetch-failed", "timeout", "too-late". `sender` and `room` may be nil (not counted),
+        // `deadline_seconds` nil (the fetch time limit).
+        methods.add_method(
+            "probe",
+            |lua,
+             this,
+             (url, sender, room, deadline): (
+                LuaString,
+                Option<LuaString>,
+                Option<LuaString>,
+                Option<f64>,
+            )| {
+                let url = url.to_string_lossy();
+                let sender = sender.map(|s| s.to_string_lossy()).unwrap_or_default();
+                let room = room.map(|s| s.to_string_lossy()).unwrap_or_default();
+                let deadline = match deadline {
+                    None => None,
+                    Some(d) if d.is_nan() => {
+                        return to_lua::<()>(lua, Err(Error::bad_request("deadline is not a number")))
+                    }
+                    Some(d) => Some(
+                        std::time::Duration::try_from_secs_f64(d.clamp(0.0, 86400.0)).unwrap_or_default(),
+                    ),
+                };
+                to_lua(lua, guard(|| this.0.probe(&url, &sender, &room, deadline)))
+            },
+        );
+        // `prober:stats()` -> { queued = n, in_flight = n, fetched_bytes = n }, for the whole process.
+        methods.add_method("stats", |lua, _, ()| {
+            let stats = guard(|| Ok(crate::media::stats())).unwrap_or_default();
+            let t = lua.create_table()?;
+            t.set("queued", stats.queued)?;
+            t.set("in_flight", stats.in_flight)?;
+            t.set("fetched_bytes", stats.fetched_bytes)?;
+            Ok(t)
         });
         // `prober:lookup(url)` -> the fresh cached result table (as a job result, `cached = true`), or nil.
         methods.add_method("lookup", |lua, this, url: LuaString| {
@@ -548,7 +586,7 @@ impl LuaUserData for LuaProber {
 /// "bad-request", text for malformed options. The options are read and checked here, once; make a new
 /// prober when they change. Fields: `max_bytes`, `max_pixels`, `max_webp_pixels`, `max_decode_memory`,
 /// `components_x`, `components_y`, `max_redirects`, `connect_timeout`, `timeout`, `cache_size`, `cache_ttl`,
-/// `allowed_networks`.
+/// `failure_ttl`, `max_downloads`, `max_queued`, `max_per_sender`, `max_per_room`, `allowed_networks`.
 fn media_prober(lua: &Lua, options: Option<LuaTable>) -> LuaResult<LuaMultiValue> {
     let limits = match read_media_limits(options)? {
         Ok(limits) => limits,
@@ -576,6 +614,10 @@ fn media_take_results(lua: &Lua, _: ()) -> LuaResult<LuaTable> {
             }
         };
         entry.set("id", completion.id)?;
+        let _ = guard(|| {
+            crate::media::settle(completion.id);
+            Ok(())
+        });
         list.set(i + 1, entry)?;
     }
     Ok(list)
@@ -583,7 +625,12 @@ fn media_take_results(lua: &Lua, _: ()) -> LuaResult<LuaTable> {
 
 /// Lua: `media.cancel(id)` -> whether the job was still running (its result will never arrive).
 fn media_cancel(_: &Lua, id: u64) -> LuaResult<bool> {
-    Ok(guard(|| Ok(crate::jobs::cancel(id))).unwrap_or(false))
+    Ok(guard(|| {
+        let running = crate::jobs::cancel(id);
+        crate::media::settle(id);
+        Ok(running)
+    })
+    .unwrap_or(false))
 }
 
 /// Lua: `media.running()` -> number of jobs submitted and not yet finished or cancelled.

@@ -114,6 +114,11 @@ local function metric(m, name, labels)
 	return family and family[labels or ""] or { value = 0; samples = {} };
 end
 
+-- How many probes ended with `outcome` (a label of the probe_duration histogram).
+local function outcomes(m, outcome)
+	return #metric(m, "probe_duration", outcome).samples;
+end
+
 describe("mod_muc_media_metadata", function ()
 	local alice, bob = "alice@example.org/phone", "bob@example.org/laptop";
 
@@ -152,7 +157,7 @@ describe("mod_muc_media_metadata", function ()
 		assert.matches("^[%w#$%%*+,%-.:;=?@%[%]^_{|}~]+$", fields[5][2]);
 		assert.equal(4 + 2 * 4 * 3, #fields[5][2], "4x3 components by default");
 		assert.is_true(m.timers[1].stopped, "the hold timer is stopped once all probes are done");
-		assert.equal(1, m.counters.probes_done);
+		assert.equal(1, outcomes(m, "done"));
 		assert.equal(0, metric(m, "held_messages").value);
 		assert.equal(1, #metric(m, "hold").samples);
 	end);
@@ -235,7 +240,7 @@ describe("mod_muc_media_metadata", function ()
 		fakes.pump_until(function () return #r.broadcasts == 1; end);
 		assert.is_nil(r.broadcasts[1]:get_child("x", xmlns_oob):get_child("metadata", xmlns_metadata));
 		assert.is_nil(r.broadcasts[1]:get_child("metadata", xmlns_metadata));
-		assert.equal(1, m.counters.probes_failed);
+		assert.equal(1, outcomes(m, "failed"));
 	end);
 
 	it("removes spoofed metadata from a message without OOB", function ()
@@ -249,7 +254,7 @@ describe("mod_muc_media_metadata", function ()
 		local m = load();
 		local sent = posted(m, blocked_server.url("/photo.png"));
 		assert.is_nil(metadata_of(sent:get_child("x", xmlns_oob)));
-		assert.equal(1, m.counters.probes_blocked);
+		assert.equal(1, outcomes(m, "blocked"));
 	end);
 
 	it("answers a reposted link from the cache without holding the message", function ()
@@ -259,7 +264,7 @@ describe("mod_muc_media_metadata", function ()
 		local stanza = message(alice, url);
 		assert.is_nil(groupchat(m, room(), stanza), "core broadcasts it at once");
 		assert.is_table(metadata_of(stanza:get_child("x", xmlns_oob)));
-		assert.equal(1, m.counters.cache_hits);
+		assert.equal(1, outcomes(m, "cached"));
 	end);
 
 	it("delivers at the timeout without the metadata of a stalled probe, and cancels that probe", function ()
@@ -268,7 +273,7 @@ describe("mod_muc_media_metadata", function ()
 		local running = native.media.running();
 		groupchat(m, r, message(alice, server.url("/stall.png"), server.url("/notes.txt?stall-test")));
 		-- Let the quick probe finish; the stalled one cannot.
-		fakes.pump_until(function () return m.counters.probes_done == 1; end);
+		fakes.pump_until(function () return outcomes(m, "done") == 1; end);
 		assert.same({}, r.broadcasts, "still held");
 		assert.equal(5, m.timers[1].delay);
 		m.timers[1].callback(); -- the hold timeout passes
@@ -277,10 +282,57 @@ describe("mod_muc_media_metadata", function ()
 		for oob in r.broadcasts[1]:childtags("x", xmlns_oob) do table.insert(oobs, oob); end
 		assert.is_nil(metadata_of(oobs[1]));
 		assert.is_table(metadata_of(oobs[2]));
-		assert.equal(1, m.counters.probes_timed_out);
+		assert.equal(1, outcomes(m, "cut-short"));
 		assert.equal(1, metric(m, "holds_cut_short", "timeout").value);
 		assert.equal(running, native.media.running(), "the stalled download was cancelled");
 		assert.equal(0, jobs.pending_count(m));
+	end);
+
+	it("sheds a probe over the sender's limit, still delivers the message, and frees the count when the hold ends", function ()
+		local m = load({ muc_media_metadata_max_per_sender = 1 });
+		local r = room();
+		assert.is_true(groupchat(m, r, message(alice, server.url("/stall.png?shed-1"), server.url("/stall.png?shed-2"))));
+		assert.equal(1, metric(m, "probes_shed", "sender-busy").value);
+		assert.equal(1, outcomes(m, "shed"));
+		assert.same({}, r.broadcasts, "still held for the probe that runs");
+		m.timers[1].callback(); -- the hold ends: its probe is cancelled, and Alice's count with it
+		assert.equal(1, #r.broadcasts);
+		local sent = posted(m, server.url("/photo.png?after-shed"));
+		assert.is_table(metadata_of(sent:get_child("x", xmlns_oob)));
+		assert.equal(1, metric(m, "probes_shed", "sender-busy").value, "nothing more shed");
+	end);
+
+	it("shares one download between probes of one URL, and aborts it when every probe is cancelled", function ()
+		local m = load();
+		local r = room();
+		local url = server.url("/stall.png?single-flight");
+		local prober = assert(native.media.prober({ allowed_networks = { "127.0.0.0/8" } }));
+		local before = prober:stats();
+		groupchat(m, r, message(alice, url));
+		groupchat(m, r, message(bob, url .. "#fragment"));
+		fakes.pump_until(function () return prober:stats().in_flight == before.in_flight + 1; end);
+		assert.equal(before.queued, prober:stats().queued);
+		assert.equal(2, #m.timers, "two messages held");
+		m.timers[1].callback();
+		m.timers[2].callback();
+		assert.equal(2, #r.broadcasts);
+		fakes.pump_until(function () return prober:stats().in_flight == before.in_flight; end);
+		assert.equal(2, outcomes(m, "cut-short"));
+	end);
+
+	it("gives each probe at most the hold's time", function ()
+		local m = load();
+		local prober = assert(native.media.prober({ allowed_networks = { "127.0.0.0/8" }; timeout = 60 }));
+		local results = {};
+		jobs.watch(m, function (ok, code) results[1] = { ok, code }; end,
+			prober:probe(server.url("/stall.png?deadline"), "carol@example.org", "room@conference.example.org", 0.2));
+		-- With the fetch limit (60 s) this would outlast pump_until's 10 s; the stalled body ends at the deadline
+		-- with what arrived (the PNG header), not cached.
+		fakes.pump_until(function () return results[1] ~= nil; end);
+		assert.is_true(results[1][1]);
+		assert.is_false(results[1][2].cached);
+		local id, code = prober:probe(server.url("/photo.png"), "carol@example.org", "r", 0);
+		assert.same({ nil, "too-late" }, { id, code });
 	end);
 
 	it("keeps a sender's later messages behind their held one, and nobody else's", function ()
@@ -439,7 +491,7 @@ describe("mod_muc_media_metadata", function ()
 		local stanza = message(alice, "aesgcm://example.org/file.png#key");
 		assert.is_nil(groupchat(m, room(), stanza));
 		assert.is_nil(metadata_of(stanza:get_child("x", xmlns_oob)));
-		assert.equal(0, m.counters.probes_failed);
+		assert.equal(0, outcomes(m, "failed"));
 	end);
 
 	-- Posts a message with `url`; returns the broadcast's first OOB metadata fields.

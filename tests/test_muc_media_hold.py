@@ -42,8 +42,8 @@ def media():
 def start_hold_prosody(start_prosody):
     """A server with mod_muc_media_metadata (held messages wait for 60 s) and users alice and bob."""
 
-    def start(muc_modules=("muc_media_metadata",), **kwargs):
-        server = start_prosody(muc_modules=muc_modules, muc_options=HOLD_OPTIONS, **kwargs)
+    def start(muc_modules=("muc_media_metadata",), muc_options=None, **kwargs):
+        server = start_prosody(muc_modules=muc_modules, muc_options={**HOLD_OPTIONS, **(muc_options or {})}, **kwargs)
         server.register("alice", "alicepw")
         server.register("bob", "bobpw")
         return server
@@ -115,7 +115,11 @@ async def test_remote_users_are_not_paused_by_a_held_message_of_their_server(sta
 
 
 async def test_every_message_of_a_burst_arrives_in_order(start_hold_prosody, media):
-    server = start_hold_prosody()
+    # Each burst holds 50 images of one sender at once: lift the per-sender and per-room admission limits (4 and 8
+    # by default, over which probes are shed) so that every one is probed.
+    server = start_hold_prosody(
+        muc_options={"muc_media_metadata_max_per_sender": 64, "muc_media_metadata_max_per_room": 64}
+    )
     async with occupants(server) as (alice, bob):
         for burst in range(20):
             bodies = [f"burst {burst} message {i}" for i in range(150)]

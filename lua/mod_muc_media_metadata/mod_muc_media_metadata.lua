@@ -19,7 +19,7 @@ local jid = compat.require("util.jid");
 local time = compat.require("util.time");
 
 -- Options (README), read at load and again on config-reloaded. The ones the native library uses become one
--- prober handle, which holds them parsed: a probe passes nothing but its URL.
+-- prober handle, which holds them parsed: a probe passes its URL, sender, room and the time left in its hold.
 local hold_timeout, max_urls, add_file_sharing, max_waiting;
 local prober, prober_settings;
 
@@ -53,6 +53,11 @@ local function read_options()
 		timeout = compat.get_option_number(module, "muc_media_metadata_fetch_timeout", 10, 0.1, 300);
 		cache_size = compat.get_option_integer(module, "muc_media_metadata_cache_size", 256, 0, 100000);
 		cache_ttl = compat.get_option_integer(module, "muc_media_metadata_cache_ttl", 3600, 0, 7 * 86400);
+		failure_ttl = compat.get_option_number(module, "muc_media_metadata_failure_ttl", 30, 0, 3600);
+		max_downloads = compat.get_option_integer(module, "muc_media_metadata_max_downloads", 16, 1, 1024);
+		max_queued = compat.get_option_integer(module, "muc_media_metadata_max_queued", 128, 0, 100000);
+		max_per_sender = compat.get_option_integer(module, "muc_media_metadata_max_per_sender", 4, 1, 1024);
+		max_per_room = compat.get_option_integer(module, "muc_media_metadata_max_per_room", 8, 1, 10000);
 		allowed_networks = networks;
 	};
 	local new_prober, err, text = native.media.prober(settings);
@@ -102,21 +107,41 @@ module:hook_global("config-reloaded", function ()
 	end
 end);
 
--- The two calls into the prober.
+-- The calls into the prober.
 local function cached(url)
 	return prober:lookup(url);
 end
 
-local function start_probe(url)
-	return prober:probe(url);
+-- A probe for `sender` (bare JID) in `room` (JID) that must be answered within `deadline` seconds (what is left
+-- of the hold): nil, code, text when admission sheds it.
+local function start_probe(url, sender, room, deadline)
+	return prober:probe(url, sender, room, deadline);
 end
 
--- Counters for mod_http_openmetrics (and any other statistics provider).
-local count_done = module:measure("probes_done", "rate");
-local count_failed = module:measure("probes_failed", "rate");
-local count_timed_out = module:measure("probes_timed_out", "rate");
-local count_blocked = module:measure("probes_blocked", "rate");
-local count_cache_hits = module:measure("cache_hits", "rate");
+-- Metrics for mod_http_openmetrics (and any other statistics provider). The queue, in-flight and byte numbers are
+-- the native library's, for the whole process.
+local probe_queue = module:metric("gauge", "probe_queue", "", "Probes waiting for a download slot", {}):with_labels();
+local probes_in_flight = module:metric("gauge", "probes_in_flight", "", "Downloads running", {}):with_labels();
+local probes_shed = module:metric("counter", "probes_shed", "",
+	"Probes refused at admission or dropped for want of a download slot, by reason (queue-full, sender-busy, room-busy, too-late)",
+	{ "reason" });
+local fetched = module:metric("counter", "fetched", "bytes", "Body bytes downloaded by probes", {}):with_labels();
+local probe_duration = module:metric("histogram", "probe_duration", "seconds",
+	"Time from a probe's start to its outcome (done, cached, failed, blocked, timeout, too-late, shed, cut-short, cancelled)",
+	{ "outcome" }, { buckets = { 0.001; 0.01; 0.05; 0.1; 0.25; 0.5; 1; 2.5; 5; 10; 30 } });
+
+local fetched_seen = 0;
+local function update_gauges()
+	if not prober then return; end
+	local stats = prober:stats();
+	probe_queue:set(stats.queued);
+	probes_in_flight:set(stats.in_flight);
+	if stats.fetched_bytes > fetched_seen then
+		fetched:add(stats.fetched_bytes - fetched_seen);
+	end
+	fetched_seen = stats.fetched_bytes;
+end
+module:hook_global("stats-update", update_gauges);
 
 local held_now = module:metric("gauge", "held_messages", "", "Groupchat messages taken out of the flow, not yet delivered",
 	{}):with_labels();
@@ -208,19 +233,30 @@ local function add_metadata(stanza, probes)
 	end
 end
 
--- Counts a probe's outcome once, whichever comes first: its result, or the message leaving without it.
+local shed_codes = { ["queue-full"] = true; ["sender-busy"] = true; ["room-busy"] = true; ["too-late"] = true };
+local plain_outcomes = { blocked = true; timeout = true; cancelled = true };
+
+-- Counts a probe's outcome once, whichever comes first: its result (true for metadata, "cached" for a cached
+-- result, else the error code), or the message leaving without it ("held-too-long").
 local function count_outcome(probe, outcome)
 	if probe.counted then return; end
 	probe.counted = true;
-	if outcome == "done" then
-		count_done();
-	elseif outcome == "blocked" then
-		count_blocked();
-	elseif outcome == "timeout" or outcome == "held-too-long" then
-		count_timed_out();
-	elseif outcome ~= "cancelled" then
-		count_failed();
+	local label;
+	if outcome == true then
+		label = "done";
+	elseif outcome == "cached" or outcome == "too-late" or plain_outcomes[outcome] then
+		label = outcome;
+	elseif shed_codes[outcome] then
+		label = "shed";
+	elseif outcome == "held-too-long" then
+		label = "cut-short";
+	else
+		label = "failed";
 	end
+	if shed_codes[outcome] then
+		probes_shed:with_labels(outcome):add(1);
+	end
+	probe_duration:with_labels(label):sample(time.monotonic() - (probe.started or time.monotonic()));
 end
 
 -- Removes what only this module may add, so that a client cannot pass off its own values as the server's.
@@ -390,22 +426,23 @@ end
 -- entry's hold ends when the last one finishes, or after hold_timeout.
 local function start_probes(entry)
 	local remaining = 0;
+	local sender = jid.bare(entry.stanza.attr.from);
 	for _, probe in ipairs(entry.probes) do
+		probe.started = time.monotonic();
 		local meta = cached(probe.url);
 		if meta then
 			probe.meta = meta;
-			count_cache_hits();
-			count_outcome(probe, "done");
+			count_outcome(probe, "cached");
 		else
 			remaining = remaining + 1;
-			local id, code, text = start_probe(probe.url);
+			local id, code, text = start_probe(probe.url, sender, entry.room.jid, hold_timeout);
 			probe.job = id;
 			jobs.watch(module, function (ok, result)
 				probe.job = nil;
+				update_gauges();
 				if ok then
 					probe.meta = result;
-					if result.cached then count_cache_hits(); end
-					count_outcome(probe, "done");
+					count_outcome(probe, result.cached and "cached" or true);
 				else
 					module:log("debug", "No metadata for %s: %s", probe.url, result);
 					count_outcome(probe, result);
@@ -418,6 +455,7 @@ local function start_probes(entry)
 			end, id, code, text);
 		end
 	end
+	update_gauges();
 	if remaining == 0 then return false; end
 	entry.timer = module:add_timer(hold_timeout, function ()
 		entry.timer = nil; -- it has fired: nothing to stop

@@ -22,26 +22,39 @@ pub enum Lookup<V> {
     Miss,
 }
 
+const NIL: usize = usize::MAX;
+
 #[derive(Debug)]
 struct Entry<V> {
+    key: String,
     value: V,
     stored: Instant,
     etag: Option<String>,
-    used: u64,
+    /// Neighbours in recency order (towards the most recent, towards the least), or [`NIL`].
+    newer: usize,
+    older: usize,
 }
 
-/// A bounded least-recently-used cache of values by key (URL plus whatever else decides the value).
+/// A bounded least-recently-used cache of values by key (URL plus whatever else decides the value). Every
+/// operation is O(1): the entries live in a slab, linked by index from the most recently used (`newest`) to
+/// the least (`oldest`), and a map finds an entry's index by key.
 #[derive(Debug)]
 pub struct Cache<V> {
-    entries: HashMap<String, Entry<V>>,
-    clock: u64,
+    index: HashMap<String, usize>,
+    slab: Vec<Option<Entry<V>>>,
+    free: Vec<usize>,
+    newest: usize,
+    oldest: usize,
 }
 
 impl<V> Default for Cache<V> {
     fn default() -> Self {
         Cache {
-            entries: HashMap::new(),
-            clock: 0,
+            index: HashMap::new(),
+            slab: Vec::new(),
+            free: Vec::new(),
+            newest: NIL,
+            oldest: NIL,
         }
     }
 }
@@ -54,30 +67,80 @@ impl<V: Clone> Cache<V> {
 
     /// Number of entries, fresh or stale.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.index.len()
     }
 
     /// Whether the cache holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.index.is_empty()
+    }
+
+    fn entry(&mut self, i: usize) -> &mut Entry<V> {
+        self.slab[i].as_mut().expect("linked slot is occupied")
+    }
+
+    /// Takes entry `i` out of the recency list.
+    fn unlink(&mut self, i: usize) {
+        let (newer, older) = {
+            let e = self.entry(i);
+            (e.newer, e.older)
+        };
+        match newer {
+            NIL => self.newest = older,
+            n => self.entry(n).older = older,
+        }
+        match older {
+            NIL => self.oldest = newer,
+            o => self.entry(o).newer = newer,
+        }
+    }
+
+    /// Puts entry `i` at the most recent end of the list.
+    fn push_newest(&mut self, i: usize) {
+        let old_newest = self.newest;
+        {
+            let e = self.entry(i);
+            e.newer = NIL;
+            e.older = old_newest;
+        }
+        match old_newest {
+            NIL => self.oldest = i,
+            n => self.entry(n).newer = i,
+        }
+        self.newest = i;
+    }
+
+    fn remove_at(&mut self, i: usize) {
+        self.unlink(i);
+        if let Some(e) = self.slab[i].take() {
+            self.index.remove(&e.key);
+        }
+        self.free.push(i);
+    }
+
+    /// Drops the entry under `key`, if any.
+    pub fn remove(&mut self, key: &str) {
+        if let Some(&i) = self.index.get(key) {
+            self.remove_at(i);
+        }
     }
 
     /// Looks `key` up: fresh when stored less than `ttl` before `now`; expired entries without an ETag are
     /// dropped.
     pub fn lookup(&mut self, key: &str, ttl: Duration, now: Instant) -> Lookup<V> {
-        self.clock += 1;
-        let clock = self.clock;
-        let Some(entry) = self.entries.get_mut(key) else {
+        let Some(&i) = self.index.get(key) else {
             return Lookup::Miss;
         };
-        entry.used = clock;
+        self.unlink(i);
+        self.push_newest(i);
+        let entry = self.entry(i);
         if now.saturating_duration_since(entry.stored) < ttl {
             return Lookup::Fresh(entry.value.clone());
         }
         match entry.etag.clone() {
             Some(etag) => Lookup::Stale { etag },
             None => {
-                self.entries.remove(key);
+                self.remove_at(i);
                 Lookup::Miss
             }
         }
@@ -86,41 +149,44 @@ impl<V: Clone> Cache<V> {
     /// Stores `value` under `key`, evicting the least recently used entries to stay within `capacity` (0
     /// stores nothing).
     pub fn insert(&mut self, key: String, value: V, etag: Option<String>, capacity: usize, now: Instant) {
-        self.clock += 1;
         if capacity == 0 {
-            self.entries.clear();
+            *self = Cache::default();
             return;
         }
-        self.entries.remove(&key);
-        while self.entries.len() >= capacity {
-            let Some(oldest) = self
-                .entries
-                .iter()
-                .min_by_key(|(_, e)| e.used)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            self.entries.remove(&oldest);
+        self.remove(&key);
+        while self.index.len() >= capacity && self.oldest != NIL {
+            self.remove_at(self.oldest);
         }
-        self.entries.insert(
-            key,
-            Entry {
-                value,
-                stored: now,
-                etag,
-                used: self.clock,
-            },
-        );
+        let entry = Entry {
+            key: key.clone(),
+            value,
+            stored: now,
+            etag,
+            newer: NIL,
+            older: NIL,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slab[i] = Some(entry);
+                i
+            }
+            None => {
+                self.slab.push(Some(entry));
+                self.slab.len() - 1
+            }
+        };
+        self.index.insert(key, i);
+        self.push_newest(i);
     }
 
     /// After a `304 Not Modified`: makes the entry fresh again as of `now` and returns its value, or `None`
     /// when it was evicted meanwhile.
     pub fn refresh(&mut self, key: &str, now: Instant) -> Option<V> {
-        self.clock += 1;
-        let entry = self.entries.get_mut(key)?;
+        let &i = self.index.get(key)?;
+        self.unlink(i);
+        self.push_newest(i);
+        let entry = self.entry(i);
         entry.stored = now;
-        entry.used = self.clock;
         Some(entry.value.clone())
     }
 }
@@ -207,5 +273,28 @@ mod tests {
         cache.insert("a".into(), 2, None, 1, now);
         assert_eq!(1, cache.len());
         assert_eq!(Lookup::Fresh(2), cache.lookup("a", TTL, now));
+    }
+
+    #[test]
+    fn eviction_follows_use_over_many_entries_and_reuses_slots() {
+        let now = Instant::now();
+        let mut cache = Cache::new();
+        for i in 0..1000 {
+            cache.insert(i.to_string(), i, None, 100, now);
+            if i >= 1 {
+                // keep "0" the most recently used
+                assert_eq!(Lookup::Fresh(0), cache.lookup("0", TTL, now));
+            }
+        }
+        assert_eq!(100, cache.len());
+        assert!(cache.slab.len() <= 101);
+        assert_eq!(Lookup::Fresh(0), cache.lookup("0", TTL, now));
+        assert_eq!(Lookup::Miss, cache.lookup("1", TTL, now));
+        assert_eq!(Lookup::Fresh(999), cache.lookup("999", TTL, now));
+        assert_eq!(Lookup::Fresh(901), cache.lookup("901", TTL, now));
+        assert_eq!(Lookup::Miss, cache.lookup("900", TTL, now));
+        cache.remove("0");
+        assert_eq!(99, cache.len());
+        assert_eq!(Lookup::Miss, cache.lookup("0", TTL, now));
     }
 }

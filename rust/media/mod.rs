@@ -29,8 +29,12 @@
 //!   (or the body breaks off) after the format was recognised, the answer is what arrived so far, not
 //!   cached.
 //!
-//! At most [`FETCH_CONCURRENCY`] downloads run at once. The HTTP clients, the cache, the download slots and
-//! the decode budgets belong to the process that created them and are rebuilt after a fork, like the pool.
+//! Admission ([`Prober::probe`]): at most `max_downloads` downloads run at once and at most `max_queued`
+//! wait for a slot; each sender and each room has at most `max_per_sender` / `max_per_room` probes at once;
+//! probes of one URL at once share one download; a failure is remembered for `failure_ttl`; a probe's time
+//! limit is never longer than the time its caller can wait, and one that gets no slot in time ends as
+//! `too-late`. The HTTP clients, the cache, the admission state, the download slots and the decode budgets
+//! belong to the process that created them and are rebuilt after a fork, like the pool.
 
 pub mod cache;
 pub mod fetch;
@@ -38,11 +42,12 @@ pub mod netguard;
 pub mod probe;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::AbortHandle;
 
 use crate::error::Error;
 use crate::jobs::{self, Field, Fields, JobId};
@@ -51,8 +56,12 @@ use fetch::{FetchLimits, Fetcher, Response};
 use netguard::Policy;
 use probe::{MediaInfo, Need, ProbeLimits, StreamProbe};
 
-/// Most downloads in flight at once; more probes wait for a slot (still within their time limit).
-pub const FETCH_CONCURRENCY: usize = 8;
+/// Largest value of the admission limits (`max_downloads`, `max_queued`, `max_per_sender`, ...).
+pub const MAX_ADMISSION: usize = 100_000;
+
+/// Extra time a probe waits for its shared download past its own deadline, so that the download's own
+/// answer (`timeout`, `too-late`) arrives rather than the waiter's.
+const WAIT_GRACE: Duration = Duration::from_millis(100);
 
 /// Largest cache the caller may ask for, in entries.
 pub const MAX_CACHE_ENTRIES: usize = 100_000;
@@ -76,6 +85,16 @@ pub struct MediaLimits {
     pub cache_size: usize,
     /// How long a cached result is used without asking the server again.
     pub cache_ttl: Duration,
+    /// How long a failure is remembered: the same URL fails at once with the same code meanwhile.
+    pub failure_ttl: Duration,
+    /// Most downloads at once in this process.
+    pub max_downloads: usize,
+    /// Most probes waiting for a download slot in this process; more are shed (`queue-full`).
+    pub max_queued: usize,
+    /// Most probes at once for one sender (`sender-busy`).
+    pub max_per_sender: usize,
+    /// Most probes at once for one room (`room-busy`).
+    pub max_per_room: usize,
 }
 
 impl Default for MediaLimits {
@@ -86,6 +105,11 @@ impl Default for MediaLimits {
             policy: Policy::default(),
             cache_size: 256,
             cache_ttl: Duration::from_secs(3600),
+            failure_ttl: Duration::from_secs(30),
+            max_downloads: 16,
+            max_queued: 128,
+            max_per_sender: 4,
+            max_per_room: 8,
         }
     }
 }
@@ -117,6 +141,22 @@ impl MediaLimits {
         if self.cache_size > MAX_CACHE_ENTRIES {
             return Err(Error::bad_request(format!(
                 "cache_size must be at most {MAX_CACHE_ENTRIES}"
+            )));
+        }
+        for (what, n) in [
+            ("max_downloads", self.max_downloads),
+            ("max_per_sender", self.max_per_sender),
+            ("max_per_room", self.max_per_room),
+        ] {
+            if n == 0 || n > MAX_ADMISSION {
+                return Err(Error::bad_request(format!(
+                    "{what} must be between 1 and {MAX_ADMISSION}"
+                )));
+            }
+        }
+        if self.max_queued > MAX_ADMISSION {
+            return Err(Error::bad_request(format!(
+                "max_queued must be at most {MAX_ADMISSION}"
             )));
         }
         if self.probe.max_decode_memory >> 10 > u32::MAX as u64 {
@@ -230,31 +270,266 @@ impl Prober {
     }
 
     /// A fresh cached result for `url`, without starting anything (so a reposted link needs no job at
-    /// all), or `None`.
+    /// all), or `None`. Called on Prosody's main thread, so it never waits for the cache's lock (see
+    /// [`Media::cache`]): a busy cache is a miss.
     pub fn lookup(&self, url: &str) -> Option<MediaMeta> {
+        let key = self.cache_key(&normalise(url).ok()?);
         let media = media();
-        let mut cache = lock(&media.cache);
-        match cache.lookup(&self.cache_key(url), self.limits.cache_ttl, Instant::now()) {
+        let mut caches = media.cache.try_lock().ok()?;
+        match caches.meta.lookup(&key, self.limits.cache_ttl, Instant::now()) {
             Lookup::Fresh(meta) => Some(meta),
             _ => None,
         }
     }
 
-    /// Starts probing `url` as a job; its result is [`MediaMeta::to_fields`] or an error (`blocked`,
-    /// `fetch-failed`, `timeout`, ...). A malformed URL fails here, before any job.
+    /// Starts probing `url` as a job, with no sender or room and the whole fetch time limit; see
+    /// [`Prober::probe`].
     pub fn submit(&self, url: &str) -> Result<JobId, Error> {
-        fetch::parse_url(url)?;
+        self.probe(url, "", "", None)
+    }
+
+    /// Starts probing `url` for `sender` (a bare JID) in `room`, to be answered within `deadline` (the time
+    /// left in the message's hold; never more than the fetch time limit). Its result is
+    /// [`MediaMeta::to_fields`] or an error (`blocked`, `fetch-failed`, `timeout`, `too-late` when no
+    /// download slot came free in time, ...). Refused at once, before any job: a malformed URL
+    /// (`bad-request`), and a probe over a limit (`sender-busy`, `room-busy`, `queue-full`).
+    ///
+    /// Probes of one URL (normalised) at once share one download: the first one starts it, the others
+    /// wait for its answer, taking no download slot or queue place of their own (each still counts for its
+    /// sender and room). The download is aborted when every probe waiting for it is cancelled or gone.
+    /// Call [`settle`] when the job's result is taken or the job is cancelled.
+    pub fn probe(
+        &self,
+        url: &str,
+        sender: &str,
+        room: &str,
+        deadline: Option<Duration>,
+    ) -> Result<JobId, Error> {
+        let key = self.cache_key(&normalise(url)?);
+        let limits = &self.limits;
+        let wait = match deadline {
+            Some(d) => d.min(limits.fetch.timeout),
+            None => limits.fetch.timeout,
+        };
+        if wait.is_zero() {
+            return Err(Error::TooLate("The hold has ended".into()));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
         let media = media();
+        // Main-thread-only locks below (admission, flights, slots): no worker takes them.
+        let mut admitted = lock(&media.admitted);
+        if !sender.is_empty() && admitted.senders.get(sender).copied().unwrap_or(0) >= limits.max_per_sender {
+            return Err(Error::Shed(
+                "sender-busy",
+                "Too many probes for this sender".into(),
+            ));
+        }
+        if !room.is_empty() && admitted.rooms.get(room).copied().unwrap_or(0) >= limits.max_per_room {
+            return Err(Error::Shed("room-busy", "Too many probes for this room".into()));
+        }
+        let waiter = {
+            let mut flights = lock(&media.flights);
+            match flights.get(&key).and_then(Waiter::join) {
+                Some(waiter) => waiter,
+                None => {
+                    let free = limits
+                        .max_downloads
+                        .saturating_sub(media.in_flight.load(Ordering::Relaxed));
+                    if media.queued.load(Ordering::Relaxed) >= limits.max_queued + free {
+                        return Err(Error::Shed("queue-full", "Too many probes waiting".into()));
+                    }
+                    if flights.len() >= 2 * (limits.max_downloads + limits.max_queued) + 64 {
+                        flights.retain(|_, f| f.is_open());
+                    }
+                    let flight = self.start(&media, url, &key, deadline)?;
+                    let waiter =
+                        Waiter::join(&flight).ok_or_else(|| Error::Internal("new flight closed".into()))?;
+                    flight.waiters.fetch_sub(1, Ordering::AcqRel); // the starter's own count, now the waiter's
+                    flights.insert(key, flight);
+                    waiter
+                }
+            }
+        };
+        let id = jobs::submit(async move {
+            let mut answer = waiter.flight.answer.clone();
+            let waited =
+                tokio::time::timeout_at(deadline + WAIT_GRACE, answer.wait_for(Option::is_some)).await;
+            let outcome = match waited {
+                Err(_) => Err(Error::Timeout("No answer before the deadline".into())),
+                Ok(Err(_)) => Err(Error::Internal("download went away".into())),
+                Ok(Ok(outcome)) => outcome
+                    .clone()
+                    .unwrap_or_else(|| Err(Error::Internal("no answer".into()))),
+            };
+            drop(waiter);
+            let (meta, cached) = outcome?;
+            Ok(meta.to_fields(cached))
+        })?;
+        if !sender.is_empty() {
+            *admitted.senders.entry(sender.to_owned()).or_default() += 1;
+        }
+        if !room.is_empty() {
+            *admitted.rooms.entry(room.to_owned()).or_default() += 1;
+        }
+        admitted.jobs.insert(id, (sender.to_owned(), room.to_owned()));
+        Ok(id)
+    }
+
+    /// Starts the shared download of `url` (cache key `key`) that must be answered before `deadline`.
+    fn start(
+        &self,
+        media: &Arc<Media>,
+        url: &str,
+        key: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<Flight>, Error> {
         let job = Job {
             url: url.to_owned(),
-            key: self.cache_key(url),
+            key: key.to_owned(),
             limits: self.limits.clone(),
             budget: self.budget(),
         };
-        jobs::submit(async move {
-            let (meta, cached) = media.probe(&job).await?;
-            Ok(meta.to_fields(cached))
+        let slots = media.slots(self.limits.max_downloads);
+        let (sender, answer) = watch::channel(None);
+        let done = Arc::new(AtomicBool::new(false));
+        let place = QueuePlace::take(media);
+        let task = {
+            let media = media.clone();
+            let done = done.clone();
+            async move {
+                let outcome = media.probe(&job, slots, place, deadline).await;
+                done.store(true, Ordering::Release);
+                let _ = sender.send(Some(outcome));
+            }
+        };
+        let abort = jobs::spawn(task)?;
+        Ok(Arc::new(Flight {
+            answer,
+            abort,
+            done,
+            waiters: AtomicUsize::new(1),
+        }))
+    }
+}
+
+/// Lets go of what a probe job held at admission (its sender's and room's counts). Call it on Prosody's
+/// main thread for every job of [`Prober::probe`] whose result was taken or which was cancelled.
+pub fn settle(id: JobId) {
+    let media = media();
+    let mut admitted = lock(&media.admitted);
+    let Some((sender, room)) = admitted.jobs.remove(&id) else {
+        return;
+    };
+    let Admitted { senders, rooms, .. } = &mut *admitted;
+    for (map, name) in [(senders, sender), (rooms, room)] {
+        if let Some(n) = map.get_mut(&name) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&name);
+            }
+        }
+    }
+}
+
+/// Process-wide numbers for gauges and counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Downloads waiting for a slot.
+    pub queued: usize,
+    /// Downloads holding a slot.
+    pub in_flight: usize,
+    /// Body bytes read since the process started.
+    pub fetched_bytes: u64,
+}
+
+/// The numbers of this process (atomics only: never waits).
+pub fn stats() -> Stats {
+    let media = media();
+    Stats {
+        queued: media.queued.load(Ordering::Relaxed),
+        in_flight: media.in_flight.load(Ordering::Relaxed),
+        fetched_bytes: media.fetched.load(Ordering::Relaxed),
+    }
+}
+
+/// The cache key of a URL without what the prober adds: the fragment dropped, scheme and host in lower case
+/// (the `url` crate's serialisation), or `bad-request`.
+pub fn normalise(url: &str) -> Result<String, Error> {
+    let mut parsed = fetch::parse_url(url)?;
+    parsed.set_fragment(None);
+    Ok(parsed.to_string())
+}
+
+/// One download that several probes of the same URL wait for.
+struct Flight {
+    /// `None` until the download has its answer.
+    answer: watch::Receiver<Option<Outcome>>,
+    abort: AbortHandle,
+    /// Set once the answer is sent: a finished flight is not joined (its answer may be an old failure).
+    done: Arc<AtomicBool>,
+    /// Probes waiting; the last to go aborts the download.
+    waiters: AtomicUsize,
+}
+
+type Outcome = Result<(MediaMeta, bool), Error>;
+
+impl Flight {
+    fn is_open(&self) -> bool {
+        !self.done.load(Ordering::Acquire) && self.waiters.load(Ordering::Acquire) > 0
+    }
+}
+
+/// A probe's share of a [`Flight`]; dropping the last one aborts the download.
+struct Waiter {
+    flight: Arc<Flight>,
+}
+
+impl Waiter {
+    /// Joins `flight` unless it has finished or every waiter has gone (then it is being aborted).
+    fn join(flight: &Arc<Flight>) -> Option<Waiter> {
+        if flight.done.load(Ordering::Acquire) {
+            return None;
+        }
+        flight
+            .waiters
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n > 0).then_some(n + 1))
+            .ok()?;
+        Some(Waiter {
+            flight: flight.clone(),
         })
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if self.flight.waiters.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.flight.abort.abort();
+        }
+    }
+}
+
+/// A download's place in the queue for a slot, counted in [`Media::queued`] until it gets a slot or goes.
+struct QueuePlace(Arc<Media>);
+
+impl QueuePlace {
+    fn take(media: &Arc<Media>) -> QueuePlace {
+        media.queued.fetch_add(1, Ordering::Relaxed);
+        QueuePlace(media.clone())
+    }
+}
+
+impl Drop for QueuePlace {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A download slot held, counted in [`Media::in_flight`].
+struct InFlight(Arc<Media>, #[allow(dead_code)] OwnedSemaphorePermit);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -266,12 +541,39 @@ struct Job {
     budget: Arc<Semaphore>,
 }
 
-/// The per-process state of media probing: HTTP clients by policy, the URL cache and the download slots.
+/// What a probe job holds at admission, per sender and per room. Touched only on the main thread.
+#[derive(Default)]
+struct Admitted {
+    jobs: HashMap<JobId, (String, String)>,
+    senders: HashMap<String, usize>,
+    rooms: HashMap<String, usize>,
+}
+
+/// Results and remembered failures, behind one lock.
+#[derive(Default)]
+struct Caches {
+    meta: Cache<MediaMeta>,
+    failures: Cache<Error>,
+}
+
+/// The per-process state of media probing: HTTP clients by policy, the URL cache, admission and the download
+/// slots.
 struct Media {
     pid: u32,
     fetchers: Mutex<HashMap<(Policy, Duration), Arc<Fetcher>>>,
-    cache: Mutex<Cache<MediaMeta>>,
-    fetch_slots: Semaphore,
+    /// Workers take this lock briefly, and they run under `SCHED_IDLE`: one may be descheduled while it
+    /// holds it, for as long as the machine is busy. So the main thread only ever `try_lock`s it and takes
+    /// "busy" as a miss (the probe's job then looks again, on a worker, where waiting is harmless). Every
+    /// other lock here is taken only by the main thread (admission, flights, slots) or only by workers.
+    cache: Mutex<Caches>,
+    /// Download slots by `max_downloads`. Main thread only.
+    slots: Mutex<HashMap<usize, Arc<Semaphore>>>,
+    /// Downloads by cache key, so that probes of one URL share one. Main thread only.
+    flights: Mutex<HashMap<String, Arc<Flight>>>,
+    admitted: Mutex<Admitted>,
+    queued: AtomicUsize,
+    in_flight: AtomicUsize,
+    fetched: AtomicU64,
 }
 
 /// Locked only from the thread that submits (Prosody's main thread), so a fork cannot leave it locked.
@@ -290,28 +592,83 @@ fn media() -> Arc<Media> {
     let media = Arc::new(Media {
         pid,
         fetchers: Mutex::new(HashMap::new()),
-        cache: Mutex::new(Cache::new()),
-        fetch_slots: Semaphore::new(FETCH_CONCURRENCY),
+        cache: Mutex::new(Caches::default()),
+        slots: Mutex::new(HashMap::new()),
+        flights: Mutex::new(HashMap::new()),
+        admitted: Mutex::new(Admitted::default()),
+        queued: AtomicUsize::new(0),
+        in_flight: AtomicUsize::new(0),
+        fetched: AtomicU64::new(0),
     });
     *slot = Some(media.clone());
     media
 }
 
 impl Media {
-    async fn probe(&self, job: &Job) -> Result<(MediaMeta, bool), Error> {
+    /// The download slots for `size` downloads. Each size has its own semaphore: after a reload that changes
+    /// `max_downloads`, downloads holding the old one finish under it while new ones take the new one.
+    fn slots(&self, size: usize) -> Arc<Semaphore> {
+        let mut slots = lock(&self.slots);
+        if slots.len() >= 16 && !slots.contains_key(&size) {
+            slots.clear(); // sizes come from config: more than a few means churn, not a working set
+        }
+        slots
+            .entry(size)
+            .or_insert_with(|| Arc::new(Semaphore::new(size)))
+            .clone()
+    }
+
+    /// Probes `job`: from the cache or the remembered failures, else downloads it once a slot is free
+    /// (`too-late` if none is before `deadline`). Failures other than `too-late` are remembered.
+    async fn probe(
+        self: &Arc<Self>,
+        job: &Job,
+        slots: Arc<Semaphore>,
+        place: QueuePlace,
+        deadline: tokio::time::Instant,
+    ) -> Outcome {
         let limits = &job.limits;
-        let lookup = lock(&self.cache).lookup(&job.key, limits.cache_ttl, Instant::now());
-        let etag = match lookup {
-            Lookup::Fresh(meta) => return Ok((meta, true)),
-            Lookup::Stale { etag } => Some(etag),
-            Lookup::Miss => None,
+        let etag = {
+            let mut caches = lock(&self.cache);
+            let now = Instant::now();
+            if let Lookup::Fresh(e) = caches.failures.lookup(&job.key, limits.failure_ttl, now) {
+                return Err(e);
+            }
+            match caches.meta.lookup(&job.key, limits.cache_ttl, now) {
+                Lookup::Fresh(meta) => return Ok((meta, true)),
+                Lookup::Stale { etag } => Some(etag),
+                Lookup::Miss => None,
+            }
         };
-        let _slot = self
-            .fetch_slots
-            .acquire()
-            .await
-            .map_err(|_| Error::Internal("download slots closed".into()))?;
-        let deadline = tokio::time::Instant::now() + limits.fetch.timeout;
+        let permit = match tokio::time::timeout_at(deadline, slots.acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(Error::Internal("download slots closed".into())),
+            Err(_) => {
+                return Err(Error::TooLate(
+                    "No download slot came free before the deadline".into(),
+                ))
+            }
+        };
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        drop(place);
+        let _slot = InFlight(self.clone(), permit);
+        let outcome = self.download(job, etag, deadline).await;
+        if let Err(e) = &outcome {
+            if limits.failure_ttl > Duration::ZERO {
+                lock(&self.cache).failures.insert(
+                    job.key.clone(),
+                    e.clone(),
+                    None,
+                    limits.cache_size.max(1),
+                    Instant::now(),
+                );
+            }
+        }
+        outcome
+    }
+
+    async fn download(&self, job: &Job, etag: Option<String>, deadline: tokio::time::Instant) -> Outcome {
+        let limits = &job.limits;
         let fetcher = self.fetcher(limits)?;
         let open = |etag: Option<String>| {
             let fetcher = fetcher.clone();
@@ -329,7 +686,7 @@ impl Media {
         };
         let mut response = open(etag).await?;
         if response.not_modified {
-            if let Some(meta) = lock(&self.cache).refresh(&job.key, Instant::now()) {
+            if let Some(meta) = lock(&self.cache).meta.refresh(&job.key, Instant::now()) {
                 return Ok((meta, true));
             }
             // Evicted meanwhile: ask again, unconditionally.
@@ -339,11 +696,12 @@ impl Media {
             }
         }
         let transfer = read_body(&mut response, limits, &job.budget, deadline).await?;
+        self.fetched.fetch_add(transfer.read, Ordering::Relaxed);
         let etag = response.etag.take();
         drop(response); // closes a connection whose body was not read to the end
         let (meta, complete) = transfer.into_meta()?;
         if complete {
-            lock(&self.cache).insert(
+            lock(&self.cache).meta.insert(
                 job.key.clone(),
                 meta.clone(),
                 etag,
@@ -384,6 +742,8 @@ struct Transfer {
     /// The `Content-Type`.
     declared: Option<String>,
     bytes: Option<u64>,
+    /// Body bytes read.
+    read: u64,
     /// Why the transfer broke off (time limit, a broken body), if it did.
     failure: Option<Error>,
 }
@@ -667,6 +1027,7 @@ async fn read_body(
         info,
         declared,
         bytes,
+        read: reading.read,
         failure,
     })
 }
@@ -759,6 +1120,151 @@ mod tests {
             Prober::new(other_components).unwrap().lookup(&url),
             "different limits, different entry"
         );
+    }
+
+    #[test]
+    fn normalised_keys_drop_the_fragment_and_lower_case_scheme_and_host() {
+        assert_eq!(
+            "http://example.org/A.png?x=1",
+            normalise("HTTP://Example.ORG/A.png?x=1#Frag").unwrap()
+        );
+        assert_eq!("bad-request", normalise("not a url").unwrap_err().code());
+    }
+
+    #[test]
+    fn probes_of_one_url_at_once_share_one_download() {
+        let image = png(64, 64);
+        let server = TestServer::start("127.0.0.1", move |_, _| {
+            let mut a = Answer::ok("image/png", &image);
+            a.stall_after = Some(100); // the header, then nothing: the download outlives both submissions
+            a
+        });
+        let prober = Prober::new(loopback()).unwrap();
+        let url = server.url("/shared.png");
+        let deadline = Some(Duration::from_millis(300));
+        let a = prober.probe(&url, "a@flight", "room@flight", deadline).unwrap();
+        let b = prober
+            .probe(&format!("{url}#other"), "b@flight", "room@flight", deadline)
+            .unwrap();
+        let results = crate::jobs::tests::wait_for(&[a, b]);
+        assert!(results[0].result.is_ok(), "{:?}", results[0].result);
+        assert_eq!(results[0].result, results[1].result);
+        assert_eq!(1, server.connections.load(Ordering::SeqCst), "one download");
+        settle(a);
+        settle(b);
+    }
+
+    #[test]
+    fn a_failure_is_remembered_for_its_time_to_live() {
+        let server = TestServer::start("127.0.0.1", |_, _| Answer::status("404 Not Found"));
+        let url = server.url("/missing.png");
+        let first = complete(submit(&url, loopback())).unwrap_err();
+        let second = complete(submit(&url, loopback())).unwrap_err();
+        assert_eq!("fetch-failed", first.code());
+        assert_eq!(first, second);
+        assert_eq!(
+            1,
+            server.connections.load(Ordering::SeqCst),
+            "the second fails at once"
+        );
+        let forgetful = MediaLimits {
+            failure_ttl: Duration::ZERO,
+            ..loopback()
+        };
+        let other = server.url("/other.png");
+        complete(submit(&other, forgetful.clone())).unwrap_err();
+        complete(submit(&other, forgetful)).unwrap_err();
+        assert_eq!(3, server.connections.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn probes_over_a_sender_or_room_limit_are_shed_and_settling_frees_them() {
+        let image = png(64, 64);
+        let server = TestServer::start("127.0.0.1", move |_, _| {
+            let mut a = Answer::ok("image/png", &image);
+            a.stall_after = Some(10); // every probe runs until it is cancelled
+            a
+        });
+        let prober = Prober::new(MediaLimits {
+            max_per_sender: 1,
+            max_per_room: 2,
+            ..loopback()
+        })
+        .unwrap();
+        let d = Some(Duration::from_secs(30));
+        let url = |n: u32| server.url(&format!("/shed-{n}.png"));
+        let first = prober.probe(&url(1), "s1@shed", "r@shed", d).unwrap();
+        let busy = prober.probe(&url(2), "s1@shed", "r@shed", d).unwrap_err();
+        assert_eq!("sender-busy", busy.code());
+        let second = prober.probe(&url(3), "s2@shed", "r@shed", d).unwrap();
+        let full = prober.probe(&url(4), "s3@shed", "r@shed", d).unwrap_err();
+        assert_eq!("room-busy", full.code());
+        assert!(crate::jobs::cancel(first));
+        settle(first);
+        let third = prober.probe(&url(5), "s1@shed", "r@shed", d).unwrap();
+        for id in [second, third] {
+            crate::jobs::cancel(id);
+            settle(id);
+        }
+        let late = prober.probe(&url(6), "s4@shed", "r2@shed", Some(Duration::ZERO));
+        assert_eq!("too-late", late.unwrap_err().code());
+    }
+
+    #[test]
+    fn a_probe_that_gets_no_download_slot_before_its_deadline_is_too_late() {
+        let image = png(64, 64);
+        let server = TestServer::start("127.0.0.1", move |_, _| {
+            let mut a = Answer::ok("image/png", &image);
+            a.stall_after = Some(10); // the holder keeps its slot until it is cancelled
+            a
+        });
+        // A size no other test uses, so that these two probes share their single slot.
+        let prober = Prober::new(MediaLimits {
+            max_downloads: 1,
+            ..loopback()
+        })
+        .unwrap();
+        let holder = prober
+            .probe(
+                &server.url("/slot-holder.png"),
+                "a@late",
+                "r@late",
+                Some(Duration::from_secs(30)),
+            )
+            .unwrap();
+        let late = prober
+            .probe(
+                &server.url("/slot-waiter.png"),
+                "b@late",
+                "r@late",
+                Some(Duration::from_millis(200)),
+            )
+            .unwrap();
+        let result = crate::jobs::tests::wait_for(&[late]).remove(0).result;
+        assert_eq!("too-late", result.unwrap_err().code());
+        crate::jobs::cancel(holder);
+        settle(holder);
+        settle(late);
+    }
+
+    #[test]
+    fn admission_limits_are_checked() {
+        for limits in [
+            MediaLimits {
+                max_downloads: 0,
+                ..MediaLimits::default()
+            },
+            MediaLimits {
+                max_per_sender: 0,
+                ..MediaLimits::default()
+            },
+            MediaLimits {
+                max_queued: MAX_ADMISSION + 1,
+                ..MediaLimits::default()
+            },
+        ] {
+            assert_eq!("bad-request", limits.validate().unwrap_err().code());
+        }
     }
 
     #[test]
