@@ -32,6 +32,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use hickory_resolver::config::{LookupIpStrategy, ResolveHosts};
+use hickory_resolver::TokioResolver;
 use http::header::{
     HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_NONE_MATCH, LOCATION,
     RANGE, USER_AGENT,
@@ -202,11 +204,13 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// Connects only to addresses the policy allows: IP literals are checked, names resolved (the system's
-/// resolver, on a blocking thread) and their refused addresses dropped before any connection.
+/// Connects only to addresses the policy allows: IP literals are checked, names resolved (hickory-resolver
+/// on the runtime, with `/etc/hosts` and `/etc/resolv.conf`, within the connect timeout: no blocking
+/// `getaddrinfo` thread that could outlive it) and their refused addresses dropped before any connection.
 #[derive(Clone)]
 struct GuardedConnector {
     policy: Policy,
+    resolver: Arc<TokioResolver>,
     connect_timeout: Duration,
     tls: TlsConnector,
 }
@@ -222,12 +226,18 @@ impl GuardedConnector {
             self.policy.check_connect(bare, ip, port)?;
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
-        let found = tokio::net::lookup_host((bare, port))
+        let found = tokio::time::timeout(self.connect_timeout, self.resolver.lookup_ip(bare))
             .await
+            .map_err(|_| {
+                Error::Timeout(format!(
+                    "{host}: no address within {} s",
+                    self.connect_timeout.as_secs_f64()
+                ))
+            })?
             .map_err(|e| Error::FetchFailed(format!("{host}: {e}")))?;
         let mut allowed = Vec::new();
         let mut refusal = None;
-        for addr in found {
+        for addr in found.iter().map(|ip| SocketAddr::new(ip, port)) {
             match self.policy.check_connect(bare, addr.ip(), port) {
                 Ok(()) => allowed.push(addr),
                 Err(e) => refusal = Some(e),
@@ -304,6 +314,21 @@ impl tower_service::Service<Uri> for GuardedConnector {
     }
 }
 
+/// A DNS resolver from the system's configuration (`/etc/resolv.conf`, `/etc/hosts` honoured), asking for
+/// IPv4 and IPv6 addresses, each query bounded by `timeout`. Made with the [`Fetcher`], so per process and
+/// after any fork, on a worker thread: it starts no thread of its own, its queries run on the caller's
+/// runtime.
+fn system_resolver(timeout: Duration) -> Result<TokioResolver, Error> {
+    let mut builder = TokioResolver::builder_tokio()
+        .map_err(|e| Error::Internal(format!("cannot read the system's DNS configuration: {e}")))?;
+    let options = builder.options_mut();
+    options.timeout = timeout;
+    options.attempts = 1;
+    options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    options.use_hosts_file = ResolveHosts::Always;
+    Ok(builder.build())
+}
+
 /// An HTTP client bound to one address policy and connect limit; cheap to share between fetches.
 pub struct Fetcher {
     policy: Policy,
@@ -323,6 +348,7 @@ impl Fetcher {
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let connector = GuardedConnector {
             policy: policy.clone(),
+            resolver: Arc::new(system_resolver(connect_timeout)?),
             connect_timeout,
             tls: TlsConnector::from(Arc::new(tls)),
         };
