@@ -441,6 +441,10 @@ fn read_media_limits(table: Option<LuaTable>) -> LuaResult<Result<crate::media::
             u32::try_from(n).map_err(|_| Error::bad_request(format!("Limit '{key}' is too large")))
         })
     };
+    let mut networks = Vec::new();
+    let mut targets = Vec::new();
+    let mut nat64 = None;
+    let mut only_hosts = Vec::new();
     for pair in table.pairs::<LuaValue, LuaValue>() {
         let (key, value) = pair?;
         let key = match key {
@@ -471,7 +475,10 @@ fn read_media_limits(table: Option<LuaTable>) -> LuaResult<Result<crate::media::
             "cache_size" => {
                 count(&key, &value).map(|n| limits.cache_size = usize::try_from(n).unwrap_or(usize::MAX))
             }
-            "allowed_networks" => read_networks(&value)?.map(|policy| limits.policy = policy),
+            "allowed_networks" => read_networks(&value)?.map(|policy| networks = policy.allowed().to_vec()),
+            "allowed_targets" => read_strings(&key, &value)?.map(|list| targets = list),
+            "nat64_prefixes" => read_strings(&key, &value)?.map(|list| nat64 = Some(list)),
+            "only_hosts" => read_strings(&key, &value)?.map(|list| only_hosts = list),
             other => Err(Error::bad_request(format!(
                 "Limits have an unknown field '{other}'"
             ))),
@@ -480,7 +487,51 @@ fn read_media_limits(table: Option<LuaTable>) -> LuaResult<Result<crate::media::
             return Ok(Err(e));
         }
     }
+    let nat64 = nat64.unwrap_or_else(|| vec![crate::media::netguard::WELL_KNOWN_NAT64.to_string()]);
+    let policy = crate::media::netguard::Policy::new(networks)
+        .with_targets(&targets)
+        .map_err(|e| prefixed("allowed_targets", e))
+        .and_then(|p| p.with_nat64(&nat64).map_err(|e| prefixed("nat64_prefixes", e)))
+        .and_then(|p| {
+            p.with_only_hosts(&only_hosts)
+                .map_err(|e| prefixed("only_hosts", e))
+        });
+    match policy {
+        Ok(policy) => limits.policy = policy,
+        Err(e) => return Ok(Err(e)),
+    }
     Ok(limits.validate().map(|()| limits))
+}
+
+/// `e` with the name of the option it is about in front.
+fn prefixed(option: &str, e: Error) -> Error {
+    match e {
+        Error::BadRequest(text) => Error::bad_request(format!("{option}: {text}")),
+        other => other,
+    }
+}
+
+/// A list of strings (a Lua sequence), or a bad-request naming `key`.
+fn read_strings(key: &str, value: &LuaValue) -> LuaResult<Result<Vec<String>, Error>> {
+    let LuaValue::Table(list) = value else {
+        return Ok(Err(Error::bad_request(format!(
+            "{key} must be a list of strings, not {}",
+            value.type_name()
+        ))));
+    };
+    let mut out = Vec::new();
+    for entry in list.clone().sequence_values::<LuaValue>() {
+        match entry? {
+            LuaValue::String(s) => out.push(s.to_string_lossy()),
+            other => {
+                return Ok(Err(Error::bad_request(format!(
+                    "{key} has a {} entry",
+                    other.type_name()
+                ))))
+            }
+        }
+    }
+    Ok(Ok(out))
 }
 
 /// A list of CIDR strings as an address policy.
@@ -586,7 +637,9 @@ impl LuaUserData for LuaProber {
 /// "bad-request", text for malformed options. The options are read and checked here, once; make a new
 /// prober when they change. Fields: `max_bytes`, `max_pixels`, `max_webp_pixels`, `max_decode_memory`,
 /// `components_x`, `components_y`, `max_redirects`, `connect_timeout`, `timeout`, `cache_size`, `cache_ttl`,
-/// `failure_ttl`, `max_downloads`, `max_queued`, `max_per_sender`, `max_per_room`, `allowed_networks`.
+/// `failure_ttl`, `max_downloads`, `max_queued`, `max_per_sender`, `max_per_room`, `allowed_networks`,
+/// `allowed_targets` ("host:port" or URL prefixes), `nat64_prefixes` (IPv6 networks; default `{"64:ff9b::/96"}`)
+/// and `only_hosts` (host names; empty for any).
 fn media_prober(lua: &Lua, options: Option<LuaTable>) -> LuaResult<LuaMultiValue> {
     let limits = match read_media_limits(options)? {
         Ok(limits) => limits,

@@ -147,6 +147,14 @@ describe("media.prober", function ()
 		{ "a decode budget under 1 MiB", { max_decode_memory = 1000 }, "max_decode_memory" };
 		{ "a malformed network", { allowed_networks = { "10.0.0.0/8", "ten" } }, "'ten'" };
 		{ "networks that are not a list", { allowed_networks = "10.0.0.0/8" }, "allowed_networks" };
+		{ "a target without a port", { allowed_targets = { "upload.example.org" } }, "allowed_targets: 'upload.example.org'" };
+		{ "a target with a bad port", { allowed_targets = { "upload.example.org:99999" } }, "'upload.example.org:99999'" };
+		{ "a target URL with credentials", { allowed_targets = { "https://u:p@example.org:5281/" } }, "credentials" };
+		{ "targets that are not a list", { allowed_targets = "example.org:5281" }, "allowed_targets must be a list" };
+		{ "an IPv4 NAT64 prefix", { nat64_prefixes = { "10.0.0.0/8" } }, "nat64_prefixes: '10.0.0.0/8' is not a NAT64" };
+		{ "a NAT64 prefix of a bad length", { nat64_prefixes = { "2001:db8:64::/80" } }, "'2001:db8:64::/80'" };
+		{ "a NAT64 prefix list entry that is no string", { nat64_prefixes = { 64 } }, "nat64_prefixes has a integer entry" };
+		{ "a malformed only-host", { only_hosts = { "upload.example.org/files" } }, "only_hosts: 'upload.example.org/files'" };
 	};
 	for _, case in ipairs(bad_options) do
 		it("refuses " .. case[1], function ()
@@ -160,6 +168,14 @@ describe("media.prober", function ()
 	it("makes a handle from options, or from none", function ()
 		assert.equal("userdata", type(native.media.prober({ max_bytes = 1024; timeout = 2.5; cache_ttl = 0; allowed_networks = {} })));
 		assert.equal("userdata", type(native.media.prober()));
+	end);
+
+	it("takes targets, NAT64 prefixes and only-hosts", function ()
+		assert.equal("userdata", type(native.media.prober({
+			allowed_targets = { "upload.example.org:5281"; "[2001:db8::1]:8443"; "https://files.example.org:8443/share/" };
+			nat64_prefixes = { "64:ff9b::/96"; "2001:db8:64::/96"; "2001:db8:ff::/64" };
+			only_hosts = { "Upload.Example.org"; "127.0.0.1" };
+		})));
 	end);
 
 	it("raises on a wrong argument type", function ()

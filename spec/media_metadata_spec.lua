@@ -540,6 +540,17 @@ describe("mod_muc_media_metadata", function ()
 		assert.same({}, audit_lines(m));
 	end);
 
+	it("refuses to load with a malformed allowed target, NAT64 prefix or only-host", function ()
+		assert.has_error(function () load({ muc_media_metadata_allowed_targets = { "upload.example.org" } }); end,
+			"muc_media_metadata_allowed_targets: 'upload.example.org' is not a target like \"host:5281\" or "
+			.. "\"https://host:5281/files/\" (no port) (bad-request)");
+		assert.has_error(function () load({ muc_media_metadata_nat64_prefixes = { "10.0.0.0/8" } }); end,
+			"muc_media_metadata_nat64_prefixes: '10.0.0.0/8' is not a NAT64 prefix: an IPv6 network of length 32, 40, 48, "
+			.. "56, 64 or 96 (like 64:ff9b::/96) (bad-request)");
+		assert.has_error(function () load({ muc_media_metadata_only_hosts = { "a b" } }); end,
+			"muc_media_metadata_only_hosts: 'a b' is not a host name (bad-request)");
+	end);
+
 	it("refuses to load with a malformed allowed network", function ()
 		assert.has_error(function () load({ muc_media_metadata_allowed_networks = { "10.0.0.0/33" } }); end,
 			"muc_media_metadata_allowed_networks: Prefix length /33 is longer than 32 bits (bad-request)");

@@ -515,3 +515,46 @@ async def test_module_on_a_virtualhost_refuses_to_load_and_says_where_it_belongs
     server = start_prosody(host_modules=["muc_media_metadata"], check_modules=False)
     [line] = server.module_errors("muc_media_metadata")
     assert "only works on" in line
+
+
+async def test_url_outside_an_allowed_target_prefix_is_never_contacted(start_media_prosody, media):
+    # The media server's port is neither 80 nor 443. A URL-prefix target on its host and port is the narrower
+    # rule there (even inside the allowed loopback network): /photo.png is allowed, /photo.jpg is not.
+    server = start_media_prosody({"muc_media_metadata_allowed_targets": [media.url("/photo.png"), media.url("/redirect/")]})
+    media.redirect("/redirect/out", "/photo.jpg")
+    async with occupants(server) as (alice, bob):
+        body = post(alice, media.url("/photo.jpg"), media.url("/photo.png"), media.url("/redirect/out"))
+        refused, allowed, redirected = metadata_of(await received(bob, body))
+        assert refused is None and redirected is None, "delivered, without metadata"
+        assert "image/png" == dict(allowed)["type"], "the target lets its URLs through"
+        assert 0 == media.count("/photo.jpg"), "never requested, directly or by the redirect"
+        assert 1 == media.count("/redirect/out")
+        assert 1 == media.count("/photo.png")
+
+
+async def test_port_not_allowed_without_networks_is_never_contacted(start_media_prosody, media):
+    # Without allowed networks, a target allows the port only: loopback is still refused by its address, and
+    # without the target the port alone refuses it, before any lookup.
+    server = start_media_prosody({
+        "muc_media_metadata_allowed_networks": [],
+        "muc_media_metadata_allowed_targets": [f"localhost:{media.port}"],
+    })
+    async with occupants(server) as (alice, bob):
+        body = post(alice, media.url("/photo.png"), f"http://localhost:{media.port}/photo.gif")
+        assert [None, None] == metadata_of(await received(bob, body))
+        assert [] == media.connections
+        await assert_responsive(server, bob)
+
+
+async def test_only_hosts_refuses_other_hosts(start_media_prosody, media):
+    server = start_media_prosody({"muc_media_metadata_only_hosts": ["127.0.0.1"]})
+    media.redirect("/redirect/elsewhere", f"http://localhost:{media.port}/photo.gif")
+    async with occupants(server) as (alice, bob):
+        body = post(alice, f"http://localhost:{media.port}/photo.jpg", media.url("/photo.png"),
+                    media.url("/redirect/elsewhere"))
+        other, listed, redirected = metadata_of(await received(bob, body))
+        assert other is None and redirected is None
+        assert "image/png" == dict(listed)["type"]
+        assert 0 == media.count("/photo.jpg")
+        assert 0 == media.count("/photo.gif"), "the redirect to another host is not followed"
+        assert 1 == media.count("/redirect/elsewhere")

@@ -59,9 +59,17 @@ local function read_options()
 		max_per_sender = compat.get_option_integer(module, "muc_media_metadata_max_per_sender", 4, 1, 1024);
 		max_per_room = compat.get_option_integer(module, "muc_media_metadata_max_per_room", 8, 1, 10000);
 		allowed_networks = networks;
+		allowed_targets = module:get_option_array("muc_media_metadata_allowed_targets", {});
+		nat64_prefixes = module:get_option_array("muc_media_metadata_nat64_prefixes", { "64:ff9b::/96" });
+		only_hosts = module:get_option_array("muc_media_metadata_only_hosts", {});
 	};
 	local new_prober, err, text = native.media.prober(settings);
 	if not new_prober then
+		-- Errors about one of the lists of hosts name the option in front ("only_hosts: ...").
+		local option, rest = tostring(text):match("^([%w_]+): (.*)$");
+		if option == "allowed_targets" or option == "nat64_prefixes" or option == "only_hosts" then
+			return nil, ("muc_media_metadata_%s: %s (%s)"):format(option, rest, err);
+		end
 		return nil, ("muc_media_metadata limits: %s (%s)"):format(text, err);
 	end
 	hold_timeout = compat.get_option_number(module, "muc_media_metadata_timeout", 5, 0.1, 60);

@@ -5,6 +5,10 @@
 //!   to goes through [`Policy::check`], and only addresses that passed are connected to, so a DNS answer that
 //!   changes between check and connect (rebinding) cannot reach a blocked network. IP literals are checked the
 //!   same way. A name that resolves only to blocked addresses is `blocked`.
+//! - Ports: only 80 and 443, besides the operator's allowed targets (host:port or URL prefix) and any port of an
+//!   address in an allowed network; with only-hosts set, only URLs on those hosts. [`Policy::check_url`]
+//!   judges the first URL and every redirect target before any lookup or connection, and the connector
+//!   judges each address with its port ([`Policy::check_connect`]).
 //! - Redirects are followed here: at most [`MAX_REDIRECTS`] hops (or fewer, per the caller), each one parsed
 //!   and checked like the first URL.
 //! - HTTP/1.1 only (hyper's client, with connections kept for reuse), TLS by rustls with the platform's
@@ -28,6 +32,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use hickory_resolver::config::{LookupIpStrategy, ResolveHosts};
+use hickory_resolver::TokioResolver;
 use http::header::{
     HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_NONE_MATCH, LOCATION,
     RANGE, USER_AGENT,
@@ -198,11 +204,13 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// Connects only to addresses the policy allows: IP literals are checked, names resolved (the system's
-/// resolver, on a blocking thread) and their refused addresses dropped before any connection.
+/// Connects only to addresses the policy allows: IP literals are checked, names resolved (hickory-resolver
+/// on the runtime, with `/etc/hosts` and `/etc/resolv.conf`, within the connect timeout: no blocking
+/// `getaddrinfo` thread that could outlive it) and their refused addresses dropped before any connection.
 #[derive(Clone)]
 struct GuardedConnector {
     policy: Policy,
+    resolver: Arc<TokioResolver>,
     connect_timeout: Duration,
     tls: TlsConnector,
 }
@@ -215,16 +223,22 @@ impl GuardedConnector {
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(host);
         if let Ok(ip) = bare.parse::<IpAddr>() {
-            self.policy.check(ip)?;
+            self.policy.check_connect(bare, ip, port)?;
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
-        let found = tokio::net::lookup_host((bare, port))
+        let found = tokio::time::timeout(self.connect_timeout, self.resolver.lookup_ip(bare))
             .await
+            .map_err(|_| {
+                Error::Timeout(format!(
+                    "{host}: no address within {} s",
+                    self.connect_timeout.as_secs_f64()
+                ))
+            })?
             .map_err(|e| Error::FetchFailed(format!("{host}: {e}")))?;
         let mut allowed = Vec::new();
         let mut refusal = None;
-        for addr in found {
-            match self.policy.check(addr.ip()) {
+        for addr in found.iter().map(|ip| SocketAddr::new(ip, port)) {
+            match self.policy.check_connect(bare, addr.ip(), port) {
                 Ok(()) => allowed.push(addr),
                 Err(e) => refusal = Some(e),
             }
@@ -300,8 +314,24 @@ impl tower_service::Service<Uri> for GuardedConnector {
     }
 }
 
+/// A DNS resolver from the system's configuration (`/etc/resolv.conf`, `/etc/hosts` honoured), asking for
+/// IPv4 and IPv6 addresses, each query bounded by `timeout`. Made with the [`Fetcher`], so per process and
+/// after any fork, on a worker thread: it starts no thread of its own, its queries run on the caller's
+/// runtime.
+fn system_resolver(timeout: Duration) -> Result<TokioResolver, Error> {
+    let mut builder = TokioResolver::builder_tokio()
+        .map_err(|e| Error::Internal(format!("cannot read the system's DNS configuration: {e}")))?;
+    let options = builder.options_mut();
+    options.timeout = timeout;
+    options.attempts = 1;
+    options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    options.use_hosts_file = ResolveHosts::Always;
+    Ok(builder.build())
+}
+
 /// An HTTP client bound to one address policy and connect limit; cheap to share between fetches.
 pub struct Fetcher {
+    policy: Policy,
     client: Client<GuardedConnector, Empty<Bytes>>,
 }
 
@@ -317,7 +347,8 @@ impl Fetcher {
             .with_no_client_auth();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let connector = GuardedConnector {
-            policy,
+            policy: policy.clone(),
+            resolver: Arc::new(system_resolver(connect_timeout)?),
             connect_timeout,
             tls: TlsConnector::from(Arc::new(tls)),
         };
@@ -327,13 +358,14 @@ impl Fetcher {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(2)
             .build(connector);
-        Ok(Fetcher { client })
+        Ok(Fetcher { policy, client })
     }
 
     /// Requests `url` under `limits` (revalidating with `If-None-Match: etag` when one is given), following
     /// redirects, and returns the final answer once its headers are in. The caller sets the deadline.
     pub async fn open(&self, url: &str, limits: &FetchLimits, etag: Option<&str>) -> Result<Response, Error> {
         let mut url = parse_url(url)?;
+        self.policy.check_url(&url)?;
         let max_redirects = limits.max_redirects.min(MAX_REDIRECTS);
         let mut hops = 0;
         loop {
@@ -363,6 +395,7 @@ impl Fetcher {
                     .join(location)
                     .map_err(|e| Error::FetchFailed(format!("Bad redirect target: {e}")))?;
                 check_url(&next).map_err(|e| Error::FetchFailed(format!("Bad redirect target: {e}")))?;
+                self.policy.check_url(&next)?;
                 url = next;
                 hops += 1;
                 continue;
@@ -766,6 +799,29 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn redirects_to_a_port_or_host_not_allowed_are_refused() {
+        let other = TestServer::start("127.0.0.1", |_, _| Answer::ok("text/plain", b"secret"));
+        let other_url = format!("http://localhost:{}/", other.addr.port());
+        let first = TestServer::start("127.0.0.1", move |_, _| Answer::redirect(&other_url));
+        let start = format!("http://127.0.0.1:{}/", first.addr.port());
+        let first_target = format!("127.0.0.1:{}", first.addr.port());
+        // Loopback allowed (by a narrow network) but the redirect goes to a port with no target; the
+        // network 127.0.0.1/32 exempts 127.0.0.1 only, and localhost must not reach another port of it.
+        let policy = Policy::parse(&["127.0.0.1/32"])
+            .unwrap()
+            .with_only_hosts(&["127.0.0.1"])
+            .unwrap()
+            .with_targets(&[first_target])
+            .unwrap();
+        let fetcher = Fetcher::new(policy, Duration::from_secs(5)).unwrap();
+        let err = run(fetcher.open(&start, &FetchLimits::default(), None)).unwrap_err();
+        assert_eq!("blocked", err.code(), "{err}");
+        assert!(err.to_string().contains("not among the hosts probed"), "{err}");
+        assert_eq!(1, first.connections.load(Ordering::SeqCst));
+        assert_eq!(0, other.connections.load(Ordering::SeqCst));
+    }
+
+    #[test]
     fn a_blocked_literal_address_is_never_contacted() {
         let blocked = TestServer::start("127.0.0.2", |_, _| Answer::ok("text/plain", b"secret"));
         let err = run(loopback_fetcher().open(&blocked.url("/"), &FetchLimits::default(), None)).unwrap_err();
@@ -777,10 +833,21 @@ pub(crate) mod tests {
     fn a_name_resolving_to_blocked_addresses_is_refused_by_the_resolver() {
         let server = TestServer::start("127.0.0.1", |_, _| Answer::ok("text/plain", b"secret"));
         let url = format!("http://localhost:{}/", server.addr.port());
-        let strict = Fetcher::new(Policy::default(), Duration::from_secs(5)).unwrap();
+        // Its port allowed by a target: the address is still judged (and refused).
+        let target = format!("localhost:{}", server.addr.port());
+        let strict = Fetcher::new(
+            Policy::default().with_targets(&[target]).unwrap(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
         let err = run(strict.open(&url, &FetchLimits::default(), None)).unwrap_err();
         assert_eq!("blocked", err.code(), "{err}");
         assert!(err.to_string().starts_with("localhost: Address "), "{err}");
+        // Without the target, the port alone refuses it, before any lookup.
+        let strict = Fetcher::new(Policy::default(), Duration::from_secs(5)).unwrap();
+        let err = run(strict.open(&url, &FetchLimits::default(), None)).unwrap_err();
+        assert_eq!("blocked", err.code(), "{err}");
+        assert!(err.to_string().starts_with("Port "), "{err}");
         assert_eq!(0, server.connections.load(Ordering::SeqCst));
         // The same name through a policy that allows the address it resolves to.
         let (_, body) = run(fetch_all(

@@ -169,7 +169,6 @@ impl MediaLimits {
     /// included, so that a host that may fetch an internal URL never shares its result with one that may
     /// not.
     fn cache_key_suffix(&self) -> String {
-        let allowed: Vec<String> = self.policy.allowed().iter().map(ToString::to_string).collect();
         format!(
             "{}x{}\n{} {} {} {}\n{}",
             self.probe.components_x,
@@ -178,7 +177,7 @@ impl MediaLimits {
             self.probe.max_pixels,
             self.probe.max_webp_pixels,
             self.probe.max_decode_memory,
-            allowed.join(" ")
+            self.policy.describe()
         )
     }
 }

@@ -207,9 +207,39 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     None
 }
 
-/// Why `ip` must not be fetched from, or `None` for an ordinary public address. Ignores any allow-list; see
-/// [`Policy::check`].
+/// Why `ip` must not be fetched from, or `None` for an ordinary public address. Ignores any allow-list and
+/// knows only the well-known NAT64 prefix; see [`Policy::check`].
 pub fn blocked_reason(ip: IpAddr) -> Option<&'static str> {
+    blocked_reason_with(ip, &[])
+}
+
+/// The IPv4 address an RFC 6052 NAT64 address under `net` embeds (prefix lengths 32, 40, 48, 56, 64 or 96;
+/// bits 64 to 71 are the reserved "u" octet and carry nothing).
+fn nat64_v4(net: &Cidr, ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    if !net.contains(IpAddr::V6(ip)) {
+        return None;
+    }
+    let bytes = ip.octets();
+    let mut at = usize::from(net.prefix() / 8);
+    let mut out = [0u8; 4];
+    for byte in &mut out {
+        if at == 8 {
+            at += 1;
+        }
+        *byte = *bytes.get(at)?;
+        at += 1;
+    }
+    Some(Ipv4Addr::from(out))
+}
+
+/// [`blocked_reason`] with the operator's NAT64 prefixes besides the well-known one: an address inside one
+/// of them is judged by the IPv4 address it embeds.
+pub fn blocked_reason_with(ip: IpAddr, nat64: &[Cidr]) -> Option<&'static str> {
+    if let IpAddr::V6(v6) = ip {
+        if let Some(v4) = nat64.iter().find_map(|net| nat64_v4(net, v6)) {
+            return blocked_reason(IpAddr::V4(v4));
+        }
+    }
     match ip {
         IpAddr::V4(v4) => BLOCKED_V4
             .iter()
@@ -227,16 +257,122 @@ pub fn blocked_reason(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
-/// What a fetch may connect to: every public address, plus the networks the operator allows.
+/// The well-known NAT64 prefix (RFC 6052), the default of `muc_media_metadata_nat64_prefixes`; always known.
+pub const WELL_KNOWN_NAT64: &str = "64:ff9b::/96";
+
+/// Ports every host may be contacted on.
+pub const DEFAULT_PORTS: [u16; 2] = [80, 443];
+
+/// A host name or IP literal in canonical form (lower case, IDNA, IPv6 without brackets), or why not.
+fn canonical_host(text: &str) -> Result<String, Error> {
+    let host = url::Host::parse(text.trim())
+        .map_err(|_| Error::bad_request(format!("'{}' is not a host name", truncate(text))))?;
+    Ok(match host {
+        url::Host::Ipv6(a) => a.to_string(),
+        other => other.to_string(),
+    })
+}
+
+/// `host` as [`canonical_host`] gives it, for a host already parsed by a URL or URI (never fails).
+fn bare_host(host: &str) -> String {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+        .to_ascii_lowercase()
+}
+
+/// A destination allowed on a port besides 80 and 443 (`muc_media_metadata_allowed_targets`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// Every URL on this host and port: `upload.example.org:5281`.
+    HostPort(String, u16),
+    /// URLs that start with this one (normalised), on its host and port:
+    /// `https://upload.example.org:5281/files/`.
+    Prefix { prefix: String, host: String, port: u16 },
+}
+
+impl Target {
+    /// Parses `host:port` (`[v6]:port` for an IPv6 literal) or an http(s) URL prefix.
+    pub fn parse(text: &str) -> Result<Target, Error> {
+        let text = text.trim();
+        let bad = |why: &str| {
+            Error::bad_request(format!(
+                "'{}' is not a target like \"host:5281\" or \"https://host:5281/files/\" ({why})",
+                truncate(text)
+            ))
+        };
+        if text.contains("://") {
+            let url = url::Url::parse(text).map_err(|e| bad(&e.to_string()))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(bad("only http and https"));
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(bad("credentials"));
+            }
+            if url.query().is_some() || url.fragment().is_some() {
+                return Err(bad("a query or fragment"));
+            }
+            let host = url
+                .host_str()
+                .filter(|h| !h.is_empty())
+                .ok_or_else(|| bad("no host"))?;
+            let port = url.port_or_known_default().ok_or_else(|| bad("no port"))?;
+            return Ok(Target::Prefix {
+                prefix: url.as_str().to_owned(),
+                host: bare_host(host),
+                port,
+            });
+        }
+        let (host, port) = text.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+        if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("bad port"));
+        }
+        let port: u16 = port.parse().map_err(|_| bad("bad port"))?;
+        if port == 0 {
+            return Err(bad("port 0"));
+        }
+        if host.contains(':') && !host.starts_with('[') {
+            return Err(bad("an IPv6 address goes in brackets"));
+        }
+        let host = canonical_host(host).map_err(|_| bad("bad host"))?;
+        Ok(Target::HostPort(host, port))
+    }
+
+    fn host_port(&self) -> (&str, u16) {
+        match self {
+            Target::HostPort(host, port) => (host, *port),
+            Target::Prefix { host, port, .. } => (host, *port),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::HostPort(host, port) if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Target::HostPort(host, port) => write!(f, "{host}:{port}"),
+            Target::Prefix { prefix, .. } => f.write_str(prefix),
+        }
+    }
+}
+
+/// What a fetch may connect to: every public address on ports 80 and 443, plus the networks the operator
+/// allows (any port), plus the targets the operator allows (their port); optionally only some hosts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Policy {
     allowed: Vec<Cidr>,
+    targets: Vec<Target>,
+    nat64: Vec<Cidr>,
+    only_hosts: Vec<String>,
 }
 
 impl Policy {
-    /// A policy that exempts `allowed` from the blocklist.
+    /// A policy that exempts `allowed` from the blocklist and the port check.
     pub fn new(allowed: Vec<Cidr>) -> Policy {
-        Policy { allowed }
+        Policy {
+            allowed,
+            ..Policy::default()
+        }
     }
 
     /// Parses a list of CIDR networks (`muc_media_metadata_allowed_networks`); the first bad entry is the error.
@@ -245,7 +381,51 @@ impl Policy {
             .iter()
             .map(|s| Cidr::parse(s.as_ref().trim()))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Policy { allowed })
+        Ok(Policy::new(allowed))
+    }
+
+    /// This policy with `targets` (`muc_media_metadata_allowed_targets`) allowed on their ports; the first bad
+    /// entry is the error.
+    pub fn with_targets<S: AsRef<str>>(mut self, targets: &[S]) -> Result<Policy, Error> {
+        self.targets = targets
+            .iter()
+            .map(|t| Target::parse(t.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self)
+    }
+
+    /// This policy with the NAT64 prefixes `prefixes` (`muc_media_metadata_nat64_prefixes`: IPv6 networks of
+    /// length 32, 40, 48, 56, 64 or 96). The well-known `64:ff9b::/96` is always known as well.
+    pub fn with_nat64<S: AsRef<str>>(mut self, prefixes: &[S]) -> Result<Policy, Error> {
+        let mut nets = Vec::new();
+        for text in prefixes {
+            let text = text.as_ref().trim();
+            let net = Cidr::parse(text)?;
+            if net.addr().is_ipv4()
+                || !matches!(net.prefix(), 32 | 40 | 48 | 56 | 64 | 96)
+                || !text.contains('/')
+            {
+                return Err(Error::bad_request(format!(
+                    "'{}' is not a NAT64 prefix: an IPv6 network of length 32, 40, 48, 56, 64 or 96 (like 64:ff9b::/96)",
+                    truncate(text)
+                )));
+            }
+            if !nets.contains(&net) {
+                nets.push(net);
+            }
+        }
+        self.nat64 = nets;
+        Ok(self)
+    }
+
+    /// This policy probing only URLs whose host is one of `hosts` (`muc_media_metadata_only_hosts`: exact host
+    /// names or IP literals, case-insensitive, subdomains not included); an empty list allows every host.
+    pub fn with_only_hosts<S: AsRef<str>>(mut self, hosts: &[S]) -> Result<Policy, Error> {
+        self.only_hosts = hosts
+            .iter()
+            .map(|h| canonical_host(h.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self)
     }
 
     /// The allowed networks.
@@ -253,17 +433,109 @@ impl Policy {
         &self.allowed
     }
 
+    /// The allowed targets.
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// The operator's NAT64 prefixes (the well-known one not included unless listed).
+    pub fn nat64(&self) -> &[Cidr] {
+        &self.nat64
+    }
+
+    /// The only hosts probed, in canonical form; empty for any.
+    pub fn only_hosts(&self) -> &[String] {
+        &self.only_hosts
+    }
+
+    /// Everything in the policy as one line, for cache keys and logs.
+    pub fn describe(&self) -> String {
+        let list = |v: Vec<String>| v.join(" ");
+        format!(
+            "{} | {} | {} | {}",
+            list(self.allowed.iter().map(ToString::to_string).collect()),
+            list(self.targets.iter().map(ToString::to_string).collect()),
+            list(self.nat64.iter().map(ToString::to_string).collect()),
+            self.only_hosts.join(" ")
+        )
+    }
+
     /// Ok when a fetch may connect to `ip`: it is in an allowed network, or not blocked at all. Otherwise
-    /// [`Error::Blocked`] naming the address and why.
+    /// [`Error::Blocked`] naming the address and why. Ports are not looked at; see [`Policy::check_connect`].
     pub fn check(&self, ip: IpAddr) -> Result<(), Error> {
         let ip = canonical(ip);
         if self.allowed.iter().any(|net| net.contains(ip)) {
             return Ok(());
         }
-        match blocked_reason(ip) {
+        match blocked_reason_with(ip, &self.nat64) {
             None => Ok(()),
             Some(reason) => Err(Error::Blocked(format!("Address {ip} is not allowed ({reason})"))),
         }
+    }
+
+    /// Ok when a connection for `host` may be made to `ip` on `port`: an address in an allowed network on
+    /// any port; otherwise an address [`Policy::check`] passes, on port 80, 443 or the port of a target for
+    /// `host`. (A URL-prefix target's path is checked earlier, by [`Policy::check_url`].)
+    pub fn check_connect(&self, host: &str, ip: IpAddr, port: u16) -> Result<(), Error> {
+        if self.allowed.iter().any(|net| net.contains(canonical(ip))) {
+            return Ok(());
+        }
+        self.check(ip)?;
+        let host = bare_host(host);
+        if DEFAULT_PORTS.contains(&port)
+            || self
+                .targets
+                .iter()
+                .any(|t| t.host_port() == (host.as_str(), port))
+        {
+            return Ok(());
+        }
+        Err(Error::Blocked(format!("Port {port} of {host} is not allowed")))
+    }
+
+    /// Ok when `url` (the first one or a redirect target) may be requested at all, before any DNS lookup or
+    /// connection: its host is among the only hosts (when listed), and its port is 80 or 443, or allowed by
+    /// a target, or left for the connection to decide because allowed networks are configured (which exempt
+    /// their addresses on every port). A URL on the host and port of a URL-prefix target but outside every
+    /// prefix for it (and outside every `host:port` target) is refused, allowed networks or not.
+    pub fn check_url(&self, url: &url::Url) -> Result<(), Error> {
+        let host = bare_host(url.host_str().unwrap_or_default());
+        if !self.only_hosts.is_empty() && !self.only_hosts.contains(&host) {
+            return Err(Error::Blocked(format!(
+                "Host {} is not among the hosts probed",
+                truncate(&host)
+            )));
+        }
+        let Some(port) = url.port_or_known_default() else {
+            return Err(Error::Blocked("URL has no port".into()));
+        };
+        if DEFAULT_PORTS.contains(&port) {
+            return Ok(());
+        }
+        let mut prefixed = false;
+        for target in &self.targets {
+            match target {
+                Target::HostPort(h, p) if *h == host && *p == port => return Ok(()),
+                Target::Prefix {
+                    prefix,
+                    host: h,
+                    port: p,
+                } if *h == host && *p == port => {
+                    if url.as_str().starts_with(prefix.as_str()) {
+                        return Ok(());
+                    }
+                    prefixed = true;
+                }
+                _ => {}
+            }
+        }
+        if !prefixed && !self.allowed.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Blocked(format!(
+            "Port {port} of {} is not allowed",
+            truncate(&host)
+        )))
     }
 }
 
@@ -415,6 +687,182 @@ mod tests {
         }
         let err = Policy::parse(&["127.0.0.1/32", "nonsense"]).unwrap_err();
         assert!(err.to_string().contains("'nonsense'"), "{err}");
+    }
+
+    fn url(s: &str) -> url::Url {
+        url::Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn only_ports_80_and_443_by_default() {
+        let policy = Policy::default();
+        assert_eq!(Ok(()), policy.check_url(&url("http://example.org/a.png")));
+        assert_eq!(Ok(()), policy.check_url(&url("https://example.org:443/a.png")));
+        assert_eq!(Ok(()), policy.check_url(&url("http://example.org:443/a.png")));
+        for bad in [
+            "http://example.org:25/",
+            "https://example.org:6379/",
+            "http://8.8.8.8:8080/",
+        ] {
+            let err = policy.check_url(&url(bad)).unwrap_err();
+            assert_eq!("blocked", err.code(), "{bad}");
+        }
+        assert_eq!(Ok(()), policy.check_connect("example.org", ip("8.8.8.8"), 443));
+        let err = policy
+            .check_connect("example.org", ip("8.8.8.8"), 25)
+            .unwrap_err();
+        assert_eq!("Port 25 of example.org is not allowed", err.to_string());
+    }
+
+    #[test]
+    fn targets_allow_their_port() {
+        let policy = Policy::default()
+            .with_targets(&[
+                "Upload.Example.org:5281",
+                "https://files.example.org:8443/share/",
+                "[2606:4700::1]:8080",
+            ])
+            .unwrap();
+        assert_eq!(
+            Ok(()),
+            policy.check_url(&url("https://upload.example.org:5281/x/y.png"))
+        );
+        assert_eq!(
+            Ok(()),
+            policy.check_connect("UPLOAD.example.org", ip("8.8.8.8"), 5281)
+        );
+        assert!(policy
+            .check_url(&url("https://upload.example.org:5282/"))
+            .is_err());
+        assert!(policy.check_url(&url("https://other.example.org:5281/")).is_err());
+        assert_eq!(
+            Ok(()),
+            policy.check_url(&url("https://files.example.org:8443/share/a.png"))
+        );
+        assert!(policy
+            .check_url(&url("https://files.example.org:8443/private/a.png"))
+            .is_err());
+        assert!(
+            policy
+                .check_url(&url("http://files.example.org:8443/share/a.png"))
+                .is_err(),
+            "scheme is part of the prefix"
+        );
+        assert_eq!(Ok(()), policy.check_url(&url("http://[2606:4700::1]:8080/a")));
+        assert_eq!(
+            Ok(()),
+            policy.check_connect("[2606:4700::1]", ip("2606:4700::1"), 8080)
+        );
+        // A target allows the port, not the address.
+        assert!(policy
+            .check_connect("upload.example.org", ip("10.0.0.1"), 5281)
+            .is_err());
+    }
+
+    #[test]
+    fn allowed_networks_exempt_the_port_too() {
+        let policy = Policy::parse(&["127.0.0.0/8"]).unwrap();
+        assert_eq!(
+            Ok(()),
+            policy.check_url(&url("http://localhost:8080/")),
+            "decided at connection"
+        );
+        assert_eq!(Ok(()), policy.check_connect("localhost", ip("127.0.0.1"), 8080));
+        assert!(policy.check_connect("example.org", ip("8.8.8.8"), 8080).is_err());
+        // A URL-prefix target is the narrower rule for its host and port.
+        let policy = policy.with_targets(&["http://localhost:8080/files/"]).unwrap();
+        assert!(policy.check_url(&url("http://localhost:8080/admin")).is_err());
+        assert_eq!(Ok(()), policy.check_url(&url("http://localhost:8080/files/a")));
+    }
+
+    #[test]
+    fn rejects_malformed_targets() {
+        for bad in [
+            "",
+            "example.org",
+            "example.org:",
+            "example.org:0",
+            "example.org:65536",
+            "example.org:+80",
+            ":80",
+            "::1:80",
+            "exa mple.org:80",
+            "ftp://example.org/",
+            "https://user:pw@example.org/",
+            "https://example.org/?q",
+        ] {
+            let err = Target::parse(bad).unwrap_err();
+            assert_eq!("bad-request", err.code(), "{bad}");
+        }
+        assert_eq!("[::1]:80", Target::parse("[::1]:80").unwrap().to_string());
+        assert_eq!(
+            "https://a.example/f/",
+            Target::parse("HTTPS://A.example:443/f/").unwrap().to_string()
+        );
+        let err = Policy::default()
+            .with_targets(&["ok.example:1", "nonsense"])
+            .unwrap_err();
+        assert!(err.to_string().contains("'nonsense'"), "{err}");
+    }
+
+    #[test]
+    fn nat64_prefixes_are_judged_by_their_ipv4() {
+        let default = Policy::default();
+        assert!(default.check(ip("64:ff9b::7f00:1")).is_err());
+        // An operator prefix is unknown until configured.
+        assert_eq!(Ok(()), default.check(ip("2a00:64::7f00:1")));
+        let policy = Policy::default()
+            .with_nat64(&["2a00:64::/96", "2001:db8:64::/96", "2a01:5::/64", "2a02::/32"])
+            .unwrap();
+        assert_eq!(
+            "Address 2a00:64::7f00:1 is not allowed (loopback)",
+            policy.check(ip("2a00:64::7f00:1")).unwrap_err().to_string()
+        );
+        assert_eq!(Ok(()), policy.check(ip("2a00:64::808:808")));
+        assert!(policy.check(ip("2001:db8:64::a00:1")).is_err());
+        // /64: the IPv4 address follows the u octet (bits 64 to 71).
+        assert!(
+            policy.check(ip("2a01:5::a:0:100:0")).is_err(),
+            "10.0.0.1 after the u octet"
+        );
+        assert_eq!(Ok(()), policy.check(ip("2a01:5::8:808:800:0")));
+        // /32: right after the prefix.
+        assert!(policy.check(ip("2a02:0:a9fe:a9fe::")).is_err(), "169.254.169.254");
+        for bad in [
+            "10.0.0.0/8",
+            "64:ff9b::/95",
+            "64:ff9b::",
+            "nonsense",
+            "2001:db8::/128",
+        ] {
+            assert_eq!(
+                "bad-request",
+                Policy::default().with_nat64(&[bad]).unwrap_err().code(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_hosts_refuse_other_hosts_before_anything() {
+        let policy = Policy::default()
+            .with_only_hosts(&["Upload.Example.org", "127.0.0.1"])
+            .unwrap();
+        assert_eq!(Ok(()), policy.check_url(&url("https://upload.example.ORG/a.png")));
+        assert_eq!(Ok(()), policy.check_url(&url("http://127.0.0.1/a.png")));
+        for bad in [
+            "https://example.org/",
+            "https://sub.upload.example.org/",
+            "https://upload.example.org.evil/",
+        ] {
+            assert_eq!(
+                "blocked",
+                policy.check_url(&url(bad)).unwrap_err().code(),
+                "{bad}"
+            );
+        }
+        assert!(Policy::default().with_only_hosts(&["a/b"]).is_err());
+        assert!(Policy::default().with_only_hosts(&[""]).is_err());
     }
 
     proptest! {
