@@ -90,8 +90,8 @@ def install_modules(target: Path) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def message(client, urls, body):
-    msg = client.make_message(mto=ROOM, mbody=body, mtype="groupchat")
+def message(client, urls, body, room=ROOM):
+    msg = client.make_message(mto=room, mbody=body, mtype="groupchat")
     for url in urls:
         x = ET.SubElement(msg.xml, f"{{{XMLNS_OOB}}}x")
         ET.SubElement(x, f"{{{XMLNS_OOB}}}url").text = url

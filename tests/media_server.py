@@ -19,6 +19,9 @@ Paths:
   /etag.png                                      photo.png with an ETag, 304 to a matching If-None-Match
   /redirect/photo                                302 to /photo.png
   /redirect/loop                                 302 to itself
+  /reset/<n>.png                                 reads the request, then resets the connection (RST, no answer)
+  /drip/<n>.png                                  image/png headers claiming 100000 bytes, then the PNG signature one
+                                                 byte per second, for as long as the client reads
   /slow/<n>.png                                  photo.png, held until `release_slow()`; sets `slow_requested`
   /tarpit/<n>.png                                reads the request and never answers; closes the connection without
                                                  a response at `release_tarpit()`; sets `tarpit_requested`
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -118,6 +122,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(302, b"", headers={"Location": "/photo.png"})
         if self.path == "/redirect/loop":
             return self._send(302, b"", headers={"Location": "/redirect/loop"})
+        if self.path.startswith("/reset/"):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True  # closing with a zero linger sends RST instead of FIN
+            return None
+        if self.path.startswith("/drip/"):
+            return self._drip()
         if self.path.startswith("/tarpit/"):
             owner.tarpit_requested.set()
             owner.tarpit_released.wait()
@@ -169,6 +179,23 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"0\r\n\r\n")
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
+
+    def _drip(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        self.wfile.flush()
+        body = PNG_MAGIC * 12500
+        try:
+            for i in range(len(body)):
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+                if self.server.owner.stopping.wait(1):  # one byte per second until the server stops
+                    break
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
 
     def _stall(self) -> None:
         self.send_response(200)

@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Benchmark of mod_muc_media_metadata under attack (issue 12), once per version in PROSODY_VERSIONS (default
+"0.12 13"), with the module's default limits.
+
+The same workload twice on one Prosody: first unloaded, then while an attacker floods tarpit URLs (a path of the
+file server that reads the request and never answers). The workload: Alice posts ROUNDS messages, each with one new
+image URL (never from the cache), one after the other; Bob is in the room. The attacker is one account with
+ATTACKERS resources, each an occupant of another room, each sending a message with MAX_URLS new tarpit URLs as soon
+as the room has delivered its previous one (at most BENCH_ATTACK_RATE, 20, a second each): as many held messages at
+once as one sender can have.
+
+For each run: the delivery delay of Alice's messages (send to Bob's receipt; p50, p99) and how many got their
+metadata, Prosody's longest event-loop stall (tests/plugins/mod_bench_loop_stall.lua, as in bench_delivery.py) and
+its peak RSS (VmHWM, reset before the run). Goals: p99 under attack at most 2x the unloaded p99; no stall above
+5 ms. A run stops after PHASE_SECONDS even if not every message went out (a starved module holds each for the whole
+hold), so that one version takes under three minutes. For context, the loop's longest stall is measured once more
+right after the attack run, for as long, with the attack still on and no messages of Alice's.
+
+Run by `make bench` (scripts/bench.sh; BENCH_ONLY=load for this one) or directly:
+.venv/bin/python scripts/bench_load.py. Needs `make` and `make deps` first. Exits non-zero only when something
+breaks, not when a goal is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_delivery import (  # noqa: E402 (after the path)
+    ROOM,
+    ROOT,
+    STALL_GOAL_MS,
+    ServerProcess,
+    install_modules,
+    message,
+    rig,
+    rss_kib,
+    timed_delivery,
+    with_metadata,
+)
+
+FLOOD_ROOM = "flood@conference.localhost"
+ROUNDS = int(os.environ.get("BENCH_LOAD_ROUNDS", "100"))
+PHASE_SECONDS = float(os.environ.get("BENCH_LOAD_SECONDS", "60"))
+ATTACKERS = 4
+ATTACK_RATE = float(os.environ.get("BENCH_ATTACK_RATE", "20"))  # messages a second per attacking occupant
+MAX_URLS = 8  # the module's default muc_media_metadata_max_urls
+RATIO_GOAL = 2.0
+
+
+def p(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+async def workload(server, alice, bob, media, tag: str) -> dict:
+    """ROUNDS image messages (or PHASE_SECONDS), with the loop-stall timer and VmHWM around them."""
+    pid = server.pid
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    baseline_kib = rss_kib(pid, "VmRSS")
+    delays, with_meta = [], 0
+    async with server.http_client(host=rig.MUC_HOST) as http:
+        await http.get("/bench_loop_stall/start")
+        deadline = time.monotonic() + PHASE_SECONDS
+        for i in range(ROUNDS):
+            if time.monotonic() > deadline:
+                break
+            ms, stanza = await timed_delivery(alice, bob, [media.url(f"/photo.png?{tag}-{i}")], f"{tag} {i}")
+            delays.append(ms)
+            with_meta += with_metadata(stanza)
+        stall = (await http.get("/bench_loop_stall/stop")).json()
+    return {"p50": statistics.median(delays), "p99": p(delays, 0.99), "n": len(delays), "with_meta": with_meta,
+            "stall_ms": stall["max_ms"], "baseline_kib": baseline_kib, "peak_kib": rss_kib(pid, "VmHWM")}
+
+
+async def flood(attacker, media, k: int, sent: list[int]) -> None:
+    """One attacking occupant: a message of MAX_URLS new tarpit URLs as soon as the room has delivered its previous
+    one, at most ATTACK_RATE a second (a module that sheds at once would otherwise turn this into a flood of plain
+    messages that loads the benchmark's own client and the machine, not the module)."""
+    next_at = time.monotonic()
+    while True:
+        n = sent[k]
+        urls = [media.url(f"/tarpit/{k}-{n}-{j}.png") for j in range(MAX_URLS)]
+        attacker.send(message(attacker, urls, f"flood {k} {n}", room=FLOOD_ROOM))
+        sent[k] += 1
+        await attacker.wait_for(rig.match("message", type="groupchat", body=f"flood {k} {n}"))
+        next_at += 1 / ATTACK_RATE
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))  # the attacker's pace, not a wait for an event
+
+
+async def bench_version(version: str, modules_dir: Path, media: ServerProcess) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-load-{version}-"))
+    server = rig.Prosody(
+        version,
+        workdir,
+        modules_dir,
+        muc_modules=["muc_media_metadata", "bench_loop_stall"],
+        global_options={"plugin_paths": [str(modules_dir), str(ROOT / "tests/plugins")],
+                        "log": [{"levels": {"min": "info"}, "to": "file", "filename": str(workdir / "prosody.log")}]},
+        muc_options={"muc_media_metadata_allowed_networks": ["127.0.0.1/32"]},
+    )
+    server.start()
+    try:
+        for user in ("alice", "bob", "mallory"):
+            server.register(user, "pw")
+        async with rig.connect(server, "alice@localhost", "pw") as alice, \
+                rig.connect(server, "bob@localhost", "pw") as bob:
+            await rig.create_room(alice, ROOM, "Alice", persistent=False)
+            await rig.join_room(bob, ROOM, "Bob")
+            await timed_delivery(alice, bob, [media.url("/photo.png?warm-up")], "warm-up")
+            result = {"unloaded": await workload(server, alice, bob, media, "unloaded")}
+            attackers = [rig.connect(server, "mallory@localhost", "pw", resource=f"r{k}") for k in range(ATTACKERS)]
+            clients = [await a.__aenter__() for a in attackers]
+            try:
+                await rig.create_room(clients[0], FLOOD_ROOM, "M0", persistent=False)
+                for k, client in enumerate(clients[1:], 1):
+                    await rig.join_room(client, FLOOD_ROOM, f"M{k}")
+                sent = [0] * ATTACKERS
+                floods = [asyncio.create_task(flood(c, media, k, sent)) for k, c in enumerate(clients)]
+                try:
+                    started = time.monotonic()
+                    result["attack"] = await workload(server, alice, bob, media, "attack")
+                    # The loop's stalls with nothing to do for as long (the attack still on): the machine's share.
+                    async with server.http_client(host=rig.MUC_HOST) as http:
+                        await http.get("/bench_loop_stall/start")
+                        await asyncio.sleep(time.monotonic() - started)  # a phase of fixed length, not a wait
+                        result["idle_stall_ms"] = (await http.get("/bench_loop_stall/stop")).json()["max_ms"]
+                    result["attack"]["attacker_messages"] = sum(sent)
+                    for task in floods:
+                        if task.done():
+                            task.result()  # an attacker's failure breaks the benchmark
+                finally:
+                    for task in floods:
+                        task.cancel()
+                    await asyncio.gather(*floods, return_exceptions=True)
+            finally:
+                for a in reversed(attackers):
+                    await a.__aexit__(None, None, None)
+        return result
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def report(version: str, r: dict) -> None:
+    u, a = r["unloaded"], r["attack"]
+    print(f"\n== mod_muc_media_metadata under a tarpit flood, Prosody {version} (default limits) ==")
+    rows = [
+        ("image messages delivered", f"{u['n']}", f"{a['n']}"),
+        ("  of which with metadata", f"{u['with_meta']}", f"{a['with_meta']}"),
+        ("delivery delay p50 (ms)", f"{u['p50']:.2f}", f"{a['p50']:.2f}"),
+        ("delivery delay p99 (ms)", f"{u['p99']:.2f}", f"{a['p99']:.2f}"),
+        ("longest loop stall (ms)", f"{u['stall_ms']:.2f}", f"{a['stall_ms']:.2f}"),
+        ("RSS before (MiB)", f"{u['baseline_kib'] / 1024:.1f}", f"{a['baseline_kib'] / 1024:.1f}"),
+        ("peak RSS (MiB)", f"{u['peak_kib'] / 1024:.1f}", f"{a['peak_kib'] / 1024:.1f}"),
+        ("attacker messages sent", "-", f"{a['attacker_messages']} ({a['attacker_messages'] * MAX_URLS} URLs)"),
+    ]
+    width = max(len(row[0]) for row in rows)
+    print(f"  {'':{width}}  {'unloaded':>10}  {'attack':>10}")
+    for name, x, y in rows:
+        print(f"  {name:{width}}  {x:>10}  {y:>10}")
+    ratio = a["p99"] / u["p99"]
+    starved = a["n"] < ROUNDS or a["with_meta"] < a["n"]
+    verdict = "MET" if ratio <= RATIO_GOAL and not starved else "MISSED"
+    extra = f" ({a['n']}/{ROUNDS} sent in {PHASE_SECONDS:.0f} s, {a['with_meta']} with metadata)" if starved else ""
+    print(f"  goal: p99 under attack <= {RATIO_GOAL:.0f}x unloaded p99 -> ratio x{ratio:.2f}: {verdict}{extra}")
+    stall = max(u["stall_ms"], a["stall_ms"])
+    verdict = "MET" if stall <= STALL_GOAL_MS else "MISSED"
+    if stall > STALL_GOAL_MS and r["idle_stall_ms"] > STALL_GOAL_MS:
+        verdict += ", but inconclusive: the loop stalls past the goal without Alice's messages too"
+    print(f"  goal: no stall above {STALL_GOAL_MS:.0f} ms -> longest {stall:.2f} ms: {verdict}")
+    print(f"    (right after, the attack on and no messages of Alice's, for as long: {r['idle_stall_ms']:.2f} ms; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+
+
+
+async def main() -> int:
+    versions = os.environ.get("PROSODY_VERSIONS", "0.12 13").split()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-load-"))
+    modules_dir = tmp / "modules"
+    install_modules(modules_dir)
+    media = ServerProcess({})
+    try:
+        for version in versions:
+            started = time.monotonic()
+            result = await bench_version(version, modules_dir, media)
+            report(version, result)
+            print(f"  ({time.monotonic() - started:.0f} s for this version)")
+    finally:
+        media.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
