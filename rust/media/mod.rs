@@ -340,11 +340,11 @@ impl Prober {
                     if flights.len() >= 2 * (limits.max_downloads + limits.max_queued) + 64 {
                         flights.retain(|_, f| f.is_open());
                     }
-                    let flight = self.start(&media, url, &key, deadline)?;
-                    let waiter =
-                        Waiter::join(&flight).ok_or_else(|| Error::Internal("new flight closed".into()))?;
-                    flight.waiters.fetch_sub(1, Ordering::AcqRel); // the starter's own count, now the waiter's
-                    flights.insert(key, flight);
+                    // The starter's share is made with the flight, never joined: the download may be done
+                    // (even its answer sent) before this thread goes on, and its answer is this probe's.
+                    let waiter = self.start(&media, url, &key, deadline)?;
+                    tests_hook_new_flight(&waiter.flight);
+                    flights.insert(key, waiter.flight.clone());
                     waiter
                 }
             }
@@ -374,14 +374,15 @@ impl Prober {
         Ok(id)
     }
 
-    /// Starts the shared download of `url` (cache key `key`) that must be answered before `deadline`.
+    /// Starts the shared download of `url` (cache key `key`) that must be answered before `deadline`, and
+    /// returns the starter's share of it.
     fn start(
         &self,
         media: &Arc<Media>,
         url: &str,
         key: &str,
         deadline: tokio::time::Instant,
-    ) -> Result<Arc<Flight>, Error> {
+    ) -> Result<Waiter, Error> {
         let job = Job {
             url: url.to_owned(),
             key: key.to_owned(),
@@ -390,26 +391,45 @@ impl Prober {
         };
         let slots = media.slots(self.limits.max_downloads);
         let (sender, answer) = watch::channel(None);
-        let done = Arc::new(AtomicBool::new(false));
+        let done_flag = Arc::new(AtomicBool::new(false));
         let place = QueuePlace::take(media);
         let task = {
             let media = media.clone();
-            let done = done.clone();
+            let done = done_flag.clone();
             async move {
+                // Marks the flight done however the task ends (answered, aborted, panicked), so that no probe
+                // joins a download that will never answer.
+                let _done = FlightDone(done);
                 let outcome = media.probe(&job, slots, place, deadline).await;
-                done.store(true, Ordering::Release);
                 let _ = sender.send(Some(outcome));
             }
         };
         let abort = jobs::spawn(task)?;
-        Ok(Arc::new(Flight {
-            answer,
-            abort,
-            done,
-            waiters: AtomicUsize::new(1),
-        }))
+        Ok(Waiter {
+            flight: Arc::new(Flight {
+                answer,
+                abort,
+                done: done_flag,
+                waiters: AtomicUsize::new(1), // the starter's
+            }),
+        })
     }
 }
+
+/// Tests: lets a new flight's download finish before the probe that started it goes on (see
+/// `a_download_done_before_its_starter_is_admitted_still_answers_it`).
+#[cfg(test)]
+fn tests_hook_new_flight(flight: &Flight) {
+    if tests::FINISH_NEW_FLIGHTS.with(std::cell::Cell::get) {
+        let give_up = Instant::now() + Duration::from_secs(30);
+        while flight.answer.borrow().is_none() && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+#[cfg(not(test))]
+fn tests_hook_new_flight(_: &Flight) {}
 
 /// Lets go of what a probe job held at admission (its sender's and room's counts). Call it on Prosody's
 /// main thread for every job of [`Prober::probe`] whose result was taken or which was cancelled.
@@ -464,7 +484,8 @@ struct Flight {
     /// `None` until the download has its answer.
     answer: watch::Receiver<Option<Outcome>>,
     abort: AbortHandle,
-    /// Set once the answer is sent: a finished flight is not joined (its answer may be an old failure).
+    /// Set once the task has ended (its answer sent, or aborted): a finished flight is not joined (its answer
+    /// may be an old failure).
     done: Arc<AtomicBool>,
     /// Probes waiting; the last to go aborts the download.
     waiters: AtomicUsize,
@@ -475,6 +496,16 @@ type Outcome = Result<(MediaMeta, bool), Error>;
 impl Flight {
     fn is_open(&self) -> bool {
         !self.done.load(Ordering::Acquire) && self.waiters.load(Ordering::Acquire) > 0
+    }
+}
+
+/// Sets a flight's `done` when its task ends, after the answer (if any) was sent: a probe that joined before
+/// still gets it.
+struct FlightDone(Arc<AtomicBool>);
+
+impl Drop for FlightDone {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }
 
@@ -1051,6 +1082,28 @@ mod tests {
         writer.write_image_data(&pixels).unwrap();
         writer.finish().unwrap();
         out
+    }
+
+    thread_local! {
+        /// Set by a test: each new flight's download finishes before its starter is admitted.
+        pub(super) static FINISH_NEW_FLIGHTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[test]
+    fn a_download_done_before_its_starter_is_admitted_still_answers_it() {
+        // Under CPU starvation the worker may finish a download while Prosody's thread is still admitting the
+        // probe that started it; that probe must still get the download's answer, not an internal error.
+        let image = png(8, 8);
+        let server = TestServer::start("127.0.0.1", move |_, _| Answer::ok("image/png", &image));
+        let prober = Prober::new(loopback()).unwrap();
+        FINISH_NEW_FLIGHTS.with(|f| f.set(true));
+        let started = prober.probe(&server.url("/quick.png"), "a@quick", "r@quick", None);
+        FINISH_NEW_FLIGHTS.with(|f| f.set(false));
+        let id = started.expect("admitted");
+        let fields = complete(id).unwrap();
+        settle(id);
+        assert_eq!(Some(&Field::Int(8)), field(&fields, "width"));
+        assert_eq!(Some(&Field::Bool(false)), field(&fields, "cached"));
     }
 
     fn loopback() -> MediaLimits {
