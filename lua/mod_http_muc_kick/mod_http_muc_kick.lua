@@ -415,11 +415,12 @@ local static_credential = { id = "static" };
 -- parsing and verifying (the cache goes with the settings, so a reload empties it). A lookup compares whole strings
 -- only after a match of Lua's seeded hash, which a guess cannot aim at.
 local function verify_token(authorization, now)
-	local bearer = authorization:match("^[Bb][Ee][Aa][Rr][Ee][Rr] +(%S+) *$");
-	if not bearer then
+	-- Where the token lies in the header: the native library reads it there, so no copy of it is made per request.
+	local first, after = authorization:match("^[Bb][Ee][Aa][Rr][Ee][Rr] +()%S+() *$");
+	if not first then
 		return nil, "unauthorized", "Wrong Authorization header";
 	end
-	local claims, code, text = settings.keyring:verify(bearer, now);
+	local claims, code, text = settings.keyring:verify(authorization, now, first, after);
 	if not claims then
 		return nil, code, text;
 	end
