@@ -225,17 +225,26 @@ end
 -- Every module writes the same shape, which a log filter (fail2ban, a SIEM) can match:
 --   AUDIT <action> key=value key="quoted value" ...
 -- `action` is a kebab-case word; keys come sorted, absent (nil) values are left out. Never pass secrets.
+-- The line is built in two tables kept for every call (filled, used, emptied: module:log does not call back here), as
+-- a flood of refused attempts is what an attacker sends, and each table per line would cost Prosody's collector.
+local audit_keys, audit_parts = {}, { "AUDIT" };
 function compat.audit(module, action, fields)
-	local keys = {};
+	local n = 0;
 	for key in pairs(fields or {}) do
-		table.insert(keys, key);
+		n = n + 1;
+		audit_keys[n] = key;
 	end
-	table.sort(keys);
-	local parts = { "AUDIT", action };
-	for _, key in ipairs(keys) do
-		table.insert(parts, key .. "=" .. audit_value(fields[key]));
+	for i = n + 1, #audit_keys do audit_keys[i] = nil; end -- left by a call that raised, if one ever did
+	table.sort(audit_keys);
+	audit_parts[2] = action;
+	for i = 1, n do
+		local key = audit_keys[i];
+		audit_parts[i + 2] = key .. "=" .. audit_value(fields[key]);
+		audit_keys[i] = nil;
 	end
-	module:log("info", "%s", table.concat(parts, " "));
+	local line = table.concat(audit_parts, " ", 1, n + 2);
+	for i = 2, n + 2 do audit_parts[i] = nil; end
+	module:log("info", "%s", line);
 end
 
 return compat;

@@ -273,15 +273,31 @@ impl LuaUserData for Keyring {
                 }
             },
         );
-        // `keyring:verify(token, now)` -> claims, or nil, code, text with code "token-malformed", "token-invalid"
-        // (forged, unknown or retired key, other host) or "token-expired". Scope and revocation are the caller's.
-        methods.add_method("verify", |lua, this, (token, now): (LuaString, i64)| {
-            let token = token.as_bytes();
-            match guard(|| this.0.verify(&token, now)) {
-                Ok(v) => claims_to_table(lua, &v.claims, &v.key_id)?.into_lua_multi(lua),
-                Err(e) => to_lua::<()>(lua, Err(e)),
-            }
-        });
+        // `keyring:verify(token, now[, first, after])` -> claims, or nil, code, text with code "token-malformed",
+        // "token-invalid" (forged, unknown or retired key, other host) or "token-expired". Scope and revocation are
+        // the caller's. With `first` and `after` (Lua string positions: the token's first byte, the one after its
+        // last), the token is read in place inside a longer string, the Authorization header, which spares Lua a
+        // copy per request; bounds outside the string verify nothing.
+        methods.add_method(
+            "verify",
+            |lua, this, (token, now, first, after): (LuaString, i64, Option<usize>, Option<usize>)| {
+                let bytes = token.as_bytes();
+                let token = match (first, after) {
+                    (None, None) => Some(&bytes[..]),
+                    (Some(first), Some(after)) if first >= 1 && first <= after => {
+                        bytes.get(first - 1..after - 1)
+                    }
+                    _ => None,
+                };
+                let Some(token) = token else {
+                    return Err(LuaError::runtime("verify: token bounds outside the string"));
+                };
+                match guard(|| this.0.verify(token, now)) {
+                    Ok(v) => claims_to_table(lua, &v.claims, &v.key_id)?.into_lua_multi(lua),
+                    Err(e) => to_lua::<()>(lua, Err(e)),
+                }
+            },
+        );
         // `keyring:key_ids()` -> { { id = ..., accept_until = ? }, ... }, the signing key first.
         methods.add_method("key_ids", |lua, this, ()| {
             let list = lua.create_table()?;

@@ -160,7 +160,7 @@ local function request(server, method, headers, body, extra)
 	local req = { method = method; path = "/muc_kick"; ip = "192.0.2.7"; headers = headers; body = body };
 	for k, v in pairs(extra or {}) do req[k] = v; end
 	local result = server.http.route[method]({ request = req; response = response });
-	return response.status_code, json.decode(result), response.headers, response;
+	return response.status_code, json.decode(result), response.headers, response, result;
 end
 
 local json_headers = { authorization = static_header; content_type = "application/json" };
@@ -307,6 +307,25 @@ describe("mod_http_muc_kick requests", function ()
 		assert.equal(" Spammer ", body.kicked);
 		assert.equal("lobby@muc.example.org/ Spammer ", server.rooms["lobby@muc.example.org"].kicks[1].occupant);
 		assert.matches('nickname=" Spammer "', log_text(server), 1, true);
+	end);
+
+	it("kicks a non-ASCII nickname as resourceprep prepares it, and an ASCII one as sent", function ()
+		-- Printable ASCII skips resourceprep; anything else goes through it (NFKC makes fullwidth letters ASCII).
+		local status, body = post(server, '{"nickname":"\u{FF22}\u{FF4F}\u{FF42}","muc":"lobby@muc.example.org"}');
+		assert.equal(200, status);
+		assert.equal("Bob", body.kicked);
+		assert.equal(404, (post(server, '{"nickname":"bob","muc":"lobby@muc.example.org"}')));
+		assert.equal(404, (post(server, '{"nickname":"Spammer","muc":"lobby@muc.example.org"}')));
+	end);
+
+	it("answers 404 occupant-not-found naming the nickname, escaped or not, byte for byte", function ()
+		local _, _, _, _, raw = post(server, kick_eve);
+		assert.equal('{"error":"Nobody with the nickname \\"Eve\\" is in the room lobby@muc.example.org",'
+			.. '"code":"occupant-not-found"}', raw);
+		local status, body = post(server, '{"nickname":"E\\\\v\\"e \u{e9}","muc":"lobby@muc.example.org"}');
+		assert.equal(404, status);
+		assert.equal('Nobody with the nickname "E\\\\v\\"e \u{e9}" is in the room lobby@muc.example.org', body.error);
+		assert.equal("occupant-not-found", body.code);
 	end);
 
 	it("kicks every nickname of one account by real JID or occupant id", function ()
@@ -732,4 +751,35 @@ describe("mod_http_muc_kick token commands", function ()
 		assert.matches("--service takes no value", message, 1, true);
 		assert.equal(1, #printed);
 	end);
+end);
+
+-- The module skips resourceprep for printable ASCII nicknames under 1024 bytes, as the identity it is there: checked
+-- against the resourceprep of 0.12 and, when it is installed for the integration tests, of 13.
+describe("resourceprep on printable ASCII", function ()
+	local preps = { ["0.12"] = require "util.encodings".stringprep.resourceprep };
+	local library13 = ".deps/prosody13/usr/lib/prosody/util/encodings.so";
+	if io.open(library13) then
+		local open = package.loadlib(library13, "luaopen_prosody_util_encodings")
+			or package.loadlib(library13, "luaopen_util_encodings");
+		preps["13"] = open and open().stringprep.resourceprep;
+	end
+
+	for version, resourceprep in pairs(preps) do
+		it("is the identity on " .. version .. ", spaces included, and refuses 1024 bytes", function ()
+			local printable = {};
+			for byte = 32, 126 do
+				local c = string.char(byte);
+				table.insert(printable, c);
+				assert.equal(c, resourceprep(c));
+				assert.equal("x" .. c .. "y", resourceprep("x" .. c .. "y"));
+			end
+			local all = table.concat(printable);
+			assert.equal(all, resourceprep(all));
+			for _, nickname in ipairs({ " Spammer ", "  ", " ", "Spam mer", "a\\b", '"quoted"', "@/", ("~"):rep(1023) }) do
+				assert.equal(nickname, resourceprep(nickname));
+			end
+			assert.is_nil(resourceprep(("a"):rep(1024)));
+			assert.equal("Bob", resourceprep("\u{FF22}\u{FF4F}\u{FF42}"));
+		end);
+	end
 end);

@@ -137,6 +137,13 @@ describe("keyring:verify", function ()
 
 	it("raises on wrong argument types", function ()
 		assert.has_error(function () keyring():verify(nil, now); end);
+		local token = keyring():mint(nil, now, 60, "0123456789abcdef");
+		local header = "Bearer " .. token .. "  ";
+		assert.same(keyring():verify(token, now), keyring():verify(header, now, 8, 8 + #token));
+		assert.is_nil(keyring():verify(header, now, 8, 7 + #token));
+		for _, bounds in ipairs({ { 0, 5 }; { 8, 7 }; { 8, #header + 2 }; { 8 } }) do
+			assert.has_error(function () keyring():verify(header, now, bounds[1], bounds[2]); end);
+		end
 		assert.has_error(function () keyring():verify("v2.a.b.c", nil); end);
 	end);
 end);
