@@ -351,7 +351,7 @@ impl<'a> Bits<'a> {
     }
 
     /// Fills the buffer to at least 56 bits.
-    #[inline]
+    #[inline(always)]
     fn refill(&mut self) {
         // Fast path: as many whole bytes as fit, from eight with no 0xFF among them.
         if self.count <= 32 && !self.at_marker {
@@ -366,6 +366,12 @@ impl<'a> Bits<'a> {
                 }
             }
         }
+        self.refill_bytewise();
+    }
+
+    /// [`Bits::refill`] byte by byte, through stuffed bytes and up to a marker or the end of the data.
+    #[inline(never)]
+    fn refill_bytewise(&mut self) {
         while self.count <= 56 {
             let mut byte = 0u8;
             if self.at_marker {
