@@ -628,6 +628,16 @@ impl LuaUserData for LuaProber {
                 to_lua(lua, guard(|| this.0.probe(&url, &sender, &room, deadline)))
             },
         );
+        // `prober:busy(sender, room)` -> "sender-busy" or "room-busy" when a probe for them would be shed at
+        // admission now, else nil: a message over its sender's or room's limit is shed without a call per URL.
+        methods.add_method("busy", |lua, this, (sender, room): (LuaString, LuaString)| {
+            let (sender, room) = (sender.to_str()?, room.to_str()?);
+            match guard(|| Ok(this.0.busy(&sender, &room))) {
+                Ok(Some(code)) => lua.create_string(code)?.into_lua_multi(lua),
+                Ok(None) => LuaNil.into_lua_multi(lua),
+                Err(e) => to_lua::<()>(lua, Err(e)),
+            }
+        });
         // `prober:stats()` -> { queued = n, in_flight = n, fetched_bytes = n }, for the whole process.
         methods.add_method("stats", |lua, _, ()| {
             let stats = guard(|| Ok(crate::media::stats())).unwrap_or_default();

@@ -302,6 +302,42 @@ describe("mod_muc_media_metadata", function ()
 		assert.equal(1, metric(m, "probes_shed", "sender-busy").value, "nothing more shed");
 	end);
 
+	it("sheds every URL of a message from a sender already at their limit at once, answering cached ones", function ()
+		local m = load({ muc_media_metadata_max_per_sender = 1 });
+		local cached_url = server.url("/photo.png?busy-cached");
+		posted(m, cached_url);
+		local r = room();
+		local stats_prober = assert(native.media.prober({}));
+		local function stats() return stats_prober:stats(); end
+		local idle = stats();
+		assert.is_true(groupchat(m, r, message(alice, server.url("/stall.png?busy-1"))));
+		local running = native.media.running();
+		local timers = #m.timers;
+		local stanza = message(alice, server.url("/stall.png?busy-2"), cached_url, server.url("/stall.png?busy-3"),
+			"aesgcm://example.org/secret");
+		local other = room();
+		other.jid = "other@conference.example.org";
+		stanza.attr.to = other.jid;
+		assert.is_nil(groupchat(m, other, stanza), "another room, nothing to wait for: core broadcasts it now");
+		assert.equal(timers, #m.timers, "nothing held");
+		assert.equal(running, native.media.running(), "no job started");
+		assert.equal(2, metric(m, "probes_shed", "sender-busy").value);
+		assert.equal(2, outcomes(m, "shed"));
+		assert.equal(1, outcomes(m, "cached"));
+		local oobs = {};
+		for oob in stanza:childtags("x", xmlns_oob) do table.insert(oobs, oob); end
+		assert.is_nil(metadata_of(oobs[1]));
+		assert.is_table(metadata_of(oobs[2]));
+		assert.is_nil(metadata_of(oobs[3]));
+		assert.is_table(stanza:get_child("file-sharing", xmlns_sfs));
+		m.timers[#m.timers].callback(); -- the first message's hold ends: its probe is cancelled
+		assert.equal(1, #r.broadcasts);
+		fakes.pump_until(function ()
+			local now = stats();
+			return now.queued == idle.queued and now.in_flight == idle.in_flight;
+		end);
+	end);
+
 	it("shares one download between probes of one URL, and aborts it when every probe is cancelled", function ()
 		local m = load();
 		local r = room();

@@ -228,10 +228,13 @@ local function described_urls(stanza)
 end
 
 local function add_metadata(stanza, probes)
-	local described = add_file_sharing and described_urls(stanza);
+	local described; -- looked for once there is something to add: a shed flood's messages have nothing
 	for _, probe in ipairs(probes) do
 		local meta = probe.meta;
 		if meta then
+			if described == nil then
+				described = add_file_sharing and described_urls(stanza);
+			end
 			probe.oob:add_direct_child(metadata_element(meta));
 			if described and not described[probe.url] then
 				stanza:add_direct_child(file_sharing_element(probe.url, meta));
@@ -241,6 +244,7 @@ local function add_metadata(stanza, probes)
 	end
 end
 
+local no_probes = {}; -- shared, never changed: a message without probes allocates none
 local shed_codes = { ["queue-full"] = true; ["sender-busy"] = true; ["room-busy"] = true; ["too-late"] = true };
 local plain_outcomes = { blocked = true; timeout = true; cancelled = true };
 
@@ -268,24 +272,68 @@ local function count_outcome(probe, outcome)
 end
 
 -- Removes what only this module may add, so that a client cannot pass off its own values as the server's.
+-- Walks the children without iterators and removes only where there is something to remove: every message with
+-- OOB passes here, floods too, and what this allocates costs Prosody's collector later.
 local function strip_spoofed(stanza)
-	stanza:remove_children("metadata", xmlns_metadata);
-	for oob in stanza:childtags("x", xmlns_oob) do
-		oob:remove_children("metadata", xmlns_metadata);
+	if stanza:get_child("metadata", xmlns_metadata) then
+		stanza:remove_children("metadata", xmlns_metadata);
+	end
+	for _, tag in ipairs(stanza.tags) do
+		if tag.name == "x" and tag.attr.xmlns == xmlns_oob and tag:get_child("metadata", xmlns_metadata) then
+			tag:remove_children("metadata", xmlns_metadata);
+		end
 	end
 end
 
-local function collect_probes(stanza)
-	local probes = {};
-	for oob in stanza:childtags("x", xmlns_oob) do
-		local url = oob:get_child_text("url");
-		url = url and url:match("^%s*(.-)%s*$");
-		-- Only http(s): an aesgcm:// link (OMEMO) or anything else is not ours to fetch, and no failure either.
-		if url and url:lower():match("^https?://") and #probes < max_urls then
-			table.insert(probes, { oob = oob; url = url });
+-- The http(s) URL of an OOB element, trimmed, or nil: an aesgcm:// link (OMEMO) or anything else is not ours to
+-- fetch, and no failure either. A URL that needs no trimming is the stanza's own string, not a copy.
+local function http_url(oob)
+	local url_tag = oob:get_child("url");
+	if not url_tag then return nil; end
+	local url = url_tag[1];
+	if #url_tag ~= 1 or type(url) ~= "string" then
+		url = url_tag:get_text();
+		if not url then return nil; end
+	end
+	if url:find("^%s") or url:find("%s$") then
+		url = url:match("^%s*(.-)%s*$");
+	end
+	if url:find("^[Hh][Tt][Tt][Pp][Ss]?://") then
+		return url;
+	end
+end
+
+-- The probes of a message: { oob = <x/>, url = ... } for each of its first max_urls http(s) URLs. When admission
+-- would shed them anyway (`busy`, the sender's or the room's code from prober:busy), only URLs with a cached
+-- result become probes (with their `meta`), and the others are only counted: returns the probes and how many
+-- were shed. A flood over its limits thus costs no table, closure or native job per URL.
+local function collect_probes(stanza, busy)
+	local probes, n, shed = no_probes, 0, 0;
+	for _, oob in ipairs(stanza.tags) do
+		if n >= max_urls then break; end
+		local url = oob.name == "x" and oob.attr.xmlns == xmlns_oob and http_url(oob);
+		if url then
+			n = n + 1;
+			local meta = busy and cached(url);
+			if busy and not meta then
+				shed = shed + 1;
+			else
+				if probes == no_probes then probes = {}; end
+				table.insert(probes, { oob = oob; url = url; meta = meta });
+			end
 		end
 	end
-	return probes;
+	return probes, shed;
+end
+
+-- Counts `n` probes shed at admission with `code`, as count_outcome would one by one.
+local function count_shed(code, n)
+	if n == 0 then return; end
+	probes_shed:with_labels(code):add(n);
+	local durations = probe_duration:with_labels("shed");
+	for _ = 1, n do
+		durations:sample(0);
+	end
 end
 
 -- Lines. A message that waits for its metadata is taken out of the flow (its muc-occupant-groupchat handler
@@ -299,7 +347,6 @@ end
 -- The front of a non-empty line is always a message that is not ready. Each hold starts when its message arrives
 -- and ends after hold_timeout at most, so nothing waits in a line longer than hold_timeout.
 local lines = {};
-local no_probes = {};
 local passing; -- the stanza being handed back to core from a line, which the gate lets through
 local is_stopping = false; -- shutdown or unload: nothing is held any more
 
@@ -430,40 +477,56 @@ local function cut_short(line, reason)
 	release(line);
 end
 
--- Answers the probes of `entry` from the cache and starts the others. Returns whether any is running; then the
--- entry's hold ends when the last one finishes, or after hold_timeout.
-local function start_probes(entry)
-	local remaining = 0;
-	local sender = jid.bare(entry.stanza.attr.from);
+-- Answers the probes of `entry` from the cache and starts the others, for `sender` (bare JID). Returns whether any
+-- is running; then the entry's hold ends when the last one finishes, or after hold_timeout. Once admission sheds
+-- one for its sender or room, the rest would be shed too (nothing frees a place before this returns): they are
+-- counted without asking.
+local function start_probes(entry, sender)
+	local remaining, started = 0, false;
+	local busy;
+	local now = time.monotonic();
 	for _, probe in ipairs(entry.probes) do
-		probe.started = time.monotonic();
-		local meta = cached(probe.url);
+		probe.started = now;
+		local meta = probe.meta or cached(probe.url);
 		if meta then
 			probe.meta = meta;
 			count_outcome(probe, "cached");
+		elseif busy then
+			count_outcome(probe, busy);
 		else
-			remaining = remaining + 1;
 			local id, code, text = start_probe(probe.url, sender, entry.room.jid, hold_timeout);
-			probe.job = id;
-			jobs.watch(module, function (ok, result)
-				probe.job = nil;
-				update_gauges();
-				if ok then
-					probe.meta = result;
-					count_outcome(probe, result.cached and "cached" or true);
-				else
-					module:log("debug", "No metadata for %s: %s", probe.url, result);
-					count_outcome(probe, result);
+			if not id then
+				module:log("debug", "No metadata for %s: %s (%s)", probe.url, code, text);
+				count_outcome(probe, code or "internal-error");
+				if code == "sender-busy" or code == "room-busy" then
+					busy = code;
 				end
-				remaining = remaining - 1;
-				if remaining == 0 and entry.timer then -- no timer yet: still starting
-					end_hold(entry);
-					release(entry.line);
-				end
-			end, id, code, text);
+			else
+				started = true;
+				remaining = remaining + 1;
+				probe.job = id;
+				jobs.watch(module, function (ok, result)
+					probe.job = nil;
+					update_gauges();
+					if ok then
+						probe.meta = result;
+						count_outcome(probe, result.cached and "cached" or true);
+					else
+						module:log("debug", "No metadata for %s: %s", probe.url, result);
+						count_outcome(probe, result);
+					end
+					remaining = remaining - 1;
+					if remaining == 0 and entry.timer then -- no timer yet: still starting
+						end_hold(entry);
+						release(entry.line);
+					end
+				end, id);
+			end
 		end
 	end
-	update_gauges();
+	if started then
+		update_gauges();
+	end
 	if remaining == 0 then return false; end
 	entry.timer = module:add_timer(hold_timeout, function ()
 		entry.timer = nil; -- it has fired: nothing to stop
@@ -483,10 +546,21 @@ module:hook("muc-occupant-groupchat", function (event)
 	local by_room = lines[stanza.attr.from];
 	local line = by_room and by_room[room.jid];
 	if not (has_oob or line) then return; end
-	local entry = { room = room; origin = event.origin; stanza = stanza; since = time.monotonic() };
-	entry.probes = has_oob and not is_stopping and collect_probes(stanza) or no_probes;
-	local is_waiting = start_probes(entry);
+	local probes, sender = no_probes, nil;
+	if has_oob and not is_stopping then
+		-- A sender or room at its limit: the message's URLs are shed here, all at once.
+		sender = jid.bare(stanza.attr.from);
+		local busy = prober:busy(sender, room.jid);
+		local shed;
+		probes, shed = collect_probes(stanza, busy);
+		count_shed(busy, shed);
+	end
 	local is_next = passing == stanza; -- handed back to core from the front of its line
+	if probes == no_probes and (is_next or not line) then
+		return; -- nothing to add or to wait for (a shed flood's messages): core broadcasts it now
+	end
+	local entry = { room = room; origin = event.origin; stanza = stanza; since = time.monotonic(); probes = probes };
+	local is_waiting = start_probes(entry, sender);
 	if not is_waiting and (is_next or not line) then
 		add_metadata(stanza, entry.probes);
 		return; -- nothing to wait for: core broadcasts it now

@@ -226,9 +226,43 @@ impl MediaMeta {
 pub struct Prober {
     limits: Arc<MediaLimits>,
     key_suffix: String,
-    /// The decode budget of this process (pid, semaphore of KiB), made on first use and after a fork.
-    /// Locked only on the thread that submits.
-    budget: Mutex<Option<(u32, Arc<Semaphore>)>>,
+    /// The decode budget, shared by this prober's downloads.
+    budget: Arc<Budget>,
+}
+
+/// A prober's decode budget: a semaphore of KiB for this process, made on first use and after a fork.
+/// Taken only by a download that needs decode memory, on a worker: submitting a probe on Prosody's main
+/// thread never touches it.
+#[derive(Debug)]
+struct Budget {
+    kib: usize,
+    /// (pid, semaphore).
+    slot: Mutex<Option<(u32, Arc<Semaphore>)>>,
+}
+
+impl Budget {
+    fn new(max_decode_memory: u64) -> Budget {
+        Budget {
+            kib: usize::try_from(max_decode_memory >> 10).unwrap_or(usize::MAX),
+            slot: Mutex::new(None),
+        }
+    }
+
+    fn semaphore(&self) -> Arc<Semaphore> {
+        let mut slot = lock(&self.slot);
+        let pid = std::process::id();
+        if let Some((_, budget)) = slot.as_ref().filter(|(p, _)| *p == pid) {
+            return budget.clone();
+        }
+        // Forked (or first use): a lock inside the old semaphore may be held by a thread that no longer
+        // exists.
+        if let Some(old) = slot.take() {
+            std::mem::forget(old);
+        }
+        let budget = Arc::new(Semaphore::new(self.kib));
+        *slot = Some((pid, budget.clone()));
+        budget
+    }
 }
 
 impl Prober {
@@ -237,8 +271,8 @@ impl Prober {
         limits.validate()?;
         Ok(Prober {
             key_suffix: limits.cache_key_suffix(),
+            budget: Arc::new(Budget::new(limits.probe.max_decode_memory)),
             limits: Arc::new(limits),
-            budget: Mutex::new(None),
         })
     }
 
@@ -251,23 +285,6 @@ impl Prober {
         format!("{url}\n{}", self.key_suffix)
     }
 
-    fn budget(&self) -> Arc<Semaphore> {
-        let mut slot = lock(&self.budget);
-        let pid = std::process::id();
-        if let Some((_, budget)) = slot.as_ref().filter(|(p, _)| *p == pid) {
-            return budget.clone();
-        }
-        // Forked (or first use): a lock inside the old semaphore may be held by a thread that no longer
-        // exists.
-        if let Some(old) = slot.take() {
-            std::mem::forget(old);
-        }
-        let kib = (self.limits.probe.max_decode_memory >> 10) as usize;
-        let budget = Arc::new(Semaphore::new(kib));
-        *slot = Some((pid, budget.clone()));
-        budget
-    }
-
     /// A fresh cached result for `url`, without starting anything (so a reposted link needs no job at
     /// all), or `None`. Called on Prosody's main thread, so it never waits for the cache's lock (see
     /// [`Media::cache`]): a busy cache is a miss.
@@ -278,6 +295,22 @@ impl Prober {
         match caches.meta.lookup(&key, self.limits.cache_ttl, Instant::now()) {
             Lookup::Fresh(meta) => Some(meta),
             _ => None,
+        }
+    }
+
+    /// The code a probe for `sender` (a bare JID) in `room` would be shed with at admission now
+    /// (`sender-busy`, `room-busy`), or `None`. Lets the caller shed every URL of a message over its limits
+    /// at once, without asking for each. Allocates nothing; `sender` and `room` may be empty (not counted).
+    pub fn busy(&self, sender: &str, room: &str) -> Option<&'static str> {
+        let media = media();
+        let admitted = lock(&media.admitted);
+        let limits = &self.limits;
+        if !sender.is_empty() && admitted.senders.get(sender).copied().unwrap_or(0) >= limits.max_per_sender {
+            Some("sender-busy")
+        } else if !room.is_empty() && admitted.rooms.get(room).copied().unwrap_or(0) >= limits.max_per_room {
+            Some("room-busy")
+        } else {
+            None
         }
     }
 
@@ -387,7 +420,7 @@ impl Prober {
             url: url.to_owned(),
             key: key.to_owned(),
             limits: self.limits.clone(),
-            budget: self.budget(),
+            budget: self.budget.clone(),
         };
         let slots = media.slots(self.limits.max_downloads);
         let (sender, answer) = watch::channel(None);
@@ -568,7 +601,7 @@ struct Job {
     url: String,
     key: String,
     limits: Arc<MediaLimits>,
-    budget: Arc<Semaphore>,
+    budget: Arc<Budget>,
 }
 
 /// What a probe job holds at admission, per sender and per room. Touched only on the main thread.
@@ -970,7 +1003,7 @@ async fn feed_batches(
     mut probe: Box<StreamProbe>,
     mut batches: mpsc::Receiver<Vec<u8>>,
     limits: &MediaLimits,
-    budget: &Arc<Semaphore>,
+    budget: &Budget,
     deadline: tokio::time::Instant,
     done: &Done,
 ) -> Result<(Box<StreamProbe>, Vec<OwnedSemaphorePermit>, Option<Error>), Error> {
@@ -984,9 +1017,10 @@ async fn feed_batches(
                 let permit = if kib as u64 > limits.probe.max_decode_memory >> 10 {
                     None
                 } else if failure.is_some() {
-                    budget.clone().try_acquire_many_owned(kib).ok()
+                    budget.semaphore().try_acquire_many_owned(kib).ok()
                 } else {
-                    match tokio::time::timeout_at(deadline, budget.clone().acquire_many_owned(kib)).await {
+                    match tokio::time::timeout_at(deadline, budget.semaphore().acquire_many_owned(kib)).await
+                    {
                         Ok(Ok(permit)) => Some(permit),
                         Ok(Err(_)) => return Err(Error::Internal("decode budget closed".into())),
                         Err(_) => {
@@ -1023,7 +1057,7 @@ async fn feed_batches(
 async fn read_body(
     response: &mut Response,
     limits: &MediaLimits,
-    budget: &Arc<Semaphore>,
+    budget: &Budget,
     deadline: tokio::time::Instant,
 ) -> Result<Transfer, Error> {
     let probe = Box::new(StreamProbe::new(limits.probe.clone())?);
@@ -1245,14 +1279,19 @@ mod tests {
         .unwrap();
         let d = Some(Duration::from_secs(30));
         let url = |n: u32| server.url(&format!("/shed-{n}.png"));
+        assert_eq!(None, prober.busy("s1@shed", "r@shed"));
         let first = prober.probe(&url(1), "s1@shed", "r@shed", d).unwrap();
+        assert_eq!(Some("sender-busy"), prober.busy("s1@shed", "r@shed"));
         let busy = prober.probe(&url(2), "s1@shed", "r@shed", d).unwrap_err();
         assert_eq!("sender-busy", busy.code());
         let second = prober.probe(&url(3), "s2@shed", "r@shed", d).unwrap();
+        assert_eq!(Some("room-busy"), prober.busy("s3@shed", "r@shed"));
+        assert_eq!(None, prober.busy("s3@shed", ""));
         let full = prober.probe(&url(4), "s3@shed", "r@shed", d).unwrap_err();
         assert_eq!("room-busy", full.code());
         assert!(crate::jobs::cancel(first));
         settle(first);
+        assert_eq!(None, prober.busy("s1@shed", ""));
         let third = prober.probe(&url(5), "s1@shed", "r@shed", d).unwrap();
         for id in [second, third] {
             crate::jobs::cancel(id);
@@ -1576,7 +1615,7 @@ mod tests {
         })
         .unwrap();
         // Everything taken: the probe waits for its share.
-        let budget = prober.budget();
+        let budget = prober.budget.semaphore();
         let all = budget
             .clone()
             .try_acquire_many_owned(budget.available_permits() as u32)
