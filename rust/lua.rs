@@ -712,6 +712,12 @@ fn media_cancel(_: &Lua, id: u64) -> LuaResult<bool> {
     .unwrap_or(false))
 }
 
+/// Lua: `media.is_queued(id)` -> whether probe job `id` still waits for a download slot (its download has not
+/// started): a probe cancelled then, because its hold ended, could not start in time (`too-late`).
+fn media_is_queued(_: &Lua, id: u64) -> LuaResult<bool> {
+    Ok(guard(|| Ok(crate::media::is_queued(id))).unwrap_or(false))
+}
+
 /// Lua: `media.running()` -> number of jobs submitted and not yet finished or cancelled.
 fn media_running(_: &Lua, _: ()) -> LuaResult<usize> {
     Ok(guard(|| Ok(crate::jobs::running())).unwrap_or(0))
@@ -772,6 +778,7 @@ fn media_api(lua: &Lua) -> LuaResult<LuaTable> {
     api.set("take_results", lua.create_function(media_take_results)?)?;
     api.set("cancel", lua.create_function(media_cancel)?)?;
     api.set("running", lua.create_function(media_running)?)?;
+    api.set("is_queued", lua.create_function(media_is_queued)?)?;
     api.set("check_networks", lua.create_function(media_check_networks)?)?;
     api.set("test_job", lua.create_function(media_test_job)?)?;
     Ok(api)

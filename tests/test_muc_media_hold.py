@@ -274,3 +274,53 @@ async def test_metrics_show_held_messages_what_waits_behind_them_and_how_long_th
             metrics.value("prosody_mod_muc_media_metadata__waiting_stanzas", **labels),
             metrics.value("prosody_mod_muc_media_metadata__hold_seconds_count", **labels),
         )
+
+
+async def test_probe_over_a_full_queue_is_shed_and_its_message_goes_without_metadata(start_hold_prosody, media):
+    # One download at a time and no queue: while Alice's tarpit probe holds the only slot, Bob's probe is shed.
+    server = start_hold_prosody(
+        muc_options={"muc_media_metadata_max_downloads": 1, "muc_media_metadata_max_queued": 0},
+        global_modules=rig.METRICS_MODULES,
+        global_options=rig.METRICS_OPTIONS,
+    )
+    labels = {"host": server.muc_host}
+    async with occupants(server) as (alice, bob):
+        groupchat(alice, ROOM, "held", media.url("/tarpit/1.png")).send()
+        await tarpit_started(media)
+        groupchat(bob, ROOM, "shed", media.url("/photo.png")).send()
+        shed = await alice.wait_for(from_room(ROOM, "Bob", "shed"))  # at once: the hold is 60 s
+        assert not has_metadata(shed)
+        assert 0 == media.count("/photo.png")
+        metrics = await server.metrics()
+        assert 1 == metrics.value("prosody_mod_muc_media_metadata__probes_shed_total", reason="queue-full", **labels)
+        assert [] == bob.arrived(from_room(ROOM, "Alice", "held")), "still held"
+        media.release_tarpit()
+        await bob.wait_for(from_room(ROOM, "Alice", "held"))
+
+
+async def test_probe_that_gets_no_slot_before_its_hold_ends_is_dropped_as_too_late(start_hold_prosody, media):
+    # Alice's tarpit probe holds the only slot for her 60 s hold. Then the hold becomes 1 s: Bob's probe waits
+    # in the queue until his hold ends, is dropped and counted as too late, and his message goes without metadata.
+    server = start_hold_prosody(
+        muc_options={"muc_media_metadata_max_downloads": 1, "muc_media_metadata_max_queued": 1},
+        global_modules=rig.METRICS_MODULES,
+        global_options=rig.METRICS_OPTIONS,
+    )
+    labels = {"host": server.muc_host}
+    async with occupants(server) as (alice, bob):
+        groupchat(alice, ROOM, "held", media.url("/tarpit/1.png")).send()
+        await tarpit_started(media)
+        await asyncio.to_thread(server.reload, muc_options={"muc_media_metadata_timeout": 1})
+        groupchat(bob, ROOM, "too late", media.url("/photo.png")).send()
+        late = await alice.wait_for(from_room(ROOM, "Bob", "too late"))
+        assert not has_metadata(late)
+        assert 0 == media.count("/photo.png"), "it never started"
+        metrics = await server.metrics()
+        assert (1, 0) == (
+            metrics.value("prosody_mod_muc_media_metadata__probes_shed_total", reason="too-late", **labels),
+            metrics.value("prosody_mod_muc_media_metadata__probe_duration_seconds_count", outcome="cut-short",
+                          **labels) or 0,
+        )
+        assert [] == bob.arrived(from_room(ROOM, "Alice", "held")), "still held"
+        media.release_tarpit()
+        await bob.wait_for(from_room(ROOM, "Alice", "held"))

@@ -458,7 +458,10 @@ local function end_hold(entry, reason)
 	for _, probe in ipairs(entry.probes) do
 		if not probe.counted then
 			module:log("debug", "Metadata for %s not ready (%s), delivering without it", probe.url, reason);
-			count_outcome(probe, "held-too-long");
+			-- A probe whose download never got a slot within the hold was dropped as too late, whichever of its
+			-- own deadline and this timer came first.
+			local is_late = reason == "timeout" and probe.job and native.media.is_queued(probe.job);
+			count_outcome(probe, is_late and "too-late" or "held-too-long");
 		end
 		if probe.job then
 			jobs.cancel(probe.job);

@@ -234,7 +234,16 @@ impl GuardedConnector {
                     self.connect_timeout.as_secs_f64()
                 ))
             })?
-            .map_err(|e| Error::FetchFailed(format!("{host}: {e}")))?;
+            .map_err(|e| {
+                // The resolver's own query limit is the same as ours and may end it first: still a timeout.
+                if e.proto()
+                    .is_some_and(|p| matches!(p.kind(), hickory_resolver::proto::ProtoErrorKind::Timeout))
+                {
+                    Error::Timeout(format!("{host}: {e}"))
+                } else {
+                    Error::FetchFailed(format!("{host}: {e}"))
+                }
+            })?;
         let mut allowed = Vec::new();
         let mut refusal = None;
         for addr in found.iter().map(|ip| SocketAddr::new(ip, port)) {
@@ -319,14 +328,22 @@ impl tower_service::Service<Uri> for GuardedConnector {
 /// after any fork, on a worker thread: it starts no thread of its own, its queries run on the caller's
 /// runtime.
 fn system_resolver(timeout: Duration) -> Result<TokioResolver, Error> {
-    let mut builder = TokioResolver::builder_tokio()
+    let builder = TokioResolver::builder_tokio()
         .map_err(|e| Error::Internal(format!("cannot read the system's DNS configuration: {e}")))?;
+    Ok(bounded(builder, timeout))
+}
+
+/// The resolver of `builder`, asking for IPv4 and IPv6 addresses, each query bounded by `timeout`.
+fn bounded(
+    mut builder: hickory_resolver::ResolverBuilder<hickory_resolver::name_server::TokioConnectionProvider>,
+    timeout: Duration,
+) -> TokioResolver {
     let options = builder.options_mut();
     options.timeout = timeout;
     options.attempts = 1;
     options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
     options.use_hosts_file = ResolveHosts::Always;
-    Ok(builder.build())
+    builder.build()
 }
 
 /// An HTTP client bound to one address policy and connect limit; cheap to share between fetches.
@@ -338,6 +355,14 @@ pub struct Fetcher {
 impl Fetcher {
     /// Builds the client. Loads the system's trusted certificates, so build it on a worker thread, once.
     pub fn new(policy: Policy, connect_timeout: Duration) -> Result<Fetcher, Error> {
+        Fetcher::with_resolver(policy, connect_timeout, system_resolver(connect_timeout)?)
+    }
+
+    fn with_resolver(
+        policy: Policy,
+        connect_timeout: Duration,
+        resolver: TokioResolver,
+    ) -> Result<Fetcher, Error> {
         use rustls_platform_verifier::BuilderVerifierExt;
         // Built without a default crypto provider; ring is ours. Err means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -348,7 +373,7 @@ impl Fetcher {
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let connector = GuardedConnector {
             policy: policy.clone(),
-            resolver: Arc::new(system_resolver(connect_timeout)?),
+            resolver: Arc::new(resolver),
             connect_timeout,
             tls: TlsConnector::from(Arc::new(tls)),
         };
@@ -704,6 +729,24 @@ pub(crate) mod tests {
         } else {
             Err(std::io::Error::last_os_error())
         }
+    }
+
+    #[test]
+    fn a_name_server_that_never_answers_ends_the_lookup_as_a_timeout() {
+        use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
+        use hickory_resolver::name_server::TokioConnectionProvider;
+        // A UDP socket that reads nothing and answers nothing, as the only name server.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap();
+        let servers = NameServerConfigGroup::from_ips_clear(&[addr.ip()], addr.port(), true);
+        let config = ResolverConfig::from_parts(None, vec![], servers);
+        let limit = Duration::from_millis(200);
+        let builder = TokioResolver::builder_with_config(config, TokioConnectionProvider::default());
+        let fetcher = Fetcher::with_resolver(Policy::default(), limit, bounded(builder, limit)).unwrap();
+        let err =
+            run(fetcher.open("http://silent.invalid/x.png", &FetchLimits::default(), None)).unwrap_err();
+        assert_eq!("timeout", err.code(), "{err}");
+        assert!(err.to_string().starts_with("silent.invalid"), "{err}");
     }
 
     fn run<T>(f: impl std::future::Future<Output = T>) -> T {

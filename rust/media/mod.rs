@@ -382,6 +382,7 @@ impl Prober {
                 }
             }
         };
+        let flight = waiter.flight.clone();
         let id = jobs::submit(async move {
             let mut answer = waiter.flight.answer.clone();
             let waited =
@@ -403,7 +404,9 @@ impl Prober {
         if !room.is_empty() {
             *admitted.rooms.entry(room.to_owned()).or_default() += 1;
         }
-        admitted.jobs.insert(id, (sender.to_owned(), room.to_owned()));
+        admitted
+            .jobs
+            .insert(id, (sender.to_owned(), room.to_owned(), flight));
         Ok(id)
     }
 
@@ -426,6 +429,7 @@ impl Prober {
         let (sender, answer) = watch::channel(None);
         let done_flag = Arc::new(AtomicBool::new(false));
         let place = QueuePlace::take(media);
+        let queued = place.1.clone();
         let task = {
             let media = media.clone();
             let done = done_flag.clone();
@@ -443,6 +447,7 @@ impl Prober {
                 answer,
                 abort,
                 done: done_flag,
+                queued,
                 waiters: AtomicUsize::new(1), // the starter's
             }),
         })
@@ -469,7 +474,7 @@ fn tests_hook_new_flight(_: &Flight) {}
 pub fn settle(id: JobId) {
     let media = media();
     let mut admitted = lock(&media.admitted);
-    let Some((sender, room)) = admitted.jobs.remove(&id) else {
+    let Some((sender, room, _)) = admitted.jobs.remove(&id) else {
         return;
     };
     let Admitted { senders, rooms, .. } = &mut *admitted;
@@ -481,6 +486,17 @@ pub fn settle(id: JobId) {
             }
         }
     }
+}
+
+/// Whether probe job `id` (of [`Prober::probe`], not yet settled) still waits for its download to get a slot:
+/// cancelled now, it is a probe that could not start before its caller stopped waiting (`too-late`).
+pub fn is_queued(id: JobId) -> bool {
+    let media = media();
+    let admitted = lock(&media.admitted);
+    admitted
+        .jobs
+        .get(&id)
+        .is_some_and(|(_, _, flight)| flight.queued.load(Ordering::Acquire))
 }
 
 /// Process-wide numbers for gauges and counters.
@@ -520,6 +536,8 @@ struct Flight {
     /// Set once the task has ended (its answer sent, or aborted): a finished flight is not joined (its answer
     /// may be an old failure).
     done: Arc<AtomicBool>,
+    /// Set while the download waits for a slot (it has not started).
+    queued: Arc<AtomicBool>,
     /// Probes waiting; the last to go aborts the download.
     waiters: AtomicUsize,
 }
@@ -571,18 +589,20 @@ impl Drop for Waiter {
     }
 }
 
-/// A download's place in the queue for a slot, counted in [`Media::queued`] until it gets a slot or goes.
-struct QueuePlace(Arc<Media>);
+/// A download's place in the queue for a slot, counted in [`Media::queued`] until it gets a slot or goes;
+/// its flag (the flight's `queued`) is set meanwhile.
+struct QueuePlace(Arc<Media>, Arc<AtomicBool>);
 
 impl QueuePlace {
     fn take(media: &Arc<Media>) -> QueuePlace {
         media.queued.fetch_add(1, Ordering::Relaxed);
-        QueuePlace(media.clone())
+        QueuePlace(media.clone(), Arc::new(AtomicBool::new(true)))
     }
 }
 
 impl Drop for QueuePlace {
     fn drop(&mut self) {
+        self.1.store(false, Ordering::Release);
         self.0.queued.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -607,7 +627,7 @@ struct Job {
 /// What a probe job holds at admission, per sender and per room. Touched only on the main thread.
 #[derive(Default)]
 struct Admitted {
-    jobs: HashMap<JobId, (String, String)>,
+    jobs: HashMap<JobId, (String, String, Arc<Flight>)>,
     senders: HashMap<String, usize>,
     rooms: HashMap<String, usize>,
 }
@@ -1331,8 +1351,10 @@ mod tests {
                 Some(Duration::from_millis(200)),
             )
             .unwrap();
+        assert!(is_queued(late), "waiting for a slot");
         let result = crate::jobs::tests::wait_for(&[late]).remove(0).result;
         assert_eq!("too-late", result.unwrap_err().code());
+        assert!(!is_queued(late), "it has given up its place");
         crate::jobs::cancel(holder);
         settle(holder);
         settle(late);
