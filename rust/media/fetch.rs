@@ -744,9 +744,9 @@ pub(crate) mod tests {
         let builder = TokioResolver::builder_with_config(config, TokioConnectionProvider::default());
         let fetcher = Fetcher::with_resolver(Policy::default(), limit, bounded(builder, limit)).unwrap();
         let err =
-            run(fetcher.open("http://silent.invalid/x.png", &FetchLimits::default(), None)).unwrap_err();
+            run(fetcher.open("http://silent.example.net/x.png", &FetchLimits::default(), None)).unwrap_err();
         assert_eq!("timeout", err.code(), "{err}");
-        assert!(err.to_string().starts_with("silent.invalid"), "{err}");
+        assert!(err.to_string().starts_with("silent.example.net"), "{err}");
     }
 
     fn run<T>(f: impl std::future::Future<Output = T>) -> T {
