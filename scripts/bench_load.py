@@ -7,14 +7,16 @@ file server that reads the request and never answers). The workload: Alice posts
 image URL (never from the cache), one after the other; Bob is in the room. The attacker is one account with
 ATTACKERS resources, each an occupant of another room, each sending a message with MAX_URLS new tarpit URLs as soon
 as the room has delivered its previous one (at most BENCH_ATTACK_RATE, 20, a second each): as many held messages at
-once as one sender can have.
+once as one sender can have. The attacker runs in a process of its own, so that parsing the flood's echoes does not
+delay Bob's receipts in the benchmark's process.
 
 For each run: the delivery delay of Alice's messages (send to Bob's receipt; p50, p99) and how many got their
 metadata, Prosody's longest event-loop stall (tests/plugins/mod_bench_loop_stall.lua, as in bench_delivery.py) and
 its peak RSS (VmHWM, reset before the run). Goals: p99 under attack at most 2x the unloaded p99; no stall above
 5 ms. A run stops after PHASE_SECONDS even if not every message went out (a starved module holds each for the whole
 hold), so that one version takes under three minutes. For context, the loop's longest stall is measured once more
-right after the attack run, for as long, with the attack still on and no messages of Alice's.
+right after the attack run, for as long, with the attack still on and no messages of Alice's. The peer: the same
+two runs on a Prosody without the module (the control), which tells what the flood costs Prosody itself.
 
 Run by `make bench` (scripts/bench.sh; BENCH_ONLY=load for this one) or directly:
 .venv/bin/python scripts/bench_load.py. Needs `make` and `make deps` first. Exits non-zero only when something
@@ -24,6 +26,7 @@ breaks, not when a goal is missed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
@@ -31,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -48,7 +52,7 @@ from bench_delivery import (  # noqa: E402 (after the path)
 )
 
 FLOOD_ROOM = "flood@conference.localhost"
-ROUNDS = int(os.environ.get("BENCH_LOAD_ROUNDS", "100"))
+ROUNDS = int(os.environ.get("BENCH_LOAD_ROUNDS", "500"))
 PHASE_SECONDS = float(os.environ.get("BENCH_LOAD_SECONDS", "60"))
 ATTACKERS = 4
 ATTACK_RATE = float(os.environ.get("BENCH_ATTACK_RATE", "20"))  # messages a second per attacking occupant
@@ -81,28 +85,56 @@ async def workload(server, alice, bob, media, tag: str) -> dict:
             "stall_ms": stall["max_ms"], "baseline_kib": baseline_kib, "peak_kib": rss_kib(pid, "VmHWM")}
 
 
-async def flood(attacker, media, k: int, sent: list[int]) -> None:
+async def flood(attacker, tarpit: str, k: int, sent: list[int]) -> None:
     """One attacking occupant: a message of MAX_URLS new tarpit URLs as soon as the room has delivered its previous
     one, at most ATTACK_RATE a second (a module that sheds at once would otherwise turn this into a flood of plain
     messages that loads the benchmark's own client and the machine, not the module)."""
     next_at = time.monotonic()
     while True:
         n = sent[k]
-        urls = [media.url(f"/tarpit/{k}-{n}-{j}.png") for j in range(MAX_URLS)]
+        urls = [f"{tarpit}{k}-{n}-{j}.png" for j in range(MAX_URLS)]
         attacker.send(message(attacker, urls, f"flood {k} {n}", room=FLOOD_ROOM))
         sent[k] += 1
         await attacker.wait_for(rig.match("message", type="groupchat", body=f"flood {k} {n}"))
-        next_at += 1 / ATTACK_RATE
-        await asyncio.sleep(max(0.0, next_at - time.monotonic()))  # the attacker's pace, not a wait for an event
+        # At most ATTACK_RATE a second, also after a held message: no catching up in a burst.
+        next_at = max(next_at + 1 / ATTACK_RATE, time.monotonic())
+        await asyncio.sleep(next_at - time.monotonic())  # the attacker's pace, not a wait for an event
 
 
-async def bench_version(version: str, modules_dir: Path, media: ServerProcess) -> dict:
+async def attack(c2s_port: int, tarpit: str) -> int:
+    """The attacker's process (--attack): joins its occupants, prints "ready", floods until its standard input
+    closes, then prints how many messages it sent. A process of its own, so that parsing the room's echoes of the
+    flood does not delay the receipts of Bob's client, which the benchmark would count as Prosody's delay."""
+    server = SimpleNamespace(c2s_port=c2s_port)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(rig.connect(server, "mallory@localhost", "pw", resource=f"r{k}"))
+                   for k in range(ATTACKERS)]
+        await rig.create_room(clients[0], FLOOD_ROOM, "M0", persistent=False)
+        for k, client in enumerate(clients[1:], 1):
+            await rig.join_room(client, FLOOD_ROOM, f"M{k}")
+        sent = [0] * ATTACKERS
+        floods = [asyncio.create_task(flood(c, tarpit, k, sent)) for k, c in enumerate(clients)]
+        print("ready", flush=True)
+        closed = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(None, sys.stdin.read))
+        await asyncio.wait([closed, *floods], return_when=asyncio.FIRST_COMPLETED)
+        for task in floods:
+            task.cancel()
+        results = await asyncio.gather(*floods, return_exceptions=True)
+        for result in results:
+            if not isinstance(result, asyncio.CancelledError):
+                raise result  # an attacker's failure breaks the benchmark
+        print(sum(sent), flush=True)
+    return 0
+
+
+async def bench_version(version: str, modules_dir: Path, media: ServerProcess, with_module: bool = True) -> dict:
+    """Both runs on one Prosody; with_module=False is the control: Prosody alone under the same flood."""
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-load-{version}-"))
     server = rig.Prosody(
         version,
         workdir,
         modules_dir,
-        muc_modules=["muc_media_metadata", "bench_loop_stall"],
+        muc_modules=["muc_media_metadata", "bench_loop_stall"] if with_module else ["bench_loop_stall"],
         global_options={"plugin_paths": [str(modules_dir), str(ROOT / "tests/plugins")],
                         "log": [{"levels": {"min": "info"}, "to": "file", "filename": str(workdir / "prosody.log")}]},
         muc_options={"muc_media_metadata_allowed_networks": ["127.0.0.1/32"]},
@@ -117,40 +149,32 @@ async def bench_version(version: str, modules_dir: Path, media: ServerProcess) -
             await rig.join_room(bob, ROOM, "Bob")
             await timed_delivery(alice, bob, [media.url("/photo.png?warm-up")], "warm-up")
             result = {"unloaded": await workload(server, alice, bob, media, "unloaded")}
-            attackers = [rig.connect(server, "mallory@localhost", "pw", resource=f"r{k}") for k in range(ATTACKERS)]
-            clients = [await a.__aenter__() for a in attackers]
+            attacker = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--attack", str(server.c2s_port), media.url("/tarpit/"),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
             try:
-                await rig.create_room(clients[0], FLOOD_ROOM, "M0", persistent=False)
-                for k, client in enumerate(clients[1:], 1):
-                    await rig.join_room(client, FLOOD_ROOM, f"M{k}")
-                sent = [0] * ATTACKERS
-                floods = [asyncio.create_task(flood(c, media, k, sent)) for k, c in enumerate(clients)]
-                try:
-                    started = time.monotonic()
-                    result["attack"] = await workload(server, alice, bob, media, "attack")
-                    # The loop's stalls with nothing to do for as long (the attack still on): the machine's share.
-                    async with server.http_client(host=rig.MUC_HOST) as http:
-                        await http.get("/bench_loop_stall/start")
-                        await asyncio.sleep(time.monotonic() - started)  # a phase of fixed length, not a wait
-                        result["idle_stall_ms"] = (await http.get("/bench_loop_stall/stop")).json()["max_ms"]
-                    result["attack"]["attacker_messages"] = sum(sent)
-                    for task in floods:
-                        if task.done():
-                            task.result()  # an attacker's failure breaks the benchmark
-                finally:
-                    for task in floods:
-                        task.cancel()
-                    await asyncio.gather(*floods, return_exceptions=True)
+                if await attacker.stdout.readline() != b"ready\n":
+                    raise RuntimeError("the attacker's process failed to start")
+                started = time.monotonic()
+                result["attack"] = await workload(server, alice, bob, media, "attack")
+                # The loop's stalls with nothing to do for as long (the attack still on): the machine's share.
+                async with server.http_client(host=rig.MUC_HOST) as http:
+                    await http.get("/bench_loop_stall/start")
+                    await asyncio.sleep(time.monotonic() - started)  # a phase of fixed length, not a wait
+                    result["idle_stall_ms"] = (await http.get("/bench_loop_stall/stop")).json()["max_ms"]
             finally:
-                for a in reversed(attackers):
-                    await a.__aexit__(None, None, None)
+                attacker.stdin.close()
+                out, _ = await attacker.communicate()
+            if attacker.returncode != 0:
+                raise RuntimeError(f"the attacker's process failed (exit status {attacker.returncode})")
+            result["attack"]["attacker_messages"] = int(out)
         return result
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def report(version: str, r: dict) -> None:
+def report(version: str, r: dict, control: dict) -> None:
     u, a = r["unloaded"], r["attack"]
     print(f"\n== mod_muc_media_metadata under a tarpit flood, Prosody {version} (default limits) ==")
     rows = [
@@ -172,6 +196,9 @@ def report(version: str, r: dict) -> None:
     verdict = "MET" if ratio <= RATIO_GOAL and not starved else "MISSED"
     extra = f" ({a['n']}/{ROUNDS} sent in {PHASE_SECONDS:.0f} s, {a['with_meta']} with metadata)" if starved else ""
     print(f"  goal: p99 under attack <= {RATIO_GOAL:.0f}x unloaded p99 -> ratio x{ratio:.2f}: {verdict}{extra}")
+    cu, ca = control["unloaded"], control["attack"]
+    print(f"    (control, Prosody without the module under the same flood: p99 {cu['p99']:.2f} -> {ca['p99']:.2f} ms, "
+          f"x{ca['p99'] / cu['p99']:.2f}; longest stall {max(cu['stall_ms'], ca['stall_ms']):.2f} ms)")
     stall = max(u["stall_ms"], a["stall_ms"])
     verdict = "MET" if stall <= STALL_GOAL_MS else "MISSED"
     if stall > STALL_GOAL_MS and r["idle_stall_ms"] > STALL_GOAL_MS:
@@ -192,7 +219,8 @@ async def main() -> int:
         for version in versions:
             started = time.monotonic()
             result = await bench_version(version, modules_dir, media)
-            report(version, result)
+            control = await bench_version(version, modules_dir, media, with_module=False)
+            report(version, result, control)
             print(f"  ({time.monotonic() - started:.0f} s for this version)")
     finally:
         media.stop()
@@ -201,4 +229,6 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--attack"]:
+        sys.exit(asyncio.run(attack(int(sys.argv[2]), sys.argv[3])))
     sys.exit(asyncio.run(main()))
