@@ -588,6 +588,10 @@ def previous_rock_server(tmp_path_factory) -> Path:
     folder = source / "rocks"
     proc = run([str(source / "scripts/rocks.sh"), str(folder)], cwd=source)
     assert 0 == proc.returncode, f"{ref}'s scripts/rocks.sh failed:\n{proc.stdout}\n{proc.stderr}"
+    # Its crates (its own Cargo.lock, which may name crates this release no longer uses) into cargo's cache, so that
+    # the offline install below finds them on a fresh machine too.
+    fetch = run(["cargo", "fetch", "--locked", "--manifest-path", str(source / "Cargo.toml")], cwd=source)
+    assert 0 == fetch.returncode, f"cargo fetch of {ref}'s crates failed:\n{fetch.stderr}"
     return folder
 
 
