@@ -172,7 +172,12 @@ async def bench_version(version: str, gc: dict | None, modules_dir: Path, media:
             "muc_media_metadata_allowed_networks": ["127.0.0.1/32"],
             "muc_media_metadata_timeout": 60,
             "muc_media_metadata_fetch_timeout": 60,
+            # Every one of the 20 images probed at once: the per-sender and per-room caps, and the download
+            # slots, are raised to that (with the defaults, 4 would be probed and the rest delivered without).
             "muc_media_metadata_max_urls": CONCURRENT_PROBES,
+            "muc_media_metadata_max_per_sender": CONCURRENT_PROBES,
+            "muc_media_metadata_max_per_room": CONCURRENT_PROBES,
+            "muc_media_metadata_max_downloads": CONCURRENT_PROBES,
         },
     )
     server.start()
@@ -260,7 +265,10 @@ def report(version: str, gc: dict | None, r: dict, large_desc: str) -> None:
     print(f"  the message itself: arrival {arrival:.2f} ms + delivery {delivery:.2f} ms | Prosody alone with the same "
           f"message as delivered (metadata included, URLs the module skips), handled at once: {unprobed:.2f} ms "
           f"({ratio}) | longest stall of the whole run: {load['max_ms']:.2f} ms")
-    verdict = "met" if extra_mib <= RSS_GOAL_MIB else "MISSED"
+    all_probed = r["load_with_metadata"] == CONCURRENT_PROBES
+    verdict = "met" if extra_mib <= RSS_GOAL_MIB and all_probed else "MISSED"
+    if not all_probed:
+        verdict += f" (only {r['load_with_metadata']} of the {CONCURRENT_PROBES} images got metadata)"
     print(f"memory: RSS {r['baseline_kib'] / 1024:.1f} MiB before, peak {r['peak_kib'] / 1024:.1f} MiB during the "
           f"probes (+{extra_mib:.1f} MiB)")
     print(f"  goal: at most +{RSS_GOAL_MIB} MiB while {CONCURRENT_PROBES} large images are probed -> {verdict}")

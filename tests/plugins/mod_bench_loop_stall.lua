@@ -13,7 +13,10 @@
 --
 -- GET /bench_loop_stall/start  starts (or restarts) measuring
 -- GET /bench_loop_stall/stop   stops and answers {"ticks": n, "max_ms": x, "p99_ms": y, "median_ms": z,
---                              "phases": {"between": {same fields}, ...}} (phases without ticks are left out)
+--                              "phases": {"between": {same fields}, ...}, "longest": {"cpu_ms": c, "heap_kib": h}}
+--                              (phases without ticks are left out). "longest" says what the process did during
+--                              the longest stall: the CPU time it used (all its threads) and how the Lua heap
+--                              changed (a drop of hundreds of KiB is a garbage collection).
 
 local compat = module:require("prosody_native_compat");
 local json = compat.require("util.json");
@@ -26,9 +29,11 @@ local interval = 0.001;
 -- Prosody's garbage collector (doubling a list of 1024 numbers allocates 32 KiB at once, and Prosody's default
 -- settings answer that with a whole collection cycle). A run longer than max_ticks grows the list after all.
 local max_ticks = 4096;
-local lateness, phase_at = {}, {}; -- per tick: its lateness in seconds, and its phase
-for i = 1, max_ticks do
-	lateness[i], phase_at[i] = 0, "outside";
+-- Per tick: its lateness in seconds, its phase, the process's CPU time (os.clock) and the Lua heap in KiB when it
+-- ran (index 0: when measuring started).
+local lateness, phase_at, cpu_at, heap_at = {}, {}, {}, {};
+for i = 0, max_ticks do
+	lateness[i], phase_at[i], cpu_at[i], heap_at[i] = 0, "outside", 0.0, 0.0;
 end
 local ticks = 0;
 
@@ -54,11 +59,13 @@ local function start()
 	ticks = 0;
 	arrived, delivered, waiting = false, false, false;
 	local expected_at = time.monotonic() + interval;
+	cpu_at[0], heap_at[0] = os.clock(), collectgarbage("count");
 	local function tick()
 		if generation ~= this_run then return; end
 		local now = time.monotonic();
 		ticks = ticks + 1;
 		lateness[ticks] = math.max(0, now - expected_at);
+		cpu_at[ticks], heap_at[ticks] = os.clock(), collectgarbage("count");
 		phase_at[ticks] = phase();
 		if arrived or delivered then
 			waiting = arrived and not delivered;
@@ -94,8 +101,16 @@ local function stop()
 	for name, list in pairs(by_phase) do
 		phases[name] = summary(list);
 	end
+	local longest = 1;
+	for i = 2, ticks do
+		if lateness[i] > lateness[longest] then longest = i; end
+	end
 	local result = summary(all);
 	result.phases = phases;
+	if ticks > 0 then
+		result.longest = { cpu_ms = (cpu_at[longest] - cpu_at[longest - 1]) * 1000;
+			heap_kib = heap_at[longest] - heap_at[longest - 1] };
+	end
 	return result;
 end
 
