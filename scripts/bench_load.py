@@ -3,8 +3,9 @@
 "0.12 13"), with the module's default limits.
 
 The same workload twice on one Prosody: first unloaded, then while an attacker floods tarpit URLs (a path of the
-file server that reads the request and never answers). The workload: Alice posts ROUNDS messages, each with one new
-image URL (never from the cache), one after the other; Bob is in the room. The attacker is one account with
+file server that reads the request and never answers). The workload: Alice posts ROUNDS messages (500), each with
+one new image URL (never from the cache), each as soon as the previous one is delivered, or BENCH_LOAD_RATE a second
+(at 25, a run lasts four times the module's 5 s hold); Bob is in the room. The attacker is one account with
 ATTACKERS resources, each an occupant of another room, each sending a message with MAX_URLS new tarpit URLs as soon
 as the room has delivered its previous one (at most BENCH_ATTACK_RATE, 20, a second each): as many held messages at
 once as one sender can have. The attacker runs in a process of its own, so that parsing the flood's echoes does not
@@ -13,11 +14,12 @@ delay Bob's receipts in the benchmark's process.
 For each run: the delivery delay of Alice's messages (send to Bob's receipt; p50, p99) and how many got their
 metadata, Prosody's longest event-loop stall (tests/plugins/mod_bench_loop_stall.lua, as in bench_delivery.py), with
 the CPU time Prosody's process used during it and how its Lua heap changed (a garbage collection frees hundreds of
-KiB at once), and its peak RSS (VmHWM, reset before the run). Goals: p99 under attack at most 2x the unloaded p99; no stall above
-5 ms. A run stops after PHASE_SECONDS even if not every message went out (a starved module holds each for the whole
-hold), so that one version takes under three minutes. For context, the loop's longest stall is measured once more
-right after the attack run, for as long, with the attack still on and no messages of Alice's. The peer: the same
-two runs on a Prosody without the module (the control), which tells what the flood costs Prosody itself.
+KiB at once), and its peak RSS (VmHWM, reset before the run). Goals: p99 under attack at most 2x the unloaded p99;
+no stall above 5 ms. A run stops after PHASE_SECONDS even if not every message went out (a starved module holds each
+for the whole hold), so that one version takes under three minutes. For context, the loop's longest stall is
+measured once more right after the attack run, for as long, with the attack still on and no messages of Alice's. The
+peer: the same two runs on a Prosody without the module (the control), which tells what the flood costs Prosody
+itself.
 
 Run by `make bench` (scripts/bench.sh; BENCH_ONLY=load for this one) or directly:
 .venv/bin/python scripts/bench_load.py. Needs `make` and `make deps` first. Exits non-zero only when something
@@ -54,6 +56,9 @@ from bench_delivery import (  # noqa: E402 (after the path)
 
 FLOOD_ROOM = "flood@conference.localhost"
 ROUNDS = int(os.environ.get("BENCH_LOAD_ROUNDS", "500"))
+# Alice's messages a second; 0: each as soon as the previous one is delivered. At 25, ROUNDS messages take 20 s,
+# four times the module's hold, so that holds end (and their probes are cancelled) while the attack is measured.
+RATE = float(os.environ.get("BENCH_LOAD_RATE", "0"))
 PHASE_SECONDS = float(os.environ.get("BENCH_LOAD_SECONDS", "60"))
 ATTACKERS = 4
 ATTACK_RATE = float(os.environ.get("BENCH_ATTACK_RATE", "20"))  # messages a second per attacking occupant
@@ -75,9 +80,13 @@ async def workload(server, alice, bob, media, tag: str) -> dict:
     async with server.http_client(host=rig.MUC_HOST) as http:
         await http.get("/bench_loop_stall/start")
         deadline = time.monotonic() + PHASE_SECONDS
+        next_at = time.monotonic()
         for i in range(ROUNDS):
             if time.monotonic() > deadline:
                 break
+            if RATE > 0:  # Alice's pace, without catching up in a burst after a slow delivery
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                next_at = max(next_at + 1 / RATE, time.monotonic())
             ms, stanza = await timed_delivery(alice, bob, [media.url(f"/photo.png?{tag}-{i}")], f"{tag} {i}")
             delays.append(ms)
             with_meta += with_metadata(stanza)
@@ -188,7 +197,8 @@ async def bench_version(version: str, modules_dir: Path, media: ServerProcess, w
 
 def report(version: str, r: dict, control: dict) -> None:
     u, a = r["unloaded"], r["attack"]
-    print(f"\n== mod_muc_media_metadata under a tarpit flood, Prosody {version} (default limits) ==")
+    pace = f"{RATE:g} messages a second" if RATE > 0 else "messages back to back"
+    print(f"\n== mod_muc_media_metadata under a tarpit flood, Prosody {version} (default limits, {pace}) ==")
     rows = [
         ("image messages delivered", f"{u['n']}", f"{a['n']}"),
         ("  of which with metadata", f"{u['with_meta']}", f"{a['with_meta']}"),

@@ -14,7 +14,8 @@
 -- GET /bench_loop_stall/start  starts (or restarts) measuring
 -- GET /bench_loop_stall/stop   stops and answers {"ticks": n, "max_ms": x, "p99_ms": y, "median_ms": z,
 --                              "phases": {"between": {same fields}, ...}, "longest": {"cpu_ms": c, "heap_kib": h}}
---                              (phases without ticks are left out). "longest" says what the process did during
+--                              (phases without ticks are left out; p99 and median within 0.05 ms, from a
+--                              histogram, the max exact). "longest" says what the process did during
 --                              the longest stall: the CPU time it used (all its threads) and how the Lua heap
 --                              changed (a drop of hundreds of KiB is a garbage collection).
 
@@ -25,17 +26,25 @@ local time = compat.require("util.time");
 
 local interval = 0.001;
 
--- Everything a tick writes is allocated before measuring starts: a tick that grew a table would itself bring on
--- Prosody's garbage collector (doubling a list of 1024 numbers allocates 32 KiB at once, and Prosody's default
--- settings answer that with a whole collection cycle). A run longer than max_ticks grows the list after all.
-local max_ticks = 4096;
--- Per tick: its lateness in seconds, its phase, the process's CPU time (os.clock) and the Lua heap in KiB when it
--- ran (index 0: when measuring started).
-local lateness, phase_at, cpu_at, heap_at = {}, {}, {}, {};
-for i = 0, max_ticks do
-	lateness[i], phase_at[i], cpu_at[i], heap_at[i] = 0, "outside", 0.0, 0.0;
+-- Lateness is counted in a fixed histogram per phase, allocated before measuring starts, so that a run of any
+-- length writes no new table: a tick that grew one would itself bring on Prosody's garbage collector (doubling a
+-- list of 1024 numbers allocates 32 KiB at once, and Prosody's default settings answer that with a whole
+-- collection cycle). Buckets of 0.05 ms up to 50 ms, the last one for anything longer; the longest lateness of
+-- each phase is kept exactly.
+local bucket_ms = 0.05;
+local buckets = 1000;
+local phase_names = { "arrival", "delivery", "message", "between", "outside" };
+local histogram, longest_in = {}, {}; -- by phase: counts per bucket (1..buckets+1), and the longest lateness (s)
+for _, name in ipairs(phase_names) do
+	local counts = {};
+	for i = 1, buckets + 1 do counts[i] = 0; end
+	histogram[name], longest_in[name] = counts, 0.0;
 end
 local ticks = 0;
+-- The longest stall of the run: the process's CPU time (os.clock, all threads) and the Lua heap's change (KiB)
+-- since the tick before it.
+local longest, longest_cpu, longest_heap = 0.0, 0.0, 0.0;
+local last_cpu, last_heap = 0.0, 0.0;
 
 local generation = 0; -- a tick of an earlier run finds it changed and stops
 local arrived, delivered = false, false; -- since the previous tick
@@ -57,16 +66,30 @@ local function start()
 	generation = generation + 1;
 	local this_run = generation;
 	ticks = 0;
+	for _, name in ipairs(phase_names) do
+		local counts = histogram[name];
+		for i = 1, buckets + 1 do counts[i] = 0; end
+		longest_in[name] = 0.0;
+	end
+	longest, longest_cpu, longest_heap = 0.0, 0.0, 0.0;
 	arrived, delivered, waiting = false, false, false;
 	local expected_at = time.monotonic() + interval;
-	cpu_at[0], heap_at[0] = os.clock(), collectgarbage("count");
+	last_cpu, last_heap = os.clock(), collectgarbage("count");
 	local function tick()
 		if generation ~= this_run then return; end
 		local now = time.monotonic();
+		local cpu, heap = os.clock(), collectgarbage("count");
+		local late = math.max(0, now - expected_at);
+		local name = phase();
 		ticks = ticks + 1;
-		lateness[ticks] = math.max(0, now - expected_at);
-		cpu_at[ticks], heap_at[ticks] = os.clock(), collectgarbage("count");
-		phase_at[ticks] = phase();
+		local counts = histogram[name];
+		local bucket = math.min(buckets + 1, math.floor(late * 1000 / bucket_ms) + 1);
+		counts[bucket] = counts[bucket] + 1;
+		if late > longest_in[name] then longest_in[name] = late; end
+		if late > longest then
+			longest, longest_cpu, longest_heap = late, cpu - last_cpu, heap - last_heap;
+		end
+		last_cpu, last_heap = cpu, heap;
 		if arrived or delivered then
 			waiting = arrived and not delivered;
 		end
@@ -77,39 +100,35 @@ local function start()
 	server.add_task(interval, tick);
 end
 
-local function summary(list)
-	table.sort(list);
-	local n = #list;
-	local function at(q) return n > 0 and list[math.max(1, math.ceil(q * n))] * 1000 or 0; end
-	return { ticks = n; max_ms = at(1); p99_ms = at(0.99); median_ms = at(0.5) };
+-- {ticks, max_ms, p99_ms, median_ms} of the histograms of `names` (quantiles at their bucket's upper edge, within
+-- 0.05 ms; max exact); nil without ticks.
+local function summary(names)
+	local n, max = 0, 0.0;
+	for _, name in ipairs(names) do
+		for i = 1, buckets + 1 do n = n + histogram[name][i]; end
+		max = math.max(max, longest_in[name]);
+	end
+	if n == 0 then return nil; end
+	local function at(q)
+		local rank, seen = math.max(1, math.ceil(q * n)), 0;
+		for i = 1, buckets + 1 do
+			for _, name in ipairs(names) do seen = seen + histogram[name][i]; end
+			if seen >= rank then return math.min(i * bucket_ms, max * 1000); end
+		end
+		return max * 1000;
+	end
+	return { ticks = n; max_ms = max * 1000; p99_ms = at(0.99); median_ms = at(0.5) };
 end
 
 local function stop()
 	generation = generation + 1;
-	local all, by_phase = {}, {};
-	for i = 1, ticks do
-		local name = phase_at[i];
-		local list = by_phase[name];
-		if not list then
-			list = {};
-			by_phase[name] = list;
-		end
-		list[#list + 1] = lateness[i];
-		all[i] = lateness[i];
+	local result = summary(phase_names) or { ticks = 0; max_ms = 0; p99_ms = 0; median_ms = 0 };
+	result.phases = {};
+	for _, name in ipairs(phase_names) do
+		result.phases[name] = summary({ name });
 	end
-	local phases = {};
-	for name, list in pairs(by_phase) do
-		phases[name] = summary(list);
-	end
-	local longest = 1;
-	for i = 2, ticks do
-		if lateness[i] > lateness[longest] then longest = i; end
-	end
-	local result = summary(all);
-	result.phases = phases;
 	if ticks > 0 then
-		result.longest = { cpu_ms = (cpu_at[longest] - cpu_at[longest - 1]) * 1000;
-			heap_kib = heap_at[longest] - heap_at[longest - 1] };
+		result.longest = { cpu_ms = longest_cpu * 1000; heap_kib = longest_heap };
 	end
 	return result;
 end
