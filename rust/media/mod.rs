@@ -488,8 +488,9 @@ pub fn settle(id: JobId) {
     }
 }
 
-/// Whether probe job `id` (of [`Prober::probe`], not yet settled) still waits for its download to get a slot:
-/// cancelled now, it is a probe that could not start before its caller stopped waiting (`too-late`).
+/// Whether probe job `id` (of [`Prober::probe`], not yet settled) still waits for its download to get a slot,
+/// or gave up waiting (its result, `too-late`, not taken yet): cancelled now, it is a probe that could not start
+/// before its caller stopped waiting (`too-late`), whichever of the two deadlines came first.
 pub fn is_queued(id: JobId) -> bool {
     let media = media();
     let admitted = lock(&media.admitted);
@@ -590,19 +591,28 @@ impl Drop for Waiter {
 }
 
 /// A download's place in the queue for a slot, counted in [`Media::queued`] until it gets a slot or goes;
-/// its flag (the flight's `queued`) is set meanwhile.
-struct QueuePlace(Arc<Media>, Arc<AtomicBool>);
+/// its flag (the flight's `queued`) is set meanwhile, and stays set when it gave up for want of a slot.
+struct QueuePlace(Arc<Media>, Arc<AtomicBool>, bool);
 
 impl QueuePlace {
     fn take(media: &Arc<Media>) -> QueuePlace {
         media.queued.fetch_add(1, Ordering::Relaxed);
-        QueuePlace(media.clone(), Arc::new(AtomicBool::new(true)))
+        QueuePlace(media.clone(), Arc::new(AtomicBool::new(true)), false)
+    }
+
+    /// Leaves the queue without a slot, the deadline passed: the flag stays set, so that a caller whose own
+    /// wait ends at the same moment, before it has taken this `too-late` result, counts the probe the same way
+    /// ([`is_queued`]).
+    fn give_up(mut self) {
+        self.2 = true;
     }
 }
 
 impl Drop for QueuePlace {
     fn drop(&mut self) {
-        self.1.store(false, Ordering::Release);
+        if !self.2 {
+            self.1.store(false, Ordering::Release);
+        }
         self.0.queued.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -727,9 +737,10 @@ impl Media {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) => return Err(Error::Internal("download slots closed".into())),
             Err(_) => {
+                place.give_up();
                 return Err(Error::TooLate(
                     "No download slot came free before the deadline".into(),
-                ))
+                ));
             }
         };
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -1354,10 +1365,14 @@ mod tests {
         assert!(is_queued(late), "waiting for a slot");
         let result = crate::jobs::tests::wait_for(&[late]).remove(0).result;
         assert_eq!("too-late", result.unwrap_err().code());
-        assert!(!is_queued(late), "it has given up its place");
+        assert!(
+            is_queued(late),
+            "it never got a slot: a hold ending now counts it as too late too"
+        );
         crate::jobs::cancel(holder);
         settle(holder);
         settle(late);
+        assert!(!is_queued(late), "settled");
     }
 
     #[test]
