@@ -40,7 +40,6 @@ for _, name in ipairs(phase_names) do
 	for i = 1, buckets + 1 do counts[i] = 0; end
 	histogram[name], longest_in[name] = counts, 0.0;
 end
-local ticks = 0;
 -- The longest stall of the run: the process's CPU time (os.clock, all threads) and the Lua heap's change (KiB)
 -- since the tick before it.
 local longest, longest_cpu, longest_heap = 0.0, 0.0, 0.0;
@@ -65,7 +64,6 @@ module:hook("muc-broadcast-message", function () delivered = true; end, 1000);
 local function start()
 	generation = generation + 1;
 	local this_run = generation;
-	ticks = 0;
 	for _, name in ipairs(phase_names) do
 		local counts = histogram[name];
 		for i = 1, buckets + 1 do counts[i] = 0; end
@@ -81,7 +79,6 @@ local function start()
 		local cpu, heap = os.clock(), collectgarbage("count");
 		local late = math.max(0, now - expected_at);
 		local name = phase();
-		ticks = ticks + 1;
 		local counts = histogram[name];
 		local bucket = math.min(buckets + 1, math.floor(late * 1000 / bucket_ms) + 1);
 		counts[bucket] = counts[bucket] + 1;
@@ -127,7 +124,7 @@ local function stop()
 	for _, name in ipairs(phase_names) do
 		result.phases[name] = summary({ name });
 	end
-	if ticks > 0 then
+	if result.ticks > 0 then
 		result.longest = { cpu_ms = longest_cpu * 1000; heap_kib = longest_heap };
 	end
 	return result;
