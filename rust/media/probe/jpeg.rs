@@ -252,56 +252,74 @@ impl Huffman {
 }
 
 impl Huffman {
-    /// The code at the start of `bits` (its top `avail` bits are valid): (code length, symbol).
-    fn decode_prefix(&self, bits: u32, avail: u32) -> Option<(u32, u8)> {
-        // Most codes are in the direct lookup: building a skip table asks this 8192 times.
-        let entry = self.lookup[(bits >> (32 - LOOKUP_BITS)) as usize];
-        if entry != 0 && (entry >> 8) as u32 <= avail {
-            return Some(((entry >> 8) as u32, entry as u8));
-        }
-        for len in 1..=avail.min(16) {
-            let code = bits >> (32 - len);
-            if code < self.max_code[len as usize] {
+    /// The code at the start of every [`SKIP_BITS`]-bit pattern, as `len << 8 | symbol` (0 when that code
+    /// is longer): each code of up to [`SKIP_BITS`] bits fills the range of patterns it begins.
+    fn prefix_table(&self) -> Box<[u16; 1 << SKIP_BITS]> {
+        let mut table = Box::new([0u16; 1 << SKIP_BITS]);
+        for len in 1..=SKIP_BITS {
+            // Canonical codes: those of length `len` run from twice the previous length's end.
+            let first_code = self.max_code[len as usize - 1] << 1;
+            for code in first_code..self.max_code[len as usize] {
                 let index = self.val_offset[len as usize] + code as i32;
-                return Some((len, *self.values.get(usize::try_from(index).ok()?)?));
-            }
-        }
-        None
-    }
-
-    /// Adds the two-symbol skip table (used by sequential scans, built only for tables they use).
-    fn with_skip_table(mut self) -> Huffman {
-        let advance = |symbol: u8| -> u32 {
-            match (symbol & 15, symbol >> 4) {
-                (0, 15) => 16,
-                (0, _) => 128,
-                (_, run) => run as u32 + 1,
-            }
-        };
-        let mut skip = Box::new([0u32; 1 << SKIP_BITS]);
-        for (pattern, slot) in skip.iter_mut().enumerate() {
-            let bits = (pattern as u32) << (32 - SKIP_BITS);
-            let Some((len, symbol)) = self.decode_prefix(bits, SKIP_BITS) else {
-                continue;
-            };
-            let (total1, step1) = (len + (symbol & 15) as u32, advance(symbol));
-            let (mut total, mut step) = (total1, step1);
-            // A second whole symbol in the remaining bits, unless the first ended the block.
-            if step < 128 && total < SKIP_BITS {
-                if let Some((len2, symbol2)) = self.decode_prefix(bits << total, SKIP_BITS - total) {
-                    let total2 = total + len2 + (symbol2 & 15) as u32;
-                    if total2 <= SKIP_BITS {
-                        total = total2;
-                        step += advance(symbol2);
-                    }
+                let Some(&symbol) = usize::try_from(index).ok().and_then(|i| self.values.get(i)) else {
+                    continue;
+                };
+                let shift = SKIP_BITS - len;
+                let first = (code << shift) as usize;
+                if let Some(range) = table.get_mut(first..first + (1 << shift)) {
+                    range.fill((len as u16) << 8 | symbol as u16);
                 }
             }
-            *slot = total | step << 5 | total1 << 13 | step1 << 18;
+        }
+        table
+    }
+
+    /// Adds the two-symbol skip table (used by sequential scans, built only for tables they use). Two
+    /// lookups in [`Huffman::prefix_table`] per entry: building it costs a few microseconds, which a small
+    /// image would otherwise feel.
+    fn with_skip_table(mut self) -> Huffman {
+        let prefix = self.prefix_table();
+        let mask = (1usize << SKIP_BITS) - 1;
+        let mut skip = Box::new([0u32; 1 << SKIP_BITS]);
+        for (pattern, (slot, &first)) in skip.iter_mut().zip(prefix.iter()).enumerate() {
+            let (len, symbol) = ((first >> 8) as u32, first as u8);
+            let (total1, step1) = (len + (symbol & 15) as u32, AC_ADVANCE[symbol as usize] as u32);
+            // A second whole symbol in the remaining bits, unless the first ended the block; chosen
+            // without branches, which this loop would mispredict on every other entry.
+            let second = prefix[(pattern << total1.min(SKIP_BITS)) & mask];
+            let total2 = total1 + (second >> 8) as u32 + (second & 15) as u32;
+            let pair = step1 < 128 && total1 < SKIP_BITS && second != 0 && total2 <= SKIP_BITS;
+            let (total, step) = if pair {
+                (total2, step1 + AC_ADVANCE[(second & 0xFF) as usize] as u32)
+            } else {
+                (total1, step1)
+            };
+            *slot = if first == 0 {
+                0
+            } else {
+                total | step << 5 | total1 << 13 | step1 << 18
+            };
         }
         self.skip = Some(skip);
         self
     }
 }
+
+/// How far an AC symbol moves the coefficient index: run + 1, 16 for ZRL (0xF0), 128 for end of block
+/// (any other zero-size symbol ends the block too).
+const AC_ADVANCE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut symbol = 0;
+    while symbol < 256 {
+        table[symbol] = match (symbol & 15, symbol >> 4) {
+            (0, 15) => 16,
+            (0, _) => 128,
+            (_, run) => run as u8 + 1,
+        };
+        symbol += 1;
+    }
+    table
+};
 
 /// Bits looked up at once when skipping AC coefficients (a 4096-entry table per AC table).
 const SKIP_BITS: u32 = 12;
@@ -998,12 +1016,19 @@ impl Scan {
         let skip_ac = !decoder.progressive;
         let undefined = || corrupt("scan uses an undefined Huffman table");
         let mut huffman = Vec::with_capacity(ns);
+        // Each AC table once per scan (both chroma components share one): a copy is cheaper than a build.
+        let mut built: [Option<Huffman>; 4] = Default::default();
         for &(_, dc, ac) in &comps {
             let dc = tables.dc[dc].as_ref().ok_or_else(undefined)?;
-            let ac = match (skip_ac, tables.ac[ac].as_ref()) {
-                (false, _) => None,
-                (true, Some(spec)) => Some(Huffman::new(&spec.counts, &spec.values)?.with_skip_table()),
-                (true, None) => return Err(undefined()),
+            let ac = match (skip_ac, tables.ac[ac].as_ref(), built.get_mut(ac)) {
+                (false, _, _) => None,
+                (true, Some(_), Some(Some(table))) => Some(table.clone()),
+                (true, Some(spec), Some(slot)) => {
+                    let table = Huffman::new(&spec.counts, &spec.values)?.with_skip_table();
+                    *slot = Some(table.clone());
+                    Some(table)
+                }
+                (true, _, _) => return Err(undefined()),
             };
             huffman.push((Huffman::new(&dc.counts, &dc.values)?, ac));
         }
@@ -1376,6 +1401,74 @@ mod tests {
             .encode(&rgb, width, height, jpeg_encoder::ColorType::Rgb)
             .expect("encode");
         out
+    }
+
+    /// The skip table as it was first built, one slow canonical decode per symbol and pattern: the
+    /// reference for [`Huffman::with_skip_table`].
+    fn reference_skip_table(h: &Huffman) -> Vec<u32> {
+        let decode = |bits: u32, avail: u32| -> Option<(u32, u8)> {
+            (1..=avail.min(16)).find_map(|len| {
+                let code = bits >> (32 - len);
+                (code < h.max_code[len as usize])
+                    .then(|| {
+                        h.values
+                            .get((h.val_offset[len as usize] + code as i32) as usize)
+                            .map(|&v| (len, v))
+                    })
+                    .flatten()
+            })
+        };
+        let advance = |symbol: u8| match (symbol & 15, symbol >> 4) {
+            (0, 15) => 16,
+            (0, _) => 128,
+            (_, run) => run as u32 + 1,
+        };
+        (0..1u32 << SKIP_BITS)
+            .map(|pattern| {
+                let bits = pattern << (32 - SKIP_BITS);
+                let Some((len, symbol)) = decode(bits, SKIP_BITS) else {
+                    return 0;
+                };
+                let (total1, step1) = (len + (symbol & 15) as u32, advance(symbol));
+                let (mut total, mut step) = (total1, step1);
+                if step < 128 && total < SKIP_BITS {
+                    if let Some((len2, symbol2)) = decode(bits << total, SKIP_BITS - total) {
+                        if total + len2 + (symbol2 & 15) as u32 <= SKIP_BITS {
+                            total += len2 + (symbol2 & 15) as u32;
+                            step += advance(symbol2);
+                        }
+                    }
+                }
+                total | step << 5 | total1 << 13 | step1 << 18
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn skip_table_matches_a_slow_decode(wanted in proptest::collection::vec(0u8..40, 16), seed in any::<u64>()) {
+            // Code counts per length that fit the code space, and that many distinct symbols.
+            let (mut counts, mut free) = ([0u8; 16], 1u32);
+            for (len, &want) in wanted.iter().enumerate() {
+                free *= 2;
+                let count = (want as u32).min(free.saturating_sub(1)).min(256 - counts.iter().map(|&c| c as u32).sum::<u32>());
+                counts[len] = count as u8;
+                free -= count;
+            }
+            let total: usize = counts.iter().map(|&c| c as usize).sum();
+            let mut values: Vec<u8> = (0..=255u8).collect();
+            let mut state = seed | 1;
+            for i in (1..values.len()).rev() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                values.swap(i, (state % (i as u64 + 1)) as usize);
+            }
+            values.truncate(total);
+            let h = Huffman::new(&counts, &values).unwrap().with_skip_table();
+            let skip = h.skip.as_deref().unwrap();
+            prop_assert_eq!(&skip[..], &reference_skip_table(&h)[..]);
+        }
     }
 
     #[test]
