@@ -19,7 +19,8 @@ no stall above 5 ms. A run stops after PHASE_SECONDS even if not every message w
 for the whole hold), so that one version takes under three minutes. For context, the loop's longest stall is
 measured once more right after the attack run, for as long, with the attack still on and no messages of Alice's. The
 peer: the same two runs on a Prosody without the module (the control), which tells what the flood costs Prosody
-itself.
+itself. Each version runs with Prosody's default garbage collector settings and with the incremental ones the module
+README suggests (TUNED_GC, as bench_delivery.py does): most of the loop's stalls under the flood are collections.
 
 Run by `make bench` (scripts/bench.sh; BENCH_ONLY=load for this one) or directly:
 .venv/bin/python scripts/bench_load.py. Needs `make` and `make deps` first. Exits non-zero only when something
@@ -45,6 +46,7 @@ from bench_delivery import (  # noqa: E402 (after the path)
     ROOM,
     ROOT,
     STALL_GOAL_MS,
+    TUNED_GC,
     ServerProcess,
     install_modules,
     message,
@@ -148,8 +150,10 @@ async def attack(c2s_port: int, tarpit: str) -> int:
     return 0
 
 
-async def bench_version(version: str, modules_dir: Path, media: ServerProcess, with_module: bool = True) -> dict:
-    """Both runs on one Prosody; with_module=False is the control: Prosody alone under the same flood."""
+async def bench_version(version: str, gc: dict | None, modules_dir: Path, media: ServerProcess,
+                        with_module: bool = True) -> dict:
+    """Both runs on one Prosody with `gc` (None: the default); with_module=False is the control: Prosody alone
+    under the same flood."""
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-load-{version}-"))
     server = rig.Prosody(
         version,
@@ -157,6 +161,7 @@ async def bench_version(version: str, modules_dir: Path, media: ServerProcess, w
         modules_dir,
         muc_modules=["muc_media_metadata", "bench_loop_stall"] if with_module else ["bench_loop_stall"],
         global_options={"plugin_paths": [str(modules_dir), str(ROOT / "tests/plugins")],
+                        **({"gc": gc} if gc else {}),
                         "log": [{"levels": {"min": "info"}, "to": "file", "filename": str(workdir / "prosody.log")}]},
         muc_options={"muc_media_metadata_allowed_networks": ["127.0.0.1/32"]},
     )
@@ -195,10 +200,11 @@ async def bench_version(version: str, modules_dir: Path, media: ServerProcess, w
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def report(version: str, r: dict, control: dict) -> None:
+def report(version: str, gc: dict | None, r: dict, control: dict) -> None:
     u, a = r["unloaded"], r["attack"]
     pace = f"{RATE:g} messages a second" if RATE > 0 else "messages back to back"
-    print(f"\n== mod_muc_media_metadata under a tarpit flood, Prosody {version} (default limits, {pace}) ==")
+    print(f"\n== mod_muc_media_metadata under a tarpit flood, Prosody {version}, gc = "
+          f"{rig.lua(gc) if gc else 'default'} (default limits, {pace}) ==")
     rows = [
         ("image messages delivered", f"{u['n']}", f"{a['n']}"),
         ("  of which with metadata", f"{u['with_meta']}", f"{a['with_meta']}"),
@@ -223,10 +229,17 @@ def report(version: str, r: dict, control: dict) -> None:
           f"x{ca['p99'] / cu['p99']:.2f}; longest stall {max(cu['stall_ms'], ca['stall_ms']):.2f} ms)")
     print(f"    (during the longest stall, unloaded: {stall_in(u)}; under attack: {stall_in(a)}; control under "
           f"attack: {stall_in(ca)})")
-    stall = max(u["stall_ms"], a["stall_ms"])
+    longest = max(u, a, key=lambda run: run["stall_ms"])
+    stall = longest["stall_ms"]
+    # CPU time of all of Prosody's threads during that stall: less than the goal means that the loop waited for a
+    # core (other processes had both) rather than worked.
+    ran_ms = longest["stall_in"].get("cpu_ms", stall)
     verdict = "MET" if stall <= STALL_GOAL_MS else "MISSED"
     if stall > STALL_GOAL_MS and r["idle_stall_ms"] > STALL_GOAL_MS:
         verdict += ", but inconclusive: the loop stalls past the goal without Alice's messages too"
+    elif stall > STALL_GOAL_MS and ran_ms <= STALL_GOAL_MS:
+        verdict += (f", but inconclusive: Prosody's threads ran {ran_ms:.1f} ms of it in all, and waited for a core "
+                    f"the rest")
     print(f"  goal: no stall above {STALL_GOAL_MS:.0f} ms -> longest {stall:.2f} ms: {verdict}")
     print(f"    (right after, the attack on and no messages of Alice's, for as long: {r['idle_stall_ms']:.2f} ms; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
@@ -241,11 +254,12 @@ async def main() -> int:
     media = ServerProcess({})
     try:
         for version in versions:
-            started = time.monotonic()
-            result = await bench_version(version, modules_dir, media)
-            control = await bench_version(version, modules_dir, media, with_module=False)
-            report(version, result, control)
-            print(f"  ({time.monotonic() - started:.0f} s for this version)")
+            for gc in (None, TUNED_GC):
+                started = time.monotonic()
+                result = await bench_version(version, gc, modules_dir, media)
+                control = await bench_version(version, gc, modules_dir, media, with_module=False)
+                report(version, gc, result, control)
+                print(f"  ({time.monotonic() - started:.0f} s for this version and gc setting)")
     finally:
         media.stop()
         shutil.rmtree(tmp, ignore_errors=True)
