@@ -220,4 +220,42 @@ describe("compat.audit", function ()
 		assert.same({ "info: AUDIT invite-created remaining=3 reset=true" },
 			audit("invite-created", { remaining = 3; reset = true }));
 	end);
+
+	it("logs from one coroutine of its own, not from the caller's, and returns to the caller", function ()
+		local module, threads = {}, {};
+		function module.log() table.insert(threads, (coroutine.running())); end
+		local callers = {};
+		for i = 1, 2 do
+			local caller = coroutine.create(function () compat.audit(module, "kick-refused", { code = "x" }); return "back"; end);
+			callers[i] = caller;
+			assert.same({ true, "back" }, { coroutine.resume(caller) });
+		end
+		compat.audit(module, "kick-refused", { code = "x" }); -- from the main thread too
+		assert.equal(3, #threads);
+		assert.equal(threads[1], threads[2]);
+		assert.equal(threads[1], threads[3]);
+		assert.not_equal(callers[1], threads[1]);
+		assert.not_equal(callers[2], threads[1]);
+	end);
+
+	it("passes an error of the logger on to the caller and logs the next line", function ()
+		local module, logged, fail = {}, {}, true;
+		function module.log(_, _, _, line)
+			if fail then fail = false; error("disk full"); end
+			table.insert(logged, line);
+		end
+		assert.has_error(function () compat.audit(module, "kick-refused", { code = "x" }); end, "disk full");
+		compat.audit(module, "kick-refused", { code = "y" });
+		assert.same({ "AUDIT kick-refused code=y" }, logged);
+	end);
+
+	it("logs a line audited from inside the logger too", function ()
+		local module, logged = {}, {};
+		function module.log(_, _, _, line)
+			table.insert(logged, line);
+			if #logged == 1 then compat.audit(module, "inner", {}); end
+		end
+		compat.audit(module, "outer", {});
+		assert.same({ "AUDIT outer", "AUDIT inner" }, logged);
+	end);
 end);
