@@ -1080,11 +1080,10 @@ async fn feed_batches(
     let max_kib = limits.probe.max_decode_memory >> 10;
     loop {
         let (grant, batch) = match need {
+            // A step answers what the budget can grant or must refuse at once; what comes back here is a wait.
             Need::Memory(bytes) => {
                 let kib = decode_kib(bytes);
-                let permit = if u64::from(kib) > max_kib {
-                    None
-                } else if failure.is_some() {
+                let permit = if failure.is_some() {
                     budget.semaphore().try_acquire_many_owned(kib).ok()
                 } else {
                     match tokio::time::timeout_at(deadline, budget.semaphore().acquire_many_owned(kib)).await
