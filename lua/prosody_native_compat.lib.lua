@@ -225,7 +225,7 @@ end
 -- Every module writes the same shape, which a log filter (fail2ban, a SIEM) can match:
 --   AUDIT <action> key=value key="quoted value" ...
 -- `action` is a kebab-case word; keys come sorted, absent (nil) values are left out. Never pass secrets.
--- The line is built in two tables kept for every call (filled, used, emptied: module:log does not call back here), as
+-- The line is built in two tables kept for every call (filled, used, emptied before the line is logged), as
 -- a flood of refused attempts is what an attacker sends, and each table per line would cost Prosody's collector.
 local audit_keys, audit_parts = {}, { "AUDIT" };
 
@@ -233,7 +233,7 @@ local audit_keys, audit_parts = {}, { "AUDIT" };
 -- coroutine, and every collection cycle shrinks the stacks of the idle ones; the call into Prosody's logger is the
 -- deepest thing a refused request does, so it made every connection's stack grow back after every cycle, memory the
 -- collector counts: a cycle every 10 refusals instead of every 14 requests. This one stack regrows once a cycle (an
--- invalid-token flood on 32 connections cost 1.49x the CPU of a trivial route on 0.12, now 1.19x; bench_kick.py).
+-- invalid-token flood on 32 connections cost 1.40x the CPU of a trivial route on 0.12, now 1.20x; bench_kick.py).
 local writer;
 local function write_audit_line(writing_module, line)
 	while true do

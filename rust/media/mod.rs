@@ -1078,16 +1078,16 @@ async fn feed_batches(
     let mut permits = Vec::new();
     let mut failure = None;
     let max_kib = limits.probe.max_decode_memory >> 10;
+    let semaphore = budget.semaphore(); // a probe runs in one process: its budget's semaphore stays the same
     loop {
         let (grant, batch) = match need {
             // A step answers what the budget can grant or must refuse at once; what comes back here is a wait.
             Need::Memory(bytes) => {
                 let kib = decode_kib(bytes);
                 let permit = if failure.is_some() {
-                    budget.semaphore().try_acquire_many_owned(kib).ok()
+                    semaphore.clone().try_acquire_many_owned(kib).ok()
                 } else {
-                    match tokio::time::timeout_at(deadline, budget.semaphore().acquire_many_owned(kib)).await
-                    {
+                    match tokio::time::timeout_at(deadline, semaphore.clone().acquire_many_owned(kib)).await {
                         Ok(Ok(permit)) => Some(permit),
                         Ok(Err(_)) => return Err(Error::Internal("decode budget closed".into())),
                         Err(_) => {
@@ -1108,10 +1108,11 @@ async fn feed_batches(
         };
         // A step is CPU work bounded by the batch (and the image), not a wait: the deadline applies to the
         // waits around it.
-        let semaphore = budget.semaphore();
+        let step_semaphore = semaphore.clone();
         let granted;
         (probe, need, batches, granted) =
-            jobs::blocking(move || Ok(probe_step(probe, grant, batch, batches, semaphore, max_kib))).await?;
+            jobs::blocking(move || Ok(probe_step(probe, grant, batch, batches, step_semaphore, max_kib)))
+                .await?;
         permits.extend(granted);
     }
     if need == Need::Nothing {
