@@ -225,9 +225,10 @@ end
 -- Every module writes the same shape, which a log filter (fail2ban, a SIEM) can match:
 --   AUDIT <action> key=value key="quoted value" ...
 -- `action` is a kebab-case word; keys come sorted, absent (nil) values are left out. Never pass secrets.
--- The line is built in two tables kept for every call (filled, used, emptied before the line is logged), as
--- a flood of refused attempts is what an attacker sends, and each table per line would cost Prosody's collector.
-local audit_keys, audit_parts = {}, { "AUDIT" };
+-- The line is built in two tables kept for every call (filled, used, emptied before the line is logged) and joined
+-- once, as a flood of refused attempts is what an attacker sends, and each table or string per line would cost
+-- Prosody's collector.
+local audit_keys, audit_parts = {}, { "AUDIT " };
 
 -- Audit lines are logged from a coroutine of their own. Prosody runs each connection's requests and stanzas in a
 -- coroutine, and every collection cycle shrinks the stacks of the idle ones; the call into Prosody's logger is the
@@ -259,14 +260,18 @@ function compat.audit(module, action, fields)
 	end
 	for i = n + 1, #audit_keys do audit_keys[i] = nil; end -- left by a call that raised, if one ever did
 	table.sort(audit_keys);
+	-- "AUDIT ", action, then " ", key, "=", value for each field
 	audit_parts[2] = action;
+	local last = 2;
 	for i = 1, n do
 		local key = audit_keys[i];
-		audit_parts[i + 2] = key .. "=" .. audit_value(fields[key]);
+		audit_parts[last + 1], audit_parts[last + 2], audit_parts[last + 3], audit_parts[last + 4] =
+			" ", key, "=", audit_value(fields[key]);
+		last = last + 4;
 		audit_keys[i] = nil;
 	end
-	local line = table.concat(audit_parts, " ", 1, n + 2);
-	for i = 2, n + 2 do audit_parts[i] = nil; end
+	local line = table.concat(audit_parts, "", 1, last);
+	for i = 2, last do audit_parts[i] = nil; end
 	log_line(module, line);
 end
 

@@ -555,7 +555,7 @@ describe("mod_http_muc_kick tokens", function ()
 	local bad_tokens = {
 		{ "an expired token", function () return mint(nil, os.time() - 7200, 3600); end, "token-expired", "Token has expired" };
 		{ "a token signed with another secret", function () return mint(nil, nil, nil, new_secret); end, "token-invalid",
-			"signed with a key this server does not hold" };
+			"signed with an unknown key" };
 		{ "a 0.1.0 token", function () return "v1.eyJob3N0IjoibXVjLmV4YW1wbGUub3JnIn0.AAAA"; end, "token-malformed",
 			"older v1 format (prosody-native 0.1.0)" };
 	};
