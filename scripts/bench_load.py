@@ -34,6 +34,7 @@ import contextlib
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +48,6 @@ from bench_delivery import (  # noqa: E402 (after the path)
     ROOT,
     STALL_GOAL_MS,
     TUNED_GC,
-    ServerProcess,
     install_modules,
     message,
     rig,
@@ -66,6 +66,25 @@ ATTACKERS = 4
 ATTACK_RATE = float(os.environ.get("BENCH_ATTACK_RATE", "20"))  # messages a second per attacking occupant
 MAX_URLS = 8  # the module's default muc_media_metadata_max_urls
 RATIO_GOAL = 2.0
+
+
+class ServerProcess:
+    """tests/media_server.py in its own process, for its tarpit (and photo.png), on idle CPU time only (SCHED_IDLE,
+    like the module's worker threads), so that serving does not compete with the Prosody being measured (in
+    production the files come from another machine)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(["chrt", "--idle", "0", sys.executable, str(ROOT / "tests/media_server.py"),
+                                      "127.0.0.1"], stdout=subprocess.PIPE, text=True)
+        _pid, port = self.proc.stdout.readline().split()
+        self.port = int(port)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
 
 
 def p(samples: list[float], q: float) -> float:
@@ -251,7 +270,7 @@ async def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-load-"))
     modules_dir = tmp / "modules"
     install_modules(modules_dir)
-    media = ServerProcess({})
+    media = ServerProcess()
     try:
         for version in versions:
             for gc in (None, TUNED_GC):

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Media probe benchmark (the Rust core alone): bytes in memory -> (type, width, height, BlurHash 4x3), ours against peers on
 # real photos, in one run. Fetches its photos (Debian's mate-backgrounds) and installs its peers (sharp +
-# blurhash from npm; Pillow + blurhash-python / fast-blurhash from PyPI) into the git-ignored .bench/.
+# blurhash from npm; Pillow + blurhash-python / fast-blurhash from PyPI) into the git-ignored .bench/, with nginx
+# for the delivery benchmark.
 # Variables: BENCH_DIR, BENCH_SECONDS (time per image and implementation), PYTHON3, NPM, CARGO.
 set -eu
 cd "$(dirname "$0")/.."
@@ -19,6 +20,17 @@ if [ ! -f "$photos/abstract/Elephants_5640x3172.jpg" ]; then
 		exit 1
 	}
 	dpkg-deb -x "$BENCH_DIR"/debs/mate-backgrounds_*.deb "$BENCH_DIR/root"
+fi
+
+# The delivery benchmark's file server (scripts/bench_delivery.py), unpacked like the photos: installing Debian's
+# package would start its service.
+if [ ! -x "$BENCH_DIR/root/usr/sbin/nginx" ]; then
+	mkdir -p "$BENCH_DIR/debs"
+	(cd "$BENCH_DIR/debs" && apt-get download nginx) || {
+		echo "apt-get download nginx failed (run apt-get update first?)" >&2
+		exit 1
+	}
+	dpkg-deb -x "$BENCH_DIR"/debs/nginx_*.deb "$BENCH_DIR/root"
 fi
 
 if [ ! -x "$BENCH_DIR/venv/bin/python" ]; then
