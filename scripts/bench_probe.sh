@@ -12,25 +12,23 @@ NPM=${NPM:-npm}
 CARGO=${CARGO:-cargo}
 export BENCH_DIR CARGO
 
+# Unpacks Debian's package $1 into $BENCH_DIR/root, without installing it (nginx's would start its service).
+unpack_deb() {
+	mkdir -p "$BENCH_DIR/debs"
+	(cd "$BENCH_DIR/debs" && apt-get download "$1") || {
+		echo "apt-get download $1 failed (run apt-get update first?)" >&2
+		exit 1
+	}
+	dpkg-deb -x "$BENCH_DIR/debs/$1"_*.deb "$BENCH_DIR/root"
+}
+
 photos="$BENCH_DIR/root/usr/share/backgrounds/mate"
 if [ ! -f "$photos/abstract/Elephants_5640x3172.jpg" ]; then
-	mkdir -p "$BENCH_DIR/debs"
-	(cd "$BENCH_DIR/debs" && apt-get download mate-backgrounds) || {
-		echo "apt-get download mate-backgrounds failed (run apt-get update first?)" >&2
-		exit 1
-	}
-	dpkg-deb -x "$BENCH_DIR"/debs/mate-backgrounds_*.deb "$BENCH_DIR/root"
+	unpack_deb mate-backgrounds
 fi
-
-# The delivery benchmark's file server (scripts/bench_delivery.py), unpacked like the photos: installing Debian's
-# package would start its service.
+# The delivery benchmark's file server (scripts/bench_delivery.py).
 if [ ! -x "$BENCH_DIR/root/usr/sbin/nginx" ]; then
-	mkdir -p "$BENCH_DIR/debs"
-	(cd "$BENCH_DIR/debs" && apt-get download nginx) || {
-		echo "apt-get download nginx failed (run apt-get update first?)" >&2
-		exit 1
-	}
-	dpkg-deb -x "$BENCH_DIR"/debs/nginx_*.deb "$BENCH_DIR/root"
+	unpack_deb nginx
 fi
 
 if [ ! -x "$BENCH_DIR/venv/bin/python" ]; then
