@@ -234,7 +234,7 @@ local audit_keys, audit_parts = {}, { "AUDIT " };
 -- coroutine, and every collection cycle shrinks the stacks of the idle ones; the call into Prosody's logger is the
 -- deepest thing a refused request does, so it made every connection's stack grow back after every cycle, memory the
 -- collector counts: a cycle every 10 refusals instead of every 14 requests. This one stack regrows once a cycle (an
--- invalid-token flood on 32 connections cost 1.40x the CPU of a trivial route on 0.12, now 1.20x; bench_kick.py).
+-- invalid-token flood on 32 connections cost 1.40x the CPU of a trivial route on 0.12, then 1.20x; bench_kick.py).
 local writer;
 local function write_audit_line(writing_module, line)
 	while true do

@@ -427,8 +427,6 @@ impl Keyring {
     /// Signs `claims` with the signing key: `v2.<key id>.<claims>.<signature>`. The claims must be for this
     /// keyring's host.
     pub fn mint(&self, claims: &Claims) -> Result<String, Error> {
-        // What a forger gets, so kept under Lua's 40-byte limit for interned strings: a flood of refusals then
-        // hands Lua the same string each time instead of a new one (bench_kick.py).
         let key = self
             .keys
             .first()
@@ -492,6 +490,8 @@ impl Keyring {
         if tag.len() != TAG_BYTES {
             return Err(malformed("Token signature has the wrong length"));
         }
+        // The text a forger gets, so kept under Lua's 40-byte limit for interned strings: a flood of refusals then
+        // hands Lua the same string each time instead of a new one (bench_kick.py).
         let key = self
             .keys
             .iter()
