@@ -11,7 +11,8 @@
 //! Averaging is done on the gamma-encoded (sRGB) values, as every thumbnailer does (and as a JPEG's DC
 //! coefficients already are); the encoder then converts the working pixels to linear light with the
 //! reference encoder's formula (tabulated: exact on whole values, interpolated between), so for an image no
-//! larger than the working size the result is bit-identical to the reference. Transparent pixels are composited over white, the usual chat background.
+//! larger than the working size the result is bit-identical to the reference. Transparent pixels are
+//! composited over white, the usual chat background.
 
 use crate::error::Error;
 use std::f32::consts::PI;
