@@ -25,7 +25,8 @@ Each version runs twice: with Prosody's default garbage collector settings, and 
 module README suggests (TUNED_GC), because most of the loop's stalls are Prosody's garbage collection.
 
 Run by `make bench` (scripts/bench.sh) or directly: .venv/bin/python scripts/bench_delivery.py. Needs `make`,
-`make deps` and .bench (from `make bench`) first. Prints the numbers and the goal comparison; exits non-zero only when something breaks.
+`make deps` and .bench (from `make bench`) first. Prints the numbers and the goal comparison; exits non-zero only
+when something breaks.
 """
 
 from __future__ import annotations
@@ -383,9 +384,7 @@ class FileServer:
         if not NGINX.exists():
             raise RuntimeError(f"{NGINX} is missing: run `make bench`, whose probe section unpacks it")
         self.dir = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
-        with socket.socket() as probe:  # a free port for nginx, which cannot report one it chose
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = rig.free_port()  # nginx cannot report a port it chose
         locations = "\n".join(f"    location = {path} {{ alias {Path(file).resolve()}; default_type {content_type}; }}"
                                for path, (file, content_type) in files.items())
         (self.dir / "nginx.conf").write_text(f"""{"user root;" if os.geteuid() == 0 else ""}
