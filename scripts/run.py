@@ -64,7 +64,7 @@ def install_modules() -> None:
 
 
 def make_server(host_modules: list[str], muc_modules: list[str], creds: dict) -> rig.Prosody:
-    ports = (rig.free_port(5222), rig.free_port(5280))
+    ports = tuple(rig.free_ports(5222, 5280))
     log = [
         {"levels": {"min": "info"}, "to": "console"},
         {"levels": {"min": "debug"}, "to": "file", "filename": str(RUN / "prosody.log")},

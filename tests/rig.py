@@ -192,16 +192,27 @@ def write_config(
     return path
 
 
+def free_ports(*preferred: int | None) -> list[int]:
+    """Distinct loopback TCP ports nobody listens on, one per argument: the preferred port if it is free, else one
+    the kernel picks. Every socket stays bound until all are picked, so the kernel never hands out one twice."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for wish in preferred:
+            s = held.enter_context(socket.socket())
+            for port in ([wish] if wish else []) + [0]:
+                try:
+                    s.bind(("127.0.0.1", port))
+                    break
+                except OSError:
+                    if port == 0:
+                        raise
+            ports.append(s.getsockname()[1])
+        return ports
+
+
 def free_port(preferred: int | None = None) -> int:
-    """A loopback TCP port nobody listens on: `preferred` if it is free, else one the kernel picks."""
-    for port in ([preferred] if preferred else []) + [0]:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise OSError("no free port")
+    """One port as `free_ports` picks them."""
+    return free_ports(preferred)[0]
 
 
 # --- The server -------------------------------------------------------------------------------------------------
@@ -248,7 +259,7 @@ class Prosody:
         self.console_path = self.dir / "console.log"
         self.pid_file = self.dir / "prosody.pid"
         self.data_dir = self.dir / "data"
-        self.c2s_port, self.http_port = ports or (free_port(), free_port())
+        self.c2s_port, self.http_port = ports or free_ports(None, None)
         self._fixed_ports = ports is not None
         self.requested_modules = [*global_modules, *host_modules, *muc_modules]
         self.pid: int | None = None
@@ -306,7 +317,7 @@ class Prosody:
                 self.stop()
                 if self._fixed_ports:
                     raise StartupError(f"{self}: port in use" + self._tail_for_error()) from None
-                self.c2s_port, self.http_port = free_port(), free_port()
+                self.c2s_port, self.http_port = free_ports(None, None)
                 self._write_config()
             except StartupError:
                 with contextlib.suppress(Exception):

@@ -1,5 +1,7 @@
 """The rig itself, on Prosody core features only: accounts, a persistent room, groupchat, restart."""
 
+import socket
+
 import pytest
 
 import rig
@@ -74,3 +76,14 @@ def test_sql_is_the_storage_connection_of_a_server(tmp_path):
     assert server.sql == connection
     server.sql["database"] = "other"  # a copy: the server's config stays as it is
     assert server.sql["database"] == "prosody7"
+
+
+def test_free_ports_are_distinct_and_fall_back_from_a_taken_wish():
+    # The kernel may hand out a just-closed ephemeral port again: one server once got c2s and http on the same port.
+    assert len(set(rig.free_ports(*[None] * 500))) == 500  # one at a time: duplicates in 50 of 50 tries
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        first, second = rig.free_ports(busy, busy)
+    assert busy not in (first, second) and first != second
