@@ -199,13 +199,12 @@ def free_ports(*preferred: int | None) -> list[int]:
         ports = []
         for wish in preferred:
             s = held.enter_context(socket.socket())
-            for port in ([wish] if wish else []) + [0]:
-                try:
-                    s.bind(("127.0.0.1", port))
-                    break
-                except OSError:
-                    if port == 0:
-                        raise
+            try:
+                s.bind(("127.0.0.1", wish or 0))
+            except OSError:
+                if not wish:
+                    raise
+                s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
         return ports
 
